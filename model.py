@@ -1,0 +1,429 @@
+"""
+A small GPT, written out by hand, plus everything SML needs from a model:
+
+- GPT: token + position embeddings, pre-norm transformer blocks, a language-model
+  head (kind "lm") or a scalar head (kind "scalar": the reward model and the PPO critic
+  share the trunk and read one number per position).
+- sample(): a batched, KV-cached sampler. Each prompt is encoded once (prefill) and its
+  cache is fanned out to N samples; prompts of different lengths share a batch through
+  left padding with correct positions and attention masks. It returns the sampled tokens
+  and their log-probs (PPO needs them).
+- Self-contained checkpoints (config, weights, tokenizer, provenance), written atomically.
+- configure_optimizer(): AdamW with decay / no-decay parameter groups.
+"""
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+IGNORE_INDEX = -100  # targets with this value get no loss (prompt tokens, padding)
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 512
+    block_size: int = 128  # the longest sequence (prompt + completion) the model can see
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    kind: str = "lm"  # "lm": next-token logits; "scalar": one score per position
+
+
+# -----------------------------------------------------------------------------
+# The transformer
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(self, x, attn_mask=None, kv_cache=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if kv_cache is not None:
+            # The cache holds keys/values of earlier positions; append this step's and
+            # attend over all of them (attn_mask says which cached slots are real).
+            k, v = kv_cache.append(k, v)
+        dropout_p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.kind in ("lm", "scalar"), f"unknown model kind {config.kind!r}"
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        if config.kind == "lm":
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
+        else:
+            self.score_head = nn.Linear(config.n_embd, 1)
+        # GPT-2 init: N(0, 0.02), and residual projections scaled by 1/sqrt(2 * n_layer)
+        # so the residual stream's variance does not grow with depth.
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, pad_mask=None, positions=None, kv_cache=None):
+        """
+        idx: (B, T) token ids. targets: (B, T) next-token targets (IGNORE_INDEX = no loss).
+        pad_mask: (B, T) bool, True at real tokens. Without it every token is real and the
+          plain causal mask is used. With it (left padding), each row's positions count
+          real tokens only and no query attends to a padding key.
+        kv_cache: a KVCache for incremental decoding (see sample()).
+        Returns (out, loss): out is logits (B, T, V) for kind "lm", scores (B, T) for "scalar".
+        """
+        B, T = idx.shape
+        attn_mask = None
+        if pad_mask is not None or kv_cache is not None:
+            attn_mask, positions = _attention_mask_and_positions(idx, pad_mask, positions, kv_cache)
+        if positions is None:
+            positions = torch.arange(T, device=idx.device)
+        if int(positions.max()) >= self.config.block_size:
+            raise ValueError(f"sequence of {int(positions.max()) + 1} tokens is longer than the "
+                             f"model's context of {self.config.block_size}")
+        x = self.drop(self.wte(idx) + self.wpe(positions))
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, kv_cache.layer(i) if kv_cache is not None else None)
+        x = self.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+
+        if self.config.kind == "scalar":
+            return self.score_head(x).squeeze(-1), None
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+
+def _attention_mask_and_positions(idx, pad_mask, positions, kv_cache):
+    """Boolean attention mask (B, 1, T, S) and positions (B, T) for padded / cached input.
+
+    Query t may attend key s when s is not after t (causal) and key s is a real token.
+    Each query may always attend itself, so a padding query never has an all-False row
+    (that would give NaN); padding outputs are never used.
+    """
+    B, T = idx.shape
+    device = idx.device
+    if pad_mask is None:
+        pad_mask = torch.ones(B, T, dtype=torch.bool, device=device)
+    past = 0
+    key_mask = pad_mask
+    if kv_cache is not None:
+        past = kv_cache.length
+        key_mask = torch.cat([kv_cache.pad_mask[:, :past], pad_mask], dim=1)
+        kv_cache.pad_mask[:, past:past + T] = pad_mask
+    S = past + T
+    q_pos = torch.arange(past, S, device=device).view(T, 1)
+    k_pos = torch.arange(S, device=device).view(1, S)
+    causal = k_pos <= q_pos  # (T, S)
+    mask = causal.view(1, T, S) & key_mask.view(B, 1, S)
+    mask = mask | (k_pos == q_pos).view(1, T, S)
+    if positions is None:
+        # position = number of real tokens before this one (so left padding shifts nothing)
+        positions = (key_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]
+    return mask.unsqueeze(1), positions
+
+
+def sequence_scores(scores, pad_mask):
+    """The score of a sequence is read at its last real token. scores, pad_mask: (B, T).
+    Works for right padding, left padding and both at once."""
+    T = pad_mask.size(1)
+    idx = torch.arange(T, device=pad_mask.device).expand_as(pad_mask)
+    last = torch.where(pad_mask, idx, -1).max(dim=1).values
+    return scores.gather(1, last.clamp(min=0).unsqueeze(1)).squeeze(1)
+
+
+# -----------------------------------------------------------------------------
+# Sampling with a KV cache
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences, preallocated to max_len."""
+
+    class _Layer:
+        def __init__(self, cache, i):
+            self.cache, self.i = cache, i
+
+        def append(self, k, v):
+            c = self.cache
+            T = k.size(2)
+            c.k[self.i, :, :, c.length:c.length + T] = k
+            c.v[self.i, :, :, c.length:c.length + T] = v
+            return c.k[self.i, :, :, :c.length + T], c.v[self.i, :, :, :c.length + T]
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        hd = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, hd)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pad_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.length = 0
+
+    def layer(self, i):
+        return KVCache._Layer(self, i)
+
+    def advance(self, T):
+        self.length += T
+
+    def fan_out(self, n):
+        """Repeat each row n times: the prompt is encoded once and shared by n samples."""
+        self.k = self.k.repeat_interleave(n, dim=1)
+        self.v = self.v.repeat_interleave(n, dim=1)
+        self.pad_mask = self.pad_mask.repeat_interleave(n, dim=0)
+
+
+@dataclass
+class Samples:
+    """What sample() returns. Row r is sample r % n of prompt r // n."""
+    tokens: torch.Tensor  # (R, L) sampled tokens, padded with pad_id after a row stops
+    logprobs: torch.Tensor  # (R, L) log-prob of each sampled token (0 after the row stops)
+    lengths: torch.Tensor  # (R,) number of generated tokens, the stop token included
+    finished: torch.Tensor  # (R,) True if the row stopped (end-of-text or a stop string)
+
+    def token_lists(self):
+        return [self.tokens[r, :int(n)].tolist() for r, n in enumerate(self.lengths)]
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """Keep the top_k most likely tokens and / or the smallest set with mass >= top_p."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) > top_p  # mass before this token > top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, top_k=None,
+           top_p=None, eot_id=None, pad_id=0, stop_fn=None, seeds=None, generator=None):
+    """Sample num_samples completions for each prompt (a list of token-id lists).
+
+    Randomness: row r draws from its own torch.Generator seeded with seeds[r], so a
+    sample does not depend on what else is in the batch: a batch gives what one-by-one
+    sampling gives, and N fanned-out samples equal N runs with the same seeds. Without
+    seeds, they are drawn from `generator` (or the global generator).
+
+    temperature 0 means greedy. The returned log-probs are those of the sampled token under
+    softmax(logits / temperature) before top-k / top-p filtering (greedy: temperature 1),
+    i.e. what a forward pass over the same tokens gives. For PPO, sample with no top-k /
+    top-p so that these are the log-probs of the distribution that was sampled.
+
+    stop_fn(row, generated_token_ids) -> bool may stop a row early (a stop string); a row
+    also stops after eot_id.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    P, N = len(prompts), num_samples
+    R = P * N
+    lens = [len(p) for p in prompts]
+    if min(lens) == 0:
+        raise ValueError("empty prompt")
+    T0 = max(lens)
+    if T0 + max_new_tokens > model.config.block_size:
+        # Bound the generation by the context; a prompt that does not fit at all is an error.
+        if T0 >= model.config.block_size:
+            raise ValueError(f"prompt of {T0} tokens does not fit the model's context of "
+                             f"{model.config.block_size}")
+        max_new_tokens = model.config.block_size - T0
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (R,), generator=generator).tolist()
+    assert len(seeds) == R, f"need one seed per sample ({R}), got {len(seeds)}"
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    # Left-pad the prompts into one batch and encode each prompt once (prefill).
+    idx = torch.full((P, T0), pad_id, dtype=torch.long, device=device)
+    pad_mask = torch.zeros(P, T0, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long)
+        pad_mask[i, T0 - len(p):] = True
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.config, P, T0 + max_new_tokens, device, dtype)
+    logits, _ = model(idx, pad_mask=pad_mask, kv_cache=cache)
+    logits = logits[:, -1, :].repeat_interleave(N, dim=0)  # (R, V)
+    cache.fan_out(N)  # ... and share it among the prompt's N samples
+
+    tokens = torch.full((R, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(R, max_new_tokens, device=device)
+    lengths = torch.zeros(R, dtype=torch.long, device=device)
+    finished = torch.zeros(R, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        logits = logits.float()
+        if temperature == 0:
+            next_tok = logits.argmax(-1)
+            lp = logits.log_softmax(-1)
+        else:
+            logits = logits / temperature
+            lp = logits.log_softmax(-1)
+            probs = filter_logits(logits, top_k, top_p).softmax(-1).cpu().double()
+            # Inverse-CDF sampling with one uniform draw per row from that row's generator.
+            # 1 - U(0,1) lies in (0, 1], so a token of probability 0 is never drawn.
+            u = 1.0 - torch.tensor([torch.rand((), generator=g, dtype=torch.float64) for g in gens])
+            cdf = probs.cumsum(-1)
+            next_tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1)
+            next_tok = next_tok.clamp(max=probs.size(-1) - 1).to(device)
+        active = ~finished
+        tokens[:, t] = torch.where(active, next_tok, pad_id)
+        logprobs[:, t] = torch.where(active, lp.gather(1, next_tok.unsqueeze(1)).squeeze(1), 0.0)
+        lengths += active.long()
+        if eot_id is not None:
+            finished |= active & (next_tok == eot_id)
+        if stop_fn is not None:
+            for r in torch.nonzero(active & ~finished).flatten().tolist():
+                if stop_fn(r, tokens[r, :t + 1].tolist()):
+                    finished[r] = True
+        if bool(finished.all()) or t == max_new_tokens - 1:
+            break
+        logits, _ = model(next_tok.unsqueeze(1), kv_cache=cache,
+                          pad_mask=torch.ones(R, 1, dtype=torch.bool, device=device))
+        logits = logits[:, -1, :]
+    L = int(lengths.max()) if R else 0
+    return Samples(tokens[:, :L], logprobs[:, :L], lengths, finished)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: self-contained, atomic, loaded with weights_only=True
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def save_checkpoint(path, model, tokenizer_json, provenance, extra=None):
+    """Write model config + weights + tokenizer + provenance to `path` atomically.
+
+    provenance: what made it, e.g. {"script": "pretrain.py", "args": {...}, "step": 1000,
+    "parent": "runs/x/base.pt"}. extra: optional resume state (optimizer, rng, ...).
+    The file is written to a temporary name and renamed, so an interrupted run never
+    leaves a broken checkpoint behind.
+    """
+    raw = model.module if hasattr(model, "module") else model  # unwrap DDP
+    raw = getattr(raw, "_orig_mod", raw)  # unwrap torch.compile
+    ckpt = {
+        "kind": raw.config.kind,
+        "config": asdict(raw.config),
+        "model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+        "tokenizer": tokenizer_json,
+        "provenance": provenance,
+    }
+    if extra:
+        ckpt.update(extra)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, kind=None, tokenizer_json=None, device="cpu"):
+    """Load a checkpoint -> (model, ckpt dict). Checks the kind ("lm" / "scalar") and, if
+    tokenizer_json is given, that the checkpoint was trained with that tokenizer."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {e})")
+    if not isinstance(ckpt, dict) or "kind" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not a checkpoint of this project")
+    if kind is not None and ckpt["kind"] != kind:
+        what = {"lm": "a language model", "scalar": "a scalar-head model (reward model / critic)"}
+        raise CheckpointError(f"{path}: is {what[ckpt['kind']]}, but {what[kind]} is needed here")
+    if tokenizer_json is not None and ckpt["tokenizer"] != tokenizer_json:
+        raise CheckpointError(f"{path}: was trained with a different tokenizer than the data's "
+                              f"tokenizer.json")
+    model = GPT(GPTConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), ckpt
+
+
+def lm_to_scalar(lm_model):
+    """A scalar-head model with the trunk of a language model (the reward model starts
+    from the SFT model; the PPO critic from the reward model or SFT)."""
+    cfg = GPTConfig(**{**asdict(lm_model.config), "kind": "scalar"})
+    model = GPT(cfg)
+    trunk = {k: v for k, v in lm_model.state_dict().items() if not k.startswith("lm_head")}
+    missing, unexpected = model.load_state_dict(trunk, strict=False)
+    assert set(missing) == {"score_head.weight", "score_head.bias"} and not unexpected
+    p = next(lm_model.parameters())
+    return model.to(device=p.device, dtype=p.dtype)
+
+
+# -----------------------------------------------------------------------------
+
+
+def configure_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.95)):
+    """AdamW; weight decay on matrices only (not on biases, LayerNorm, or embeddings'
+    tied copy twice: parameters are deduplicated by identity)."""
+    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)

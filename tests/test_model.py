@@ -1,0 +1,171 @@
+"""model.py: the transformer, the KV-cache sampler, the scalar head, checkpoints."""
+
+import pytest
+import torch
+
+from model import (CheckpointError, GPT, GPTConfig, filter_logits, lm_to_scalar, load_checkpoint,
+                   sample, save_checkpoint, sequence_scores)
+
+EOT = 3
+
+
+def tiny_model(kind="lm", seed=0):
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=50, block_size=48, n_layer=2, n_head=2, n_embd=32, kind=kind)
+    # float64 so that "the same numbers" comparisons are exact up to rounding
+    return GPT(cfg).double().eval()
+
+
+def full_recompute_logprobs(model, prompt, tokens):
+    """Log-probs of `tokens` after `prompt` from one plain forward pass."""
+    x = torch.tensor([prompt + tokens])
+    logits, _ = model(x)
+    lp = logits[0, len(prompt) - 1:-1].log_softmax(-1)
+    return lp.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1)
+
+
+def test_causality():
+    model = tiny_model()
+    x = torch.randint(0, 50, (2, 20))
+    y = x.clone()
+    y[:, 12:] = (y[:, 12:] + 7) % 50
+    a, _ = model(x)
+    b, _ = model(y)
+    assert torch.allclose(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_loss_ignores_masked_targets():
+    model = tiny_model()
+    x = torch.randint(0, 50, (1, 10))
+    t = x.clone()
+    t[0, :5] = -100
+    logits, loss = model(x, t)
+    expect = torch.nn.functional.cross_entropy(logits[0, 5:], x[0, 5:])
+    assert torch.allclose(loss, expect)
+
+
+def test_left_padding_gives_unpadded_logits():
+    model = tiny_model()
+    x = torch.randint(0, 50, (1, 9))
+    ref, _ = model(x)
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), x], 1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.bool), torch.ones(1, 9, dtype=torch.bool)], 1)
+    out, _ = model(padded, pad_mask=mask)
+    assert torch.allclose(out[:, 4:], ref)
+
+
+def test_kv_cache_sampler_matches_full_recompute():
+    """Same tokens as a naive loop that reruns the whole sequence, same log-probs."""
+    model = tiny_model()
+    prompt = [5, 6, 7, 8]
+    out = sample(model, [prompt], max_new_tokens=12, temperature=1.0, seeds=[42])
+    gen = torch.Generator().manual_seed(42)
+    ids = list(prompt)
+    for _ in range(12):  # naive: full forward per token, same inverse-CDF draw
+        logits, _ = model(torch.tensor([ids]))
+        cdf = logits[0, -1].float().softmax(-1).double().cumsum(-1)
+        u = 1.0 - torch.rand((), generator=gen, dtype=torch.float64)
+        ids.append(int(torch.searchsorted(cdf, (u * cdf[-1]).view(1))))
+    assert out.tokens[0].tolist() == ids[len(prompt):]
+    lp = full_recompute_logprobs(model, prompt, ids[len(prompt):])
+    assert torch.allclose(out.logprobs[0].double(), lp, atol=1e-5)
+
+
+def test_left_padded_batch_equals_one_by_one_and_fan_out_equals_separate_runs():
+    model = tiny_model()
+    prompts = [[1, 2, 4, 5, 6, 7], [8, 9], [10, 11, 12]]
+    N = 3
+    seeds = list(range(100, 100 + len(prompts) * N))
+    batch = sample(model, prompts, num_samples=N, max_new_tokens=10, eot_id=EOT, seeds=seeds)
+    for i, p in enumerate(prompts):
+        for j in range(N):
+            r = i * N + j
+            one = sample(model, [p], num_samples=1, max_new_tokens=10, eot_id=EOT, seeds=[seeds[r]])
+            n = int(one.lengths[0])
+            assert int(batch.lengths[r]) == n
+            assert batch.tokens[r, :n].tolist() == one.tokens[0, :n].tolist()
+            assert torch.allclose(batch.logprobs[r, :n], one.logprobs[0, :n], atol=1e-6)
+            # ... and the returned log-probs are those of a forward pass over the tokens
+            lp = full_recompute_logprobs(model, p, one.tokens[0, :n].tolist())
+            assert torch.allclose(one.logprobs[0, :n].double(), lp, atol=1e-5)
+
+
+def test_sampler_stops_at_eot_and_greedy_is_argmax():
+    model = tiny_model()
+    out = sample(model, [[1, 2, 3, 4]], num_samples=4, max_new_tokens=30, eot_id=7, seeds=[1, 2, 3, 4],
+                 temperature=2.0)
+    for r, ids in enumerate(out.token_lists()):
+        assert 7 not in ids[:-1]
+        assert out.finished[r] == (ids[-1] == 7)
+        assert out.tokens[r, len(ids):].eq(0).all() and out.logprobs[r, len(ids):].eq(0).all()
+    g = sample(model, [[1, 2, 3, 4]], max_new_tokens=5, temperature=0)
+    ids = [1, 2, 3, 4]
+    for _ in range(5):
+        ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    assert g.tokens[0].tolist() == ids[4:]
+
+
+def test_stop_fn_and_context_bound():
+    model = tiny_model()
+    out = sample(model, [[1, 2]], max_new_tokens=20, seeds=[0], stop_fn=lambda r, ids: len(ids) >= 3)
+    assert out.lengths.tolist() == [3] and out.finished.tolist() == [True]
+    out = sample(model, [[1] * 40], max_new_tokens=50, seeds=[0])  # bounded by block_size 48
+    assert int(out.lengths[0]) == 8
+    with pytest.raises(ValueError, match="context"):
+        sample(model, [[1] * 48], max_new_tokens=5, seeds=[0])
+
+
+def test_top_k_top_p_filter():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    k2 = filter_logits(logits, top_k=2)
+    assert torch.isfinite(k2).tolist() == [[True, True, False, False, False]]
+    p = filter_logits(logits, top_p=0.8)  # 0.5 + 0.2 < 0.8, so 0.15 is needed too
+    assert torch.isfinite(p).tolist() == [[True, True, True, False, False]]
+
+
+def test_scalar_head_reads_last_real_token():
+    model = tiny_model("scalar")
+    x = torch.randint(0, 50, (1, 7))
+    scores, _ = model(x)
+    assert scores.shape == (1, 7)
+    right = torch.cat([x, torch.zeros(1, 3, dtype=torch.long)], 1)
+    right_mask = torch.tensor([[True] * 7 + [False] * 3])
+    s_right, _ = model(right)
+    left = torch.cat([torch.zeros(1, 3, dtype=torch.long), x], 1)
+    left_mask = torch.tensor([[False] * 3 + [True] * 7])
+    s_left, _ = model(left, pad_mask=left_mask)
+    ref = scores[0, -1]
+    assert torch.allclose(sequence_scores(s_right, right_mask)[0], ref)
+    assert torch.allclose(sequence_scores(s_left, left_mask)[0], ref)
+
+
+def test_checkpoint_round_trip_and_wrong_kind(tmp_path):
+    lm = tiny_model("lm")
+    path = tmp_path / "lm.pt"
+    save_checkpoint(str(path), lm, "TOKENIZER", {"script": "test", "args": {"a": 1}, "step": 3,
+                                                  "parent": None})
+    loaded, ckpt = load_checkpoint(str(path), kind="lm", tokenizer_json="TOKENIZER")
+    x = torch.randint(0, 50, (1, 8))
+    assert torch.allclose(loaded.double()(x)[0], lm(x)[0])
+    assert ckpt["provenance"]["step"] == 3 and ckpt["tokenizer"] == "TOKENIZER"
+    assert not list(tmp_path.glob("*.tmp*"))  # the temporary file was renamed away
+
+    rm = lm_to_scalar(lm)
+    assert torch.equal(rm.blocks[0].attn.c_attn.weight, lm.blocks[0].attn.c_attn.weight)
+    rpath = tmp_path / "rm.pt"
+    save_checkpoint(str(rpath), rm, "TOKENIZER", {"script": "test", "step": 0})
+    rm2, _ = load_checkpoint(str(rpath), kind="scalar")
+    assert torch.allclose(rm2.double()(x)[0], rm(x)[0])
+
+    with pytest.raises(CheckpointError, match="scalar-head"):
+        load_checkpoint(str(rpath), kind="lm")
+    with pytest.raises(CheckpointError, match="language model"):
+        load_checkpoint(str(path), kind="scalar")
+    with pytest.raises(CheckpointError, match="different tokenizer"):
+        load_checkpoint(str(path), kind="lm", tokenizer_json="OTHER")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(str(tmp_path / "junk.pt"))
