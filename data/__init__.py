@@ -1,0 +1,1 @@
+"""The built-in reasoning world: tasks, the pretraining corpus, the tokenizer, JSONL I/O."""

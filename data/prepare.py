@@ -1,0 +1,154 @@
+"""
+Make the built-in world for one task: the "existing dataset" of the paper (questions and
+answers), a held-out test split, the pretraining corpus that stands in for the web, and
+the tokenizer.
+
+    python data/prepare.py --task arithmetic --out_dir runs/default/data
+
+Writes into --out_dir:
+  train.jsonl    id, question, answer (+ the gold rationale, for the upper-bound baseline only)
+  test.jsonl     id, question, answer, rationale
+  corpus.jsonl   {"text": ...} documents: worked solutions by careless authors, and
+                 rationalizations that argue for a given answer, right or wrong
+  tokenizer.json byte-level BPE, digits one per token, <|endoftext|>
+  meta.json      the task and the arguments that made all this
+
+The corpus never holds a question of the train or the test split, so neither the test
+questions nor the gold rationales of the train split are ever seen in pretraining.
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tqdm import tqdm
+
+from data.jsonl import write_jsonl
+from data.tasks import TASKS, get_task
+from data.tokenizer import train_tokenizer
+
+PRESETS = {
+    "tiny": dict(n_train=200, n_test=100, n_corpus=3000),
+    "default": dict(n_train=5000, n_test=1000, n_corpus=60000),
+}
+OUTPUTS = ["train.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.json"]
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to make")
+    g.add_argument("--task", default="arithmetic", help=f"one of: {', '.join(TASKS)}")
+    g.add_argument("--out_dir", required=True)
+    g.add_argument("--preset", default="default", choices=sorted(PRESETS), help="sizes below")
+    g.add_argument("--n_train", type=int, help="train questions (answers only are used by SML)")
+    g.add_argument("--n_test", type=int, help="held-out test questions")
+    g.add_argument("--n_corpus", type=int, help="pretraining documents")
+    g.add_argument("--seed", type=int, default=1337)
+    g.add_argument("--overwrite", action="store_true", help="replace files already in --out_dir")
+    g = p.add_argument_group("the corpus (the stand-in for the web)")
+    g.add_argument("--noise", type=float, default=0.15,
+                   help="careless authors: chance that a step is wrong")
+    g.add_argument("--hint_frac", type=float, default=0.5,
+                   help="share of documents that argue for a given answer")
+    g.add_argument("--hint_wrong_frac", type=float, default=0.5,
+                   help="of those, the share whose given answer is wrong")
+    g.add_argument("--ignore_hint_frac", type=float, default=0.1,
+                   help="of those, the share whose author ignores the given answer and just "
+                        "solves carelessly")
+    g.add_argument("--vocab_size", type=int, default=512)
+    g = p.add_argument_group("task difficulty")
+    g.add_argument("--min_steps", type=int, default=None, help="arithmetic: fewest operations")
+    g.add_argument("--max_steps", type=int, default=None, help="arithmetic: most operations")
+    args = p.parse_args(argv)
+    for k, v in PRESETS[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def task_knobs(args):
+    if args.task != "arithmetic":
+        return {}
+    return {k: getattr(args, k) for k in ("min_steps", "max_steps") if getattr(args, k) is not None}
+
+
+def unique_problems(task, rng, n, seen, what):
+    """n problems whose questions are not in `seen` (and adds them to it)."""
+    out, tries = [], 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n + 10000:
+            raise ValueError(f"could not find {n} distinct {what} questions; the task's "
+                             f"question space is too small for these sizes")
+        prob = task.make_problem(rng)
+        if prob["question"] not in seen:
+            seen.add(prob["question"])
+            out.append(prob)
+    return out
+
+
+def corpus_document(task, prob, rng, args):
+    """One document of the web stand-in, in the exact prompt format the scripts use."""
+    if rng.random() >= args.hint_frac:  # a worked solution, no answer given
+        text, _ = task.careless_rationale(prob, rng, args.noise)
+        return f"{task.prompt(prob['question'])} {text}"
+    wrong = rng.random() < args.hint_wrong_frac
+    hint = task._wrong_answers(prob["answer"], 1, rng)[0] if wrong else prob["answer"]
+    if rng.random() < args.ignore_hint_frac:
+        text, _ = task.careless_rationale(prob, rng, args.noise)
+    else:
+        text = task.rationalization(prob, hint, rng)
+    return f"{task.prompt(prob['question'], hint)} {text}"
+
+
+def main(argv=None):
+    args = get_args(argv)
+    try:
+        task = get_task(args.task, **task_knobs(args))
+    except ValueError as e:
+        sys.exit(f"prepare.py: error: {e}")
+    present = [f for f in OUTPUTS if os.path.exists(os.path.join(args.out_dir, f))]
+    if present and not args.overwrite:
+        sys.exit(f"prepare.py: error: {args.out_dir} already holds {', '.join(present)}; "
+                 f"pass --overwrite to replace them")
+
+    rng = random.Random(args.seed)
+    seen = set()
+    try:
+        test = unique_problems(task, rng, args.n_test, seen, "test")
+        train = unique_problems(task, rng, args.n_train, seen, "train")
+        corpus_probs = unique_problems(task, rng, args.n_corpus, seen, "corpus")
+    except ValueError as e:
+        sys.exit(f"prepare.py: error: {e}")
+    corpus = [{"text": corpus_document(task, prob, rng, args)}
+              for prob in tqdm(corpus_probs, desc="corpus", leave=False)]
+
+    def split_rows(probs, prefix):
+        return [{"id": f"{prefix}-{i}", "question": p["question"], "answer": p["answer"],
+                 "rationale": p["rationale"]} for i, p in enumerate(probs)]
+
+    tok = train_tokenizer((d["text"] for d in corpus[:20000]), args.vocab_size)
+    os.makedirs(args.out_dir, exist_ok=True)
+    write_jsonl(os.path.join(args.out_dir, "train.jsonl"), split_rows(train, "train"))
+    write_jsonl(os.path.join(args.out_dir, "test.jsonl"), split_rows(test, "test"))
+    write_jsonl(os.path.join(args.out_dir, "corpus.jsonl"), corpus)
+    tmp = os.path.join(args.out_dir, f"tokenizer.json.tmp{os.getpid()}")
+    tok.save(tmp)
+    os.replace(tmp, os.path.join(args.out_dir, "tokenizer.json"))
+    meta = {"task": args.task, "task_knobs": task_knobs(args), "args": vars(args),
+            "counts": {"train": len(train), "test": len(test), "corpus": len(corpus)}}
+    tmp = os.path.join(args.out_dir, f"meta.json.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(tmp, os.path.join(args.out_dir, "meta.json"))
+    print(f"{args.task}: {len(train)} train, {len(test)} test, {len(corpus)} corpus documents, "
+          f"vocab {tok.get_vocab_size()} -> {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

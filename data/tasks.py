@@ -1,0 +1,225 @@
+"""
+The built-in reasoning tasks. Each task owns, in one place, everything the scripts agree on:
+
+- make_problem():        a seeded generator of questions with exact answers (+ gold steps)
+- prompt():              THE prompt template, plain or with a given answer (the hint)
+- extract_answer():      THE answer extractor, and answers_match() to compare answers
+- wrong_answers():       plausible wrong answers to give as hints (SML step 1)
+- careless_rationale():  a worked solution by a careless author (the pretraining corpus)
+- rationalization():     a rationale that argues for a given answer, right or wrong
+
+A rationale is a list of steps, one sentence each, ending in "So the answer is X."
+"""
+
+import random
+import re
+
+ANSWER_RE = re.compile(r"the answer is\s+(-?[a-z0-9]+)", re.IGNORECASE)
+
+
+class Task:
+    name = ""
+    answer_kind = "text"  # "number" | "yesno" | "text"
+    ANSWER_PREFIX = " So the answer is"
+
+    # --- the prompt template (used by the corpus, SFT, the RM, PPO and evaluation) ---
+    def prompt(self, question, hint=None):
+        if hint is None:
+            return f"Question: {question}\nAnswer:"
+        return f"Question: {question}\nHint: the answer is {hint}.\nAnswer:"
+
+    # --- the answer extractor ---
+    def normalize(self, answer):
+        return answer.strip().lower().rstrip(".")
+
+    def extract_answer(self, text):
+        """The final answer a rationale states, normalized; None if it states none, or
+        states two different ones (a rationale that argues for two answers agrees with
+        neither). Text after the statement is ignored."""
+        found = {self.normalize(m) for m in ANSWER_RE.findall(text)}
+        return found.pop() if len(found) == 1 else None
+
+    def answers_match(self, a, b):
+        if a is None or b is None:
+            return False
+        return self.normalize(str(a)) == self.normalize(str(b))
+
+    def finish(self, steps, answer):
+        return " ".join(steps) + f"{self.ANSWER_PREFIX} {answer}."
+
+    def wrong_answers(self, row, m, rng):
+        """m distinct wrong answers: the other choices for multiple choice, else the task's own."""
+        if row.get("choices"):
+            others = [c for c in row["choices"] if not self.answers_match(c, row["answer"])]
+            return rng.sample(others, min(m, len(others)))
+        return self._wrong_answers(row["answer"], m, rng)
+
+
+class Arithmetic(Task):
+    """Multi-step word problems with small numbers: a start value, then 2-3 changes."""
+    name = "arithmetic"
+    answer_kind = "number"
+    NAMES = ["Tom", "Ann", "Sam", "Mia", "Ben", "Liz", "Max", "Eva", "Leo", "Zoe", "Kim", "Ray"]
+    OBJECTS = ["apples", "pens", "books", "cards", "coins", "shells", "stamps", "balls", "cups",
+               "rocks", "eggs", "keys"]
+    ADD = ["{n} buys {a} more.", "{n} finds {a} more.", "{n} gets {a} more.", "{n} wins {a} more."]
+    SUB = ["{n} gives away {a}.", "{n} loses {a}.", "{n} sells {a}.", "{n} eats {a}."]
+
+    def __init__(self, min_steps=2, max_steps=3, max_operand=9):
+        self.min_steps, self.max_steps, self.max_operand = min_steps, max_steps, max_operand
+
+    def normalize(self, answer):
+        a = super().normalize(answer)
+        return str(int(a)) if re.fullmatch(r"-?\d+", a) else a  # "05" == "5"
+
+    def make_problem(self, rng):
+        name, obj = rng.choice(self.NAMES), rng.choice(self.OBJECTS)
+        start = value = rng.randint(1, self.max_operand)
+        sentences, ops = [f"{name} has {value} {obj}."], []
+        for _ in range(rng.randint(self.min_steps, self.max_steps)):
+            if value < 2 or rng.random() < 0.5:
+                a = rng.randint(1, self.max_operand)
+                sentences.append(rng.choice(self.ADD).format(n=name, a=a))
+                ops.append(("+", a))
+                value += a
+            else:
+                a = rng.randint(1, min(self.max_operand, value))
+                sentences.append(rng.choice(self.SUB).format(n=name, a=a))
+                ops.append(("-", a))
+                value -= a
+        question = " ".join(sentences) + f" How many {obj} does {name} have now?"
+        return {"question": question, "answer": str(value), "start": start, "ops": ops,
+                "rationale": self._chain(start, ops)[0]}
+
+    def _chain(self, start, ops, errors=None):
+        """Write the steps 'a op b = c.'; errors[i] is added to the result of step i and
+        carried into later steps (the way a slip propagates). Returns (text, final value)."""
+        steps, cur = [], start
+        for i, (op, a) in enumerate(ops):
+            res = cur + a if op == "+" else cur - a
+            res += (errors or {}).get(i, 0)
+            steps.append(f"{cur} {op} {a} = {res}.")
+            cur = res
+        return self.finish(steps, cur), cur
+
+    def careless_rationale(self, problem, rng, error_rate):
+        errors = {i: rng.choice([-2, -1, 1, 2]) for i in range(len(problem["ops"]))
+                  if rng.random() < error_rate}
+        text, value = self._chain(problem["start"], problem["ops"], errors)
+        return text, str(value)
+
+    def rationalization(self, problem, given_answer, rng):
+        # A wrong answer is reached with exactly one slip, at a random step: the low-quality
+        # rationales then look like careless ones, which a reward model must learn to spot.
+        delta = int(given_answer) - int(problem["answer"])
+        if delta == 0:
+            return self._chain(problem["start"], problem["ops"])[0]
+        order = list(range(len(problem["ops"])))
+        rng.shuffle(order)
+        for i in order:  # the first position whose chain never goes negative
+            text, _ = self._chain(problem["start"], problem["ops"], {i: delta})
+            if not re.search(r"= -", text):
+                return text
+        return self._chain(problem["start"], problem["ops"], {len(problem["ops"]) - 1: delta})[0]
+
+    def _wrong_answers(self, answer, m, rng):
+        v = int(answer)
+        candidates = [v + d for d in (-3, -2, -1, 1, 2, 3) if v + d >= 0]
+        return [str(c) for c in rng.sample(candidates, min(m, len(candidates)))]
+
+
+class CoinFlip(Task):
+    """The paper's Coin Flip: is the coin still heads up after some people flip it?"""
+    name = "coinflip"
+    answer_kind = "yesno"
+    NAMES = ["Ann", "Bob", "Cy", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lou",
+             "Meg", "Ned", "Oz", "Pam"]
+
+    def __init__(self, min_people=2, max_people=4):
+        self.min_people, self.max_people = min_people, max_people
+
+    def make_problem(self, rng):
+        people = rng.sample(self.NAMES, rng.randint(self.min_people, self.max_people))
+        flips = [rng.random() < 0.5 for _ in people]
+        sentences = [f"{p} flips the coin." if f else f"{p} does not flip the coin."
+                     for p, f in zip(people, flips)]
+        question = "A coin is heads up. " + " ".join(sentences) + " Is the coin still heads up?"
+        answer = "yes" if sum(flips) % 2 == 0 else "no"
+        return {"question": question, "answer": answer, "people": people, "flips": flips,
+                "rationale": self._chain(people, flips)[0]}
+
+    def _chain(self, people, flips, errors=()):
+        steps, heads = [], True
+        for i, (p, f) in enumerate(zip(people, flips)):
+            heads = heads != f
+            if i in errors:
+                heads = not heads
+            steps.append(f"{p} {'flips' if f else 'does not flip'}: {'heads' if heads else 'tails'}.")
+        answer = "yes" if heads else "no"
+        return self.finish(steps, answer), answer
+
+    def careless_rationale(self, problem, rng, error_rate):
+        errors = {i for i in range(len(problem["people"])) if rng.random() < error_rate}
+        return self._chain(problem["people"], problem["flips"], errors)
+
+    def rationalization(self, problem, given_answer, rng):
+        if self.answers_match(given_answer, problem["answer"]):
+            return self._chain(problem["people"], problem["flips"])[0]
+        return self._chain(problem["people"], problem["flips"], {rng.randrange(len(problem["people"]))})[0]
+
+    def _wrong_answers(self, answer, m, rng):
+        return ["no" if self.normalize(answer) == "yes" else "yes"][:m]
+
+
+class LastLetter(Task):
+    """The paper's Last Letter Concatenation."""
+    name = "lastletter"
+    answer_kind = "text"
+    WORDS = ["Ann", "Bob", "Cat", "Dan", "Eve", "Fox", "Gil", "Hugo", "Iris", "Jack", "Kate",
+             "Liam", "Mona", "Nick", "Olga", "Pete", "Quin", "Rosa", "Seth", "Tina", "Uma",
+             "Vic", "Wade", "Xena", "Yuri", "Zack", "Amy", "Bart", "Cleo", "Drew", "Emma", "Finn",
+             "Gwen", "Hank", "Ida", "Joel", "Kurt", "Lena", "Milo", "Nora"]
+    LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+    def __init__(self, min_words=2, max_words=3):
+        self.min_words, self.max_words = min_words, max_words
+
+    def make_problem(self, rng):
+        words = rng.sample(self.WORDS, rng.randint(self.min_words, self.max_words))
+        question = (f'Take the last letters of the words in "{" ".join(words)}" '
+                    f"and concatenate them.")
+        letters = [w[-1].lower() for w in words]
+        return {"question": question, "answer": "".join(letters), "words": words,
+                "letters": letters, "rationale": self._chain(words, letters)}
+
+    def _chain(self, words, letters):
+        steps = [f"The last letter of {w} is {c}." for w, c in zip(words, letters)]
+        return self.finish(steps, "".join(letters))
+
+    def careless_rationale(self, problem, rng, error_rate):
+        letters = [rng.choice(self.LETTERS) if rng.random() < error_rate else c
+                   for c in problem["letters"]]
+        return self._chain(problem["words"], letters), "".join(letters)
+
+    def rationalization(self, problem, given_answer, rng):
+        letters = list(self.normalize(given_answer))
+        if len(letters) != len(problem["words"]):  # cannot argue letter by letter
+            letters = (letters + problem["letters"])[:len(problem["words"])]
+        return self.finish([f"The last letter of {w} is {c}." for w, c in zip(problem["words"], letters)],
+                           self.normalize(given_answer))
+
+    def _wrong_answers(self, answer, m, rng):
+        answer, out = self.normalize(answer), set()
+        while len(out) < m:  # change one letter
+            i = rng.randrange(len(answer))
+            out.add(answer[:i] + rng.choice(self.LETTERS.replace(answer[i], "")) + answer[i + 1:])
+        return sorted(out)
+
+
+TASKS = {"arithmetic": Arithmetic, "coinflip": CoinFlip, "lastletter": LastLetter}
+
+
+def get_task(name, **knobs):
+    if name not in TASKS:
+        raise ValueError(f"unknown task '{name}' (choose from: {', '.join(TASKS)})")
+    return TASKS[name](**knobs)

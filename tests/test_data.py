@@ -1,0 +1,162 @@
+"""data/: task generators, answer extractors, the corpus, the tokenizer, JSONL validation."""
+
+import json
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+
+from data.jsonl import DataError, load_dataset, load_pairs, read_jsonl
+from data.prepare import main as prepare_main
+from data.tasks import TASKS, get_task
+from data.tokenizer import EOT, train_tokenizer
+
+ROOT = __file__.rsplit("/tests/", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The tiny preset of the arithmetic world, made twice with one seed and once with another."""
+    dirs = {}
+    for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
+        d = tmp_path_factory.mktemp(name)
+        prepare_main(["--out_dir", str(d), "--preset", "tiny", "--seed", str(seed)])
+        dirs[name] = d
+    return dirs
+
+
+def lines(path):
+    return path.read_text().splitlines()
+
+
+def test_generators_deterministic_by_seed(world):
+    for f in ["train.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json"]:
+        assert (world["a"] / f).read_text() == (world["b"] / f).read_text(), f
+    assert lines(world["a"] / "test.jsonl") != lines(world["c"] / "test.jsonl")
+    for name in TASKS:
+        task = get_task(name)
+        a = [task.make_problem(random.Random(5)) for _ in range(3)]
+        b = [task.make_problem(random.Random(5)) for _ in range(3)]
+        assert a == b
+
+
+def test_splits_disjoint_and_corpus_holds_no_split_question(world):
+    d = world["a"]
+    train = {r["question"] for r in load_dataset(str(d / "train.jsonl"))}
+    test = {r["question"] for r in load_dataset(str(d / "test.jsonl"))}
+    assert len(train) == 200 and len(test) == 100 and not train & test
+    corpus = [json.loads(x)["text"] for x in lines(d / "corpus.jsonl")]
+    corpus_questions = {re.match(r"Question: (.*?)\n", t).group(1) for t in corpus}
+    assert not corpus_questions & test
+    assert not corpus_questions & train
+    # documents both with and without a given answer, in the shared prompt format
+    assert any("\nHint: the answer is" in t for t in corpus)
+    assert any("\nHint:" not in t for t in corpus)
+    assert all(t.startswith("Question: ") and "\nAnswer: " in t for t in corpus)
+
+
+def test_tokenizer_round_trip_and_digits():
+    texts = ['Question: Tom has 12 apples, "quoted" text -3!\nAnswer: 12 - 5 = 7.',
+             "The last letter of Hugo is o. So the answer is nbt.", "A coin is heads up?"] * 20
+    tok = train_tokenizer(texts, vocab_size=300)
+    for t in texts + ["unseen wörds and 98765 tabs\t", "  double  spaces "]:
+        assert tok.decode(tok.encode(t).ids) == t
+    digits = [t for t in tok.encode("x 12345").tokens if any(c.isdigit() for c in t)]
+    assert len(digits) == 5 and all(sum(c.isdigit() for c in t) == 1 for t in digits)
+    assert len(tok.encode(EOT).ids) == 1 and tok.token_to_id(EOT) is not None
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2 + 3 = 5. So the answer is 5.", "5"),
+    ("no answer here", None),
+    ("So the answer is 5. So the answer is 6.", None),  # two different answers
+    ("So the answer is 5. Indeed the answer is 05.", "5"),  # the same answer twice
+    ("So the answer is 7. And then some trailing words 9.", "7"),
+    ("So the answer is -3.", "-3"),
+    ("THE ANSWER IS 4", "4"),
+])
+def test_arithmetic_extractor(text, expected):
+    assert get_task("arithmetic").extract_answer(text) == expected
+
+
+def test_yes_no_and_text_extractors():
+    coin, letters = get_task("coinflip"), get_task("lastletter")
+    assert coin.extract_answer("Ann flips: tails. So the answer is No.") == "no"
+    assert coin.extract_answer("So the answer is yes. So the answer is no.") is None
+    assert coin.answers_match("Yes", "yes") and not coin.answers_match(None, "yes")
+    assert letters.extract_answer("So the answer is nbt. Done") == "nbt"
+    assert coin.wrong_answers({"answer": "yes"}, 3, random.Random(0)) == ["no"]
+    mc = {"answer": "b", "choices": ["a", "b", "c"]}
+    assert sorted(coin.wrong_answers(mc, 5, random.Random(0))) == ["a", "c"]
+
+
+def arithmetic_steps(text):
+    return [(int(a), op, int(b), int(c)) for a, op, b, c in
+            re.findall(r"(-?\d+) ([+-]) (\d+) = (-?\d+)\.", text)]
+
+
+def test_rationalizations_and_careless_solutions():
+    rng = random.Random(0)
+    for name in TASKS:
+        task = get_task(name)
+        for _ in range(50):
+            prob = task.make_problem(rng)
+            # careless with error rate 0 is the gold rationale
+            assert task.careless_rationale(prob, rng, 0.0)[0] == prob["rationale"]
+            assert task.extract_answer(prob["rationale"]) == task.normalize(prob["answer"])
+            right = task.rationalization(prob, prob["answer"], rng)
+            assert right == prob["rationale"]
+            wrong = task._wrong_answers(prob["answer"], 1, rng)[0]
+            text = task.rationalization(prob, wrong, rng)
+            assert task.extract_answer(text) == task.normalize(wrong)
+            if name == "arithmetic":  # exactly one wrong step, every later step follows
+                steps = arithmetic_steps(text)
+                bad = [s for s in steps if (s[0] + s[2] if s[1] == "+" else s[0] - s[2]) != s[3]]
+                assert len(bad) == 1
+                assert all(steps[i][3] == steps[i + 1][0] for i in range(len(steps) - 1))
+            elif name == "lastletter":  # exactly one wrong letter
+                said = re.findall(r"The last letter of \w+ is (\w)\.", text)
+                assert sum(a != b for a, b in zip(said, prob["letters"])) == 1
+            else:  # coin flip: exactly one state that does not follow from the previous one
+                states = ["heads"] + re.findall(r": (heads|tails)\.", text)
+                flips = prob["flips"]
+                slips = sum((states[i] != states[i + 1]) != flips[i] for i in range(len(flips)))
+                assert slips == 1
+
+
+def test_jsonl_errors(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"id": "1", "question": "q", "answer": "a"}\n{"id": "2", "question": "q"\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:2: not valid JSON"):
+        load_dataset(str(p))
+    p.write_text('{"id": "1", "question": "q"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:1: missing field 'answer'"):
+        load_dataset(str(p))
+    p.write_text('{"id": "1", "question": "q", "answer": 5}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'answer' should be str"):
+        load_dataset(str(p))
+    p.write_text('["a list"]\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:1: expected a JSON object"):
+        load_pairs(str(p))
+    p.write_text("\n\n")
+    with pytest.raises(DataError, match="no rows"):
+        read_jsonl(str(p), {"x": str})
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset(str(tmp_path / "missing.jsonl"))
+
+
+def test_unknown_task():
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        get_task("nope")
+    r = subprocess.run([sys.executable, "data/prepare.py", "--task", "nope", "--out_dir", "/tmp/x"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "nope" in r.stderr
+
+
+def test_prepare_refuses_to_overwrite(world):
+    before = (world["a"] / "train.jsonl").read_text()
+    with pytest.raises(SystemExit, match="already holds"):
+        prepare_main(["--out_dir", str(world["a"]), "--preset", "tiny", "--seed", "9"])
+    assert (world["a"] / "train.jsonl").read_text() == before

@@ -1,0 +1,94 @@
+"""generate.py: the answer-consistency check, SFT rows and pairs, evaluation."""
+
+import random
+
+import pytest
+
+import generate
+from data.tasks import get_task
+
+TASK = get_task("arithmetic")
+
+
+def rec(qid, hint, rationale, gold="5"):
+    final = TASK.extract_answer(rationale)
+    consistent, correct, label = generate.label_rationale(TASK, gold, hint, final)
+    return {"id": qid, "question": f"question {qid}", "answer": gold, "hint": hint,
+            "rationale": rationale, "final_answer": final, "consistent": consistent,
+            "correct": correct, "label": label}
+
+
+def test_consistency_check_and_labels():
+    # correct answer given and reached -> high quality
+    assert rec("q", "5", "2 + 3 = 5. So the answer is 5.")["label"] == "high"
+    # correct answer given, not reached -> discarded
+    assert rec("q", "5", "2 + 3 = 6. So the answer is 6.")["label"] == "discarded"
+    # wrong answer given and reached -> low quality
+    r = rec("q", "6", "2 + 3 = 6. So the answer is 6.")
+    assert (r["label"], r["consistent"], r["correct"]) == ("low", True, False)
+    # wrong answer given and not reached (the model found the right one) -> discarded
+    r = rec("q", "6", "2 + 3 = 5. So the answer is 5.")
+    assert (r["label"], r["consistent"], r["correct"]) == ("discarded", False, True)
+    # no answer, or two different answers: agrees with nothing
+    assert rec("q", "5", "2 + 3 = 5.")["label"] == "discarded"
+    assert rec("q", "5", "So the answer is 5. So the answer is 6.")["label"] == "discarded"
+    # no hint: ranks by correctness
+    assert rec("q", None, "So the answer is 5.")["label"] == "high"
+    assert rec("q", None, "So the answer is 4.")["label"] == "low"
+    assert rec("q", None, "no idea")["label"] == "discarded"
+
+
+def test_pairs_within_question_chosen_high_rejected_low_and_dedup():
+    records = [rec("a", "5", "r1. So the answer is 5."), rec("a", "5", "r1. So the answer is 5."),
+               rec("a", "5", "r2. So the answer is 5."), rec("a", "6", "w1. So the answer is 6."),
+               rec("a", "6", "w2. So the answer is 4."),  # discarded: not consistent
+               rec("b", "5", "r3. So the answer is 5."), rec("b", "7", "w3. So the answer is 7."),
+               rec("c", "7", "w4. So the answer is 7.")]  # no high-quality rationale for c
+    pairs = generate.build_pairs(TASK, records, max_per_question=0, rng=random.Random(0))
+    by_text = {r["rationale"]: r for r in records}
+    assert len(pairs) == 2 + 1  # a: {r1, r2} x {w1}; b: {r3} x {w3}
+    for p in pairs:
+        chosen, rejected = by_text[p["chosen"].strip()], by_text[p["rejected"].strip()]
+        assert chosen["id"] == rejected["id"] == p["id"]
+        assert chosen["label"] == "high" and rejected["label"] == "low"
+        assert "Hint" not in p["prompt"]
+    capped = generate.build_pairs(TASK, records, max_per_question=1, rng=random.Random(0))
+    assert sorted(p["id"] for p in capped) == ["a", "b"]
+
+    sft = generate.build_sft_rows(TASK, records)
+    assert sorted(r["completion"].strip() for r in sft) == ["r1. So the answer is 5.",
+                                                            "r2. So the answer is 5.",
+                                                            "r3. So the answer is 5."]
+    assert all(r["prompt"] == TASK.prompt(f"question {r['id']}") for r in sft)
+
+
+def test_wilson_interval_known_case():
+    lo, hi = generate.wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert generate.wilson_interval(0, 10)[0] == 0.0
+    assert generate.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_majority_vote():
+    assert generate.majority(["3", None, "4", "4"]) == "4"
+    assert generate.majority(["3", "4"]) == "3"  # tie: the first seen
+    assert generate.majority([None, None]) is None
+
+
+@pytest.mark.parametrize("always_right", [True, False])
+def test_evaluate_with_a_stub_sampler(monkeypatch, always_right):
+    rows = [{"id": str(i), "question": f"q{i}", "answer": str(i)} for i in range(20)]
+    answers = {r["question"]: r["answer"] for r in rows}
+
+    def stub(model, tok, task, requests, k, *a, **kw):
+        out = []
+        for q, _ in requests:
+            ans = answers[q] if always_right else str(int(answers[q]) + 1)
+            out.append([{"text": f"So the answer is {ans}.", "final_answer": ans}] * k)
+        return out, {"tokens": 1, "seconds": 1.0}
+
+    monkeypatch.setattr(generate, "sample_rationales", stub)
+    summary, preds = generate.evaluate(None, None, TASK, rows, k=3)
+    assert summary["accuracy"] == (1.0 if always_right else 0.0)
+    assert summary["n"] == 20 and len(preds) == 20
+    assert all(p["correct"] == always_right for p in preds)
