@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 import common
-from data.jsonl import DataError, load_dataset, write_jsonl
+from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
 from data.tasks import get_task
 from data.tokenizer import EOT, load_tokenizer, tokenizer_to_str
 from model import CheckpointError, load_checkpoint, sample
@@ -158,6 +158,25 @@ def summarize(preds, temperature, k, speed=None):
     return out
 
 
+def mcnemar(before, after):
+    """Paired comparison of two checkpoints on the same questions (lists of bools):
+    how many went wrong -> right and right -> wrong, and the exact McNemar p-value
+    (two-sided binomial test on the discordant pairs)."""
+    if len(before) != len(after):
+        raise ValueError(f"paired test needs the same questions: {len(before)} vs {len(after)}")
+    fixed = sum(1 for a, b in zip(before, after) if not a and b)
+    broken = sum(1 for a, b in zip(before, after) if a and not b)
+    n = fixed + broken
+    tail = sum(math.comb(n, i) for i in range(min(fixed, broken) + 1)) / 2 ** n if n else 1.0
+    return {"n": len(before), "wrong_to_right": fixed, "right_to_wrong": broken,
+            "p_value": min(1.0, 2 * tail)}
+
+
+def load_predictions(path):
+    rows = read_jsonl(path, {"id": str, "correct": bool})
+    return {r["id"]: r["correct"] for r in rows}
+
+
 def format_accuracy(s):
     return (f"{100 * s['accuracy']:.1f}% ({s['correct']}/{s['n']}, 95% CI "
             f"{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f})")
@@ -258,7 +277,8 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
         if sub:
             stats["by_hint_type"][kind] = {
                 "samples": len(sub), "consistent": sum(r["consistent"] for r in sub),
-                "yield": sum(r["consistent"] for r in sub) / len(sub),
+                # yield: the share kept (consistent with the hint; unhinted: correct, as STaR keeps)
+                "yield": sum(r["consistent"] if kind != "none" else r["correct"] for r in sub) / len(sub),
                 "correct": sum(r["correct"] for r in sub)}
     for label in ("high", "low", "discarded"):
         stats[label] = sum(r["label"] == label for r in records)
@@ -309,6 +329,10 @@ def get_args(argv=None):
     cmds = {"eval": "accuracy of a checkpoint on a split",
             "collect": "SML steps 1-2: generate and collect rationales on the train split",
             "bench": "sampling speed: KV-cache engine vs naive loop"}
+    c = sub.add_parser("compare", help="two eval --out files, question by question (McNemar)")
+    c.add_argument("before", help="predictions JSONL of the first checkpoint (generate.py eval --out)")
+    c.add_argument("after", help="predictions JSONL of the second, on the same questions")
+    c.add_argument("--json", default=None, help="write the result here")
     for name, help_text in cmds.items():
         s = sub.add_parser(name, help=help_text, description=help_text)
         g = s.add_argument_group("input / output")
@@ -364,8 +388,27 @@ def load_everything(args, script):
     return task, rows, tok, model, ckpt
 
 
+def compare_main(args):
+    try:
+        before, after = load_predictions(args.before), load_predictions(args.after)
+        if set(before) != set(after):
+            raise DataError(f"{args.before} and {args.after} are not on the same questions")
+    except DataError as e:
+        common.die("generate.py", str(e))
+    ids = sorted(before)
+    res = mcnemar([before[i] for i in ids], [after[i] for i in ids])
+    res.update(before_accuracy=sum(before.values()) / len(ids), after_accuracy=sum(after.values()) / len(ids))
+    print(f"{len(ids)} questions: {100 * res['before_accuracy']:.1f}% -> {100 * res['after_accuracy']:.1f}%; "
+          f"wrong->right {res['wrong_to_right']}, right->wrong {res['right_to_wrong']}, "
+          f"McNemar p = {res['p_value']:.3g}")
+    if args.json:
+        common.atomic_write_json(args.json, res)
+
+
 def main(argv=None):
     args = get_args(argv)
+    if args.command == "compare":
+        return compare_main(args)
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     task, rows, tok, model, _ = load_everything(args, "generate.py")
@@ -415,7 +458,8 @@ def run_collect(args, task, rows, tok, model, kw):
         shutil.rmtree(args.out_dir)
     os.rename(tmp, args.out_dir)
     for kind, s in stats["by_hint_type"].items():
-        print(f"hint {kind:7s}: {s['consistent']}/{s['samples']} consistent ({100 * s['yield']:.1f}%)")
+        kept = "consistent" if kind != "none" else "correct"
+        print(f"hint {kind:7s}: {s[kept]}/{s['samples']} {kept} ({100 * s['yield']:.1f}%)")
     print(f"{len(sft)} SFT rows, {len(pairs)} pairs, {stats['questions_with_high']}/{len(rows)} "
           f"questions with a high-quality rationale, {stats['wall_seconds']:.0f}s, "
           f"{stats['tokens_per_s']:.0f} tok/s -> {args.out_dir}")

@@ -96,8 +96,8 @@ def make_batch(examples, indices, pad_id, device):
 def check_lengths(examples, block_size, what):
     for i, (ids, _) in enumerate(examples):
         if len(ids) - 1 > block_size:
-            raise DataError(f"{what} #{i + 1}: {len(ids)} tokens do not fit the model's "
-                            f"context of {block_size + 1}")
+            raise DataError(f"{what} #{i + 1}: {len(ids) - 1} tokens are longer than the "
+                            f"model's context of {block_size}")
 
 
 def step_indices(seed, step, n_examples, batch_size):

@@ -9,13 +9,21 @@ class DataError(Exception):
     pass
 
 
-def read_jsonl(path, required, optional=None):
+def _is(value, typ):
+    """isinstance that also understands list[str]."""
+    if getattr(typ, "__origin__", None) is list:
+        return isinstance(value, list) and all(isinstance(v, typ.__args__[0]) for v in value)
+    return isinstance(value, typ)
+
+
+def read_jsonl(path, required, optional=None, unique=None):
     """Rows of a JSONL file; every row must be an object with the `required` fields (name ->
-    type) and may have the `optional` ones. Blank lines are skipped."""
+    type, e.g. str or list[str]) and may have the `optional` ones (which may also be null).
+    `unique` names a field no two rows may share. Blank lines are skipped."""
     optional = optional or {}
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
-    rows = []
+    rows, first_seen = [], {}
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -30,9 +38,15 @@ def read_jsonl(path, required, optional=None):
                 if name not in row:
                     if name in required:
                         raise DataError(f"{path}:{lineno}: missing field '{name}'")
-                elif not isinstance(row[name], typ) and not (name in optional and row[name] is None):
+                elif not _is(row[name], typ) and not (name in optional and row[name] is None):
                     raise DataError(f"{path}:{lineno}: field '{name}' should be "
-                                    f"{typ.__name__}, got {type(row[name]).__name__}")
+                                    f"{typ if hasattr(typ, '__origin__') else typ.__name__}, got {type(row[name]).__name__}")
+            if unique is not None:
+                key = row[unique]
+                if key in first_seen:
+                    raise DataError(f"{path}:{lineno}: duplicate {unique} {key!r} "
+                                    f"(first on line {first_seen[key]})")
+                first_seen[key] = lineno
             rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
@@ -41,14 +55,8 @@ def read_jsonl(path, required, optional=None):
 
 def load_dataset(path):
     """A dataset split: id, question, answer; optional gold rationale and choices."""
-    rows = read_jsonl(path, {"id": str, "question": str, "answer": str},
-                      {"rationale": str, "choices": list})
-    seen = set()
-    for lineno, row in enumerate(rows, 1):
-        if row["id"] in seen:
-            raise DataError(f"{path}: duplicate id {row['id']!r}")
-        seen.add(row["id"])
-    return rows
+    return read_jsonl(path, {"id": str, "question": str, "answer": str},
+                      {"rationale": str, "choices": list[str]}, unique="id")
 
 
 def load_sft(path):
@@ -63,7 +71,12 @@ def write_jsonl(path, rows):
     """Write to a temporary name, then rename: a reader never sees half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # interrupted or failed: leave no half-written temporary behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -60,34 +60,56 @@ def get_args(argv=None):
     g.add_argument("--ignore_hint_frac", type=float, default=0.1,
                    help="of those, the share whose author ignores the given answer and just "
                         "solves carelessly")
+    g.add_argument("--assert_frac", type=float, default=0.5,
+                   help="of the rationalizations for a wrong answer, the share that does the steps "
+                        "right and asserts the given answer; the rest bend a step to reach it")
     g.add_argument("--vocab_size", type=int, default=512)
-    g = p.add_argument_group("task difficulty")
-    g.add_argument("--min_steps", type=int, default=None, help="arithmetic: fewest operations")
-    g.add_argument("--max_steps", type=int, default=None, help="arithmetic: most operations")
+    g = p.add_argument_group("task difficulty (the number of steps of a problem)")
+    g.add_argument("--min_steps", type=int, default=None,
+                   help="fewest steps: operations (arithmetic), people (coinflip), words (lastletter)")
+    g.add_argument("--max_steps", type=int, default=None, help="most steps")
     args = p.parse_args(argv)
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    # bad numbers get one clear line, not a traceback from deep inside a generator
+    for k in ("n_train", "n_test", "n_corpus"):
+        if getattr(args, k) < 1:
+            p.error(f"--{k} must be at least 1")
+    for k in ("noise", "hint_frac", "hint_wrong_frac", "ignore_hint_frac", "assert_frac"):
+        if not 0 <= getattr(args, k) <= 1:
+            p.error(f"--{k} must be between 0 and 1")
+    if args.min_steps is not None and args.min_steps < 1:
+        p.error("--min_steps must be at least 1")
+    if args.min_steps is not None and args.max_steps is not None and args.min_steps > args.max_steps:
+        p.error("--min_steps must not exceed --max_steps")
     return args
 
 
+# Each task calls its steps by their own name: --min_steps/--max_steps map onto these knobs.
+STEP_KNOBS = {"arithmetic": ("min_steps", "max_steps"), "coinflip": ("min_people", "max_people"),
+              "lastletter": ("min_words", "max_words")}
+
+
 def task_knobs(args):
-    if args.task != "arithmetic":
-        return {}
-    return {k: getattr(args, k) for k in ("min_steps", "max_steps") if getattr(args, k) is not None}
+    names = STEP_KNOBS.get(args.task, ())
+    return {knob: getattr(args, arg) for knob, arg in zip(names, ("min_steps", "max_steps"))
+            if getattr(args, arg) is not None}
 
 
-def unique_problems(task, rng, n, seen, what):
-    """n problems whose questions are not in `seen` (and adds them to it)."""
+def draw_problems(task, rng, n, seen, what, distinct=True):
+    """n problems whose questions are not in `seen`, by rejection (generators are cheap).
+    distinct=True: also distinct from each other, and they join `seen`."""
     out, tries = [], 0
     while len(out) < n:
         tries += 1
         if tries > 50 * n + 10000:
-            raise ValueError(f"could not find {n} distinct {what} questions; the task's "
-                             f"question space is too small for these sizes")
+            raise ValueError(f"could not find {n} new {what} questions; the task's question "
+                             f"space is too small for these sizes (try fewer, or more steps)")
         prob = task.make_problem(rng)
         if prob["question"] not in seen:
-            seen.add(prob["question"])
+            if distinct:
+                seen.add(prob["question"])
             out.append(prob)
     return out
 
@@ -101,6 +123,8 @@ def corpus_document(task, prob, rng, args):
     hint = task._wrong_answers(prob["answer"], 1, rng)[0] if wrong else prob["answer"]
     if rng.random() < args.ignore_hint_frac:
         text, _ = task.careless_rationale(prob, rng, args.noise)
+    elif wrong and rng.random() < args.assert_frac:
+        text = task.assertion(prob, hint, rng)
     else:
         text = task.rationalization(prob, hint, rng)
     return f"{task.prompt(prob['question'], hint)} {text}"
@@ -120,9 +144,13 @@ def main(argv=None):
     rng = random.Random(args.seed)
     seen = set()
     try:
-        test = unique_problems(task, rng, args.n_test, seen, "test")
-        train = unique_problems(task, rng, args.n_train, seen, "train")
-        corpus_probs = unique_problems(task, rng, args.n_corpus, seen, "corpus")
+        test = draw_problems(task, rng, args.n_test, seen, "test")
+        train = draw_problems(task, rng, args.n_train, seen, "train")
+        # The corpus avoids every split question, but may solve one question more than once
+        # (the web holds several authors' attempts at a popular problem). Insisting on
+        # distinct questions would run short problems out (coinflip has 6,240 two-person
+        # questions) and skew the corpus towards long ones.
+        corpus_probs = draw_problems(task, rng, args.n_corpus, seen, "corpus", distinct=False)
     except ValueError as e:
         sys.exit(f"prepare.py: error: {e}")
     corpus = [{"text": corpus_document(task, prob, rng, args)}

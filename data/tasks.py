@@ -7,6 +7,7 @@ The built-in reasoning tasks. Each task owns, in one place, everything the scrip
 - wrong_answers():       plausible wrong answers to give as hints (SML step 1)
 - careless_rationale():  a worked solution by a careless author (the pretraining corpus)
 - rationalization():     a rationale that argues for a given answer, right or wrong
+- assertion():           right steps, then the given answer asserted anyway
 
 A rationale is a list of steps, one sentence each, ending in "So the answer is X."
 """
@@ -47,6 +48,13 @@ class Task:
     def finish(self, steps, answer):
         return " ".join(steps) + f"{self.ANSWER_PREFIX} {answer}."
 
+    def assertion(self, problem, given_answer, rng):
+        """The other way to argue for a given answer: do the steps right, then conclude what
+        you were told. Copying the given answer into "So the answer is" is a pattern a small
+        model picks up fast, so the base model can follow a hint, as the paper's LLM does."""
+        text = self.rationalization(problem, problem["answer"], rng)
+        return text[:text.rindex(self.ANSWER_PREFIX)] + f"{self.ANSWER_PREFIX} {self.normalize(given_answer)}."
+
     def wrong_answers(self, row, m, rng):
         """m distinct wrong answers: the other choices for multiple choice, else the task's own."""
         if row.get("choices"):
@@ -66,6 +74,8 @@ class Arithmetic(Task):
     SUB = ["{n} gives away {a}.", "{n} loses {a}.", "{n} sells {a}.", "{n} eats {a}."]
 
     def __init__(self, min_steps=2, max_steps=3, max_operand=9):
+        if not 1 <= min_steps <= max_steps:
+            raise ValueError(f"arithmetic needs 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
         self.min_steps, self.max_steps, self.max_operand = min_steps, max_steps, max_operand
 
     def normalize(self, answer):
@@ -103,24 +113,27 @@ class Arithmetic(Task):
         return self.finish(steps, cur), cur
 
     def careless_rationale(self, problem, rng, error_rate):
-        errors = {i: rng.choice([-2, -1, 1, 2]) for i in range(len(problem["ops"]))
-                  if rng.random() < error_rate}
+        # Each step slips with chance error_rate: its result is off by 1 or 2, and later steps
+        # carry the wrong value on. Never a slip that drives a count below zero: the world
+        # has no negative counts, so a negative number would give the slip away.
+        errors = {}
+        for i in range(len(problem["ops"])):
+            if rng.random() < error_rate:
+                ok = [d for d in (-2, -1, 1, 2) if "= -" not in
+                      self._chain(problem["start"], problem["ops"], {**errors, i: d})[0]]
+                if ok:
+                    errors[i] = rng.choice(ok)
         text, value = self._chain(problem["start"], problem["ops"], errors)
         return text, str(value)
 
     def rationalization(self, problem, given_answer, rng):
-        # A wrong answer is reached with exactly one slip, at a random step: the low-quality
-        # rationales then look like careless ones, which a reward model must learn to spot.
+        # An author arguing for a given answer does the steps, then bends the last one:
+        # "... 17 + 7 = <given answer>." So in every hinted document the last result is the
+        # hint, a rule a small model learns in minutes (a slip at a random step is a plan it
+        # cannot make). The given answer is never negative, so neither is the chain.
+        last = len(problem["ops"]) - 1
         delta = int(given_answer) - int(problem["answer"])
-        if delta == 0:
-            return self._chain(problem["start"], problem["ops"])[0]
-        order = list(range(len(problem["ops"])))
-        rng.shuffle(order)
-        for i in order:  # the first position whose chain never goes negative
-            text, _ = self._chain(problem["start"], problem["ops"], {i: delta})
-            if not re.search(r"= -", text):
-                return text
-        return self._chain(problem["start"], problem["ops"], {len(problem["ops"]) - 1: delta})[0]
+        return self._chain(problem["start"], problem["ops"], {last: delta} if delta else None)[0]
 
     def _wrong_answers(self, answer, m, rng):
         v = int(answer)
@@ -132,10 +145,17 @@ class CoinFlip(Task):
     """The paper's Coin Flip: is the coin still heads up after some people flip it?"""
     name = "coinflip"
     answer_kind = "yesno"
+    # 40 names: 2-person questions alone number 40*39*4 = 6,240, so the splits do not use
+    # them all up and the corpus still sees thousands of distinct short problems
     NAMES = ["Ann", "Bob", "Cy", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lou",
-             "Meg", "Ned", "Oz", "Pam"]
+             "Meg", "Ned", "Oz", "Pam", "Quy", "Rex", "Sue", "Ted", "Una", "Val", "Wes", "Xia",
+             "Yan", "Zed", "Abe", "Bea", "Cal", "Dot", "Eve", "Flo", "Gil", "Hap", "Ike", "Jan",
+             "Kit", "Lee", "Mo", "Nia"]
 
     def __init__(self, min_people=2, max_people=4):
+        if not 1 <= min_people <= max_people <= len(self.NAMES):
+            raise ValueError(f"coinflip needs 1 <= min_people <= max_people <= {len(self.NAMES)}, "
+                             f"got {min_people}, {max_people}")
         self.min_people, self.max_people = min_people, max_people
 
     def make_problem(self, rng):
@@ -175,13 +195,22 @@ class LastLetter(Task):
     """The paper's Last Letter Concatenation."""
     name = "lastletter"
     answer_kind = "text"
+    # 80 words: 2-word questions alone number 80*79 = 6,320 (with 40 words the 1,560 of
+    # them would all go to the train and test splits, leaving the corpus none)
     WORDS = ["Ann", "Bob", "Cat", "Dan", "Eve", "Fox", "Gil", "Hugo", "Iris", "Jack", "Kate",
              "Liam", "Mona", "Nick", "Olga", "Pete", "Quin", "Rosa", "Seth", "Tina", "Uma",
              "Vic", "Wade", "Xena", "Yuri", "Zack", "Amy", "Bart", "Cleo", "Drew", "Emma", "Finn",
-             "Gwen", "Hank", "Ida", "Joel", "Kurt", "Lena", "Milo", "Nora"]
+             "Gwen", "Hank", "Ida", "Joel", "Kurt", "Lena", "Milo", "Nora", "Otis", "Paul",
+             "Ruth", "Sid", "Tom", "Ugo", "Viv", "Walt", "Yves", "Zoe", "Abel", "Beth", "Carl",
+             "Dirk", "Ezra", "Fred", "Gail", "Hope", "Ivan", "Jill", "Kirk", "Luis", "Mark",
+             "Noah", "Omar", "Phil", "Reed", "Saul", "Troy", "Ulf", "Raj", "Will", "Yusuf",
+             "Zeke", "Axel", "Lou", "Chip", "Doug", "Eric", "Fitz"]
     LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
     def __init__(self, min_words=2, max_words=3):
+        if not 1 <= min_words <= max_words <= len(self.WORDS):
+            raise ValueError(f"lastletter needs 1 <= min_words <= max_words <= {len(self.WORDS)}, "
+                             f"got {min_words}, {max_words}")
         self.min_words, self.max_words = min_words, max_words
 
     def make_problem(self, rng):
@@ -210,6 +239,7 @@ class LastLetter(Task):
 
     def _wrong_answers(self, answer, m, rng):
         answer, out = self.normalize(answer), set()
+        m = min(m, 25 * len(answer))  # there are only so many one-letter changes
         while len(out) < m:  # change one letter
             i = rng.randrange(len(answer))
             out.add(answer[:i] + rng.choice(self.LETTERS.replace(answer[i], "")) + answer[i + 1:])

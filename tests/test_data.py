@@ -11,7 +11,7 @@ import pytest
 from data.jsonl import DataError, load_dataset, load_pairs, read_jsonl
 from data.prepare import main as prepare_main
 from data.tasks import TASKS, get_task
-from data.tokenizer import EOT, train_tokenizer
+from data.tokenizer import EOT, load_tokenizer, train_tokenizer
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 
@@ -86,10 +86,35 @@ def test_yes_no_and_text_extractors():
     assert coin.extract_answer("Ann flips: tails. So the answer is No.") == "no"
     assert coin.extract_answer("So the answer is yes. So the answer is no.") is None
     assert coin.answers_match("Yes", "yes") and not coin.answers_match(None, "yes")
+    assert coin.extract_answer("So the answer is yes. Again, the answer is YES.") == "yes"
     assert letters.extract_answer("So the answer is nbt. Done") == "nbt"
+    assert letters.extract_answer("So the answer is NBT.") == "nbt"
+    assert letters.extract_answer("the answer is nbt, or the answer is nbx.") is None
+    assert letters.extract_answer("The last letter of Ann is n.") is None
     assert coin.wrong_answers({"answer": "yes"}, 3, random.Random(0)) == ["no"]
     mc = {"answer": "b", "choices": ["a", "b", "c"]}
     assert sorted(coin.wrong_answers(mc, 5, random.Random(0))) == ["a", "c"]
+
+
+def test_wrong_answers_are_plausible_and_wrong():
+    rng = random.Random(0)
+    arith, letters = get_task("arithmetic"), get_task("lastletter")
+    for answer in ["0", "1", "7", "23"]:
+        wrong = arith.wrong_answers({"answer": answer}, 3, rng)
+        assert len(set(wrong)) == len(wrong) >= 2 and answer not in wrong
+        assert all(0 <= int(w) and abs(int(w) - int(answer)) <= 5 for w in wrong)
+    wrong = letters.wrong_answers({"answer": "nbt"}, 4, rng)
+    assert len(set(wrong)) == 4 and all(len(w) == 3 and w != "nbt" for w in wrong)
+    assert len(letters.wrong_answers({"answer": "n"}, 100, rng)) == 25  # all one-letter changes
+
+
+def test_careless_arithmetic_never_goes_negative():
+    task, rng = get_task("arithmetic"), random.Random(0)
+    for _ in range(300):
+        prob = task.make_problem(rng)
+        text, answer = task.careless_rationale(prob, rng, 1.0)
+        assert "-" not in text.replace(" - ", "") and int(answer) >= 0, text
+        assert task.extract_answer(text) == answer
 
 
 def arithmetic_steps(text):
@@ -145,14 +170,41 @@ def test_jsonl_errors(tmp_path):
         read_jsonl(str(p), {"x": str})
     with pytest.raises(DataError, match="no such file"):
         load_dataset(str(tmp_path / "missing.jsonl"))
+    p.write_text('{"id": "1", "question": "q", "answer": "a"}\n\n{"id": "1", "question": "r", "answer": "b"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:3: duplicate id '1' \(first on line 1\)"):
+        load_dataset(str(p))
+    p.write_text('{"id": "1", "question": "q", "answer": "a", "choices": ["a", 2]}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'choices' should be list\[str\]"):
+        load_dataset(str(p))
+    p.write_text('{"id": "1", "question": "q", "answer": "a", "rationale": null, "choices": ["a", "b"]}\n')
+    assert load_dataset(str(p))[0]["choices"] == ["a", "b"]
+    with pytest.raises(DataError, match="missing.json: no such file"):
+        load_tokenizer(str(tmp_path / "missing.json"))
 
 
-def test_unknown_task():
+def test_unknown_task_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         get_task("nope")
-    r = subprocess.run([sys.executable, "data/prepare.py", "--task", "nope", "--out_dir", "/tmp/x"],
-                       cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode != 0 and "nope" in r.stderr
+    with pytest.raises(ValueError, match="min_people"):
+        get_task("coinflip", min_people=3, max_people=2)
+    for bad, said in [(["--task", "nope"], "nope"), (["--hint_frac", "1.5"], "--hint_frac"),
+                      (["--min_steps", "4", "--max_steps", "2"], "--min_steps")]:
+        r = subprocess.run([sys.executable, "data/prepare.py", "--out_dir", str(tmp_path)] + bad,
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_small_question_space_corpus_may_repeat_but_avoids_splits(tmp_path):
+    # lastletter with exactly 2 of 40 words has 1,560 questions: fewer than the corpus needs
+    prepare_main(["--out_dir", str(tmp_path), "--task", "lastletter", "--min_steps", "2",
+                  "--max_steps", "2", "--n_train", "300", "--n_test", "200", "--n_corpus", "3000",
+                  "--vocab_size", "300"])
+    splits = {r["question"] for f in ["train.jsonl", "test.jsonl"]
+              for r in load_dataset(str(tmp_path / f))}
+    corpus = [json.loads(x)["text"] for x in lines(tmp_path / "corpus.jsonl")]
+    questions = {re.match(r"Question: (.*?)\n", t).group(1) for t in corpus}
+    assert len(splits) == 500 and len(corpus) == 3000 and not questions & splits
 
 
 def test_prepare_refuses_to_overwrite(world):

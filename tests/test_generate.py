@@ -1,6 +1,11 @@
 """generate.py: the answer-consistency check, SFT rows and pairs, evaluation."""
 
+import json
+import os
 import random
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -92,3 +97,76 @@ def test_evaluate_with_a_stub_sampler(monkeypatch, always_right):
     assert summary["accuracy"] == (1.0 if always_right else 0.0)
     assert summary["n"] == 20 and len(preds) == 20
     assert all(p["correct"] == always_right for p in preds)
+
+
+# --- end to end on the tiny base model ---------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gen(*args):
+    return subprocess.run([sys.executable, "generate.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_collect_is_deterministic_and_writes_every_file(tiny_run, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        out = str(tmp_path / name)
+        r = gen("collect", "--ckpt", tiny_run["base"], "--data_dir", tiny_run["data"], "--out_dir", out,
+                "--limit", "12", "--k", "2", "--m", "1", "--k_unhinted", "2", "--seed", "5",
+                "--device", "cpu")
+        assert r.returncode == 0, r.stderr
+        outs.append(out)
+    for f in ("rationales.jsonl", "sft.jsonl", "pairs.jsonl", "sft_unhinted.jsonl"):
+        assert open(os.path.join(outs[0], f)).read() == open(os.path.join(outs[1], f)).read(), f
+    records = [json.loads(x) for x in open(os.path.join(outs[0], "rationales.jsonl"))]
+    assert len(records) == 12 * (2 + 2 + 2)  # k per hint (correct + 1 wrong) + k unhinted
+    assert {r["hint_type"] for r in records} == {"correct", "wrong", "none"}
+    stats = json.load(open(os.path.join(outs[0], "stats.json")))
+    assert stats["samples"] == len(records) and stats["tokens_per_s"] > 0
+    # an output folder that already holds results is refused, and left as it was
+    before = open(os.path.join(outs[0], "rationales.jsonl")).read()
+    r = gen("collect", "--ckpt", tiny_run["base"], "--data_dir", tiny_run["data"], "--out_dir", outs[0],
+            "--limit", "2", "--device", "cpu")
+    assert r.returncode != 0 and "--overwrite" in r.stderr
+    assert open(os.path.join(outs[0], "rationales.jsonl")).read() == before
+
+
+def test_eval_same_seed_same_numbers(tiny_run, tmp_path):
+    summaries = []
+    for name in ("a", "b"):
+        s = str(tmp_path / f"{name}.json")
+        r = gen("eval", "--ckpt", tiny_run["base"], "--data_dir", tiny_run["data"], "--limit", "20",
+                "--temperature", "1", "--k", "3", "--summary", s, "--out", str(tmp_path / f"{name}.jsonl"),
+                "--device", "cpu")
+        assert r.returncode == 0, r.stderr
+        summaries.append(open(str(tmp_path / f"{name}.jsonl")).read())
+    assert summaries[0] == summaries[1]
+
+
+def test_bad_input(tiny_run, tmp_path):
+    base, data = tiny_run["base"], tiny_run["data"]
+    r = gen("eval", "--ckpt", base, "--data_dir", data, "--task", "nope", "--device", "cpu")
+    assert r.returncode != 0 and "unknown task 'nope'" in r.stderr
+    # an empty split
+    d2 = str(tmp_path / "d2")
+    shutil.copytree(data, d2)
+    open(os.path.join(d2, "test.jsonl"), "w").close()
+    r = gen("eval", "--ckpt", base, "--data_dir", d2, "--device", "cpu")
+    assert r.returncode != 0 and "test.jsonl: no rows" in r.stderr
+    # a checkpoint whose tokenizer differs from the data's
+    from data.tokenizer import train_tokenizer
+    d4 = str(tmp_path / "d4")
+    shutil.copytree(data, d4)
+    train_tokenizer(["some other text 123"] * 10, 280).save(os.path.join(d4, "tokenizer.json"))
+    r = gen("eval", "--ckpt", base, "--data_dir", d4, "--device", "cpu")
+    assert r.returncode != 0 and "different tokenizer" in r.stderr
+    # a prompt longer than the context
+    d3 = str(tmp_path / "d3")
+    shutil.copytree(data, d3)
+    with open(os.path.join(d3, "test.jsonl"), "w") as f:
+        f.write(json.dumps({"id": "long", "question": "Tom has 3 apples. " * 40, "answer": "3"}) + "\n")
+    r = gen("eval", "--ckpt", base, "--data_dir", d3, "--device", "cpu")
+    assert r.returncode != 0 and "does not fit the model's context" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,186 @@
+"""
+The results of a run.sh run: the paper-style table on the test split, the three findings,
+and where the time went. Reads the run folder (or its seed*/ folders) and writes
+results.md and results.json there; with matplotlib installed, also ppo_curves.png.
+
+    python results.py runs/default
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+
+# (key, row name, what it is) in table order; the key names the eval_<key>.json file
+ROWS = [
+    ("base", "Base model", "the pretrained model, no fine-tuning"),
+    ("sft", "SFT (self-generated)", "SML steps 1-3a: SFT on its own high-quality rationales"),
+    ("sml", "SML (SFT + PPO, RM reward)", "the full method"),
+    ("star", "STaR / rejection sampling", "SFT on its own unhinted correct samples"),
+    ("gold", "SFT on gold rationales", "the annotation upper bound"),
+    ("ppo_exact", "SFT + PPO, exact-match reward", "RL on a verifiable reward"),
+]
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def one_seed(run):
+    """Everything we report, from one seed's folder."""
+    out = {"rows": {}, "findings": {}, "stages": {}}
+    for key, _, _ in ROWS:
+        p = os.path.join(run, f"eval_{key}.json")
+        if os.path.exists(p):
+            out["rows"][key] = load(p)
+    rm = os.path.join(run, "rm_report.json")
+    if os.path.exists(rm):
+        r = load(rm)
+        out["findings"]["rm_pair_accuracy"] = r.get("val_pair_accuracy")
+        out["findings"]["rm_auc_correctness"] = r.get("auc_correctness")
+    cmp = os.path.join(run, "compare_sft_sml.json")
+    if os.path.exists(cmp):
+        c = load(cmp)
+        out["findings"].update(ppo_wrong_to_right=c["wrong_to_right"], ppo_right_to_wrong=c["right_to_wrong"],
+                               ppo_mcnemar_p=c["p_value"])
+    timings = os.path.join(run, "timings.jsonl")
+    if os.path.exists(timings):
+        for t in load_jsonl(timings):
+            out["stages"][t["stage"]] = {"seconds": t["seconds"]}
+    # tokens/s where a stage measures it
+    for stage, ckpt in (("pretrain", "base"), ("sft", "sft"), ("star", "star"), ("gold", "gold")):
+        # run.sh trains into NAME.pt.partial, whose log is NAME.pt.log.jsonl
+        for path in (os.path.join(run, f"{ckpt}.pt.log.jsonl"), os.path.join(run, f"{ckpt}.log.jsonl")):
+            if os.path.exists(path) and stage in out["stages"]:
+                rates = [r["tokens_per_s"] for r in load_jsonl(path) if "tokens_per_s" in r]
+                if rates:
+                    out["stages"][stage]["tokens_per_s"] = rates[-1]
+    stats = os.path.join(run, "collect", "stats.json")
+    if os.path.exists(stats) and "collect" in out["stages"]:
+        s = load(stats)
+        out["stages"]["collect"]["tokens_per_s"] = s["tokens_per_s"]
+        out["collect"] = {k: s[k] for k in ("sft_rows", "pairs", "questions", "questions_with_high") if k in s}
+        out["collect"]["yield"] = {k: v["yield"] for k, v in s["by_hint_type"].items()}
+    for stage, folder in (("ppo", "ppo"), ("ppo exact", "ppo_exact")):
+        ppo_log = os.path.join(run, folder, "ppo_log.jsonl")
+        if os.path.exists(ppo_log) and stage in out["stages"]:
+            out["stages"][stage]["tokens_per_s"] = statistics.mean(r["tok/s"] for r in load_jsonl(ppo_log))
+    return out
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def pct(m, s=None, n_seeds=1):
+    if m is None:
+        return "-"
+    return f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if n_seeds > 1 else "")
+
+
+def render(seeds, run):
+    n = len(seeds)
+    lines = [f"# Results: {run}", "",
+             f"Test accuracy, one sample per question at temperature 1"
+             + (f", mean ± std over {n} seeds" if n > 1 else ", with its 95% Wilson interval") + ".", "",
+             "| | accuracy (%) | 95% CI | what it is |", "|---|---|---|---|"]
+    table = {}
+    for key, name, what in ROWS:
+        accs = [s["rows"][key]["accuracy"] for s in seeds if key in s["rows"]]
+        if not accs:
+            continue
+        m, sd = mean_std(accs)
+        ci = seeds[0]["rows"][key]["ci95"] if n == 1 else None
+        table[key] = {"name": name, "accuracy_mean": m, "accuracy_std": sd, "seeds": len(accs),
+                      "ci95": ci, "n_questions": seeds[0]["rows"][key]["n"]}
+        ci_text = f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}" if ci else "-"
+        lines.append(f"| {name} | {pct(m, sd, n)} | {ci_text} | {what} |")
+    findings = {}
+    lines += ["", "## Findings", ""]
+    for key, text, is_pct in [("rm_pair_accuracy", "Reward model: held-out pair accuracy (high above low)", True),
+                              ("rm_auc_correctness", "Reward model: AUC of its score for correctness "
+                               "(fresh SFT samples, test questions)", False),
+                              ("ppo_wrong_to_right", "PPO vs SFT, same test questions: wrong -> right", False),
+                              ("ppo_right_to_wrong", "PPO vs SFT, same test questions: right -> wrong", False),
+                              ("ppo_mcnemar_p", "PPO vs SFT: McNemar p-value", False)]:
+        m, sd = mean_std([s["findings"].get(key) for s in seeds])
+        if m is None:
+            continue
+        findings[key] = {"mean": m, "std": sd}
+        value = pct(m, sd, n) + "%" if is_pct else (f"{m:.3g}" + (f" ± {sd:.3g}" if n > 1 else ""))
+        lines.append(f"- {text}: {value}")
+    stages = {}
+    lines += ["", "## Time", "", "| stage | seconds | tokens/s |", "|---|---|---|"]
+    for stage in seeds[0]["stages"]:
+        sec, _ = mean_std([s["stages"].get(stage, {}).get("seconds") for s in seeds])
+        tps, _ = mean_std([s["stages"].get(stage, {}).get("tokens_per_s") for s in seeds])
+        stages[stage] = {"seconds": sec, "tokens_per_s": tps}
+        lines.append(f"| {stage} | {sec:.0f} | {f'{tps:.0f}' if tps else '-'} |")
+    total = sum(v["seconds"] for v in stages.values())
+    lines.append(f"| total | {total:.0f} | |")
+    return "\n".join(lines) + "\n", {"table": table, "findings": findings, "stages": stages,
+                                     "seeds": n, "per_seed": seeds}
+
+
+def plot(run):
+    log_path = os.path.join(run, "ppo", "ppo_log.jsonl")
+    if not os.path.exists(log_path):
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "PPO curves: pip install matplotlib, then run python results.py again"
+    log = load_jsonl(log_path)
+    x = [r["update"] for r in log]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot(x, [r["rm_score"] for r in log], label="RM score")
+    a2 = a.twinx()
+    a2.plot(x, [r["accuracy"] for r in log], color="tab:orange", label="true accuracy")
+    a.set_xlabel("PPO update"); a.set_ylabel("RM score"); a2.set_ylabel("rollout accuracy")
+    a.legend(loc="upper left"); a2.legend(loc="lower right")
+    b.plot(x, [r["kl_ref"] for r in log])
+    b.set_xlabel("PPO update"); b.set_ylabel("KL to the SFT model (per rationale)")
+    fig.tight_layout()
+    out = os.path.join(run, "ppo_curves.png")
+    fig.savefig(out, dpi=100)
+    return f"PPO curves: {out}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="the run folder of run.sh")
+    args = p.parse_args(argv)
+    folders = sorted(glob.glob(os.path.join(args.run, "seed*"))) or [args.run]
+    seeds = [one_seed(f) for f in folders]
+    if not any(s["rows"] for s in seeds):
+        sys.exit(f"results.py: error: no eval_*.json in {args.run}; run run.sh first")
+    md, js = render(seeds, args.run)
+    note = plot(folders[0])
+    if note:
+        md += f"\n{note}\n"
+    tmp = os.path.join(args.run, "results.md.tmp")
+    with open(tmp, "w") as f:
+        f.write(md)
+    os.replace(tmp, os.path.join(args.run, "results.md"))
+    tmp = os.path.join(args.run, "results.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(js, f, indent=2)
+    os.replace(tmp, os.path.join(args.run, "results.json"))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""train_sft.py and train_rm.py: what gets a loss, what a score is read from, the splits."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import train_rm
+import train_sft
+from data.tokenizer import EOT, load_tokenizer
+from model import GPT, IGNORE_INDEX, GPTConfig, configure_optimizer, load_checkpoint
+from pretrain import make_batch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def write_rows(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def test_prompt_and_padding_get_no_loss(tiny_run):
+    tok = load_tokenizer(os.path.join(tiny_run["data"], "tokenizer.json"))
+    rows = [{"prompt": "Question: Tom has 3 apples. How many apples does Tom have now?\nAnswer:",
+             "completion": " So the answer is 3."},
+            {"prompt": "Question: Ann has 4 pens.\nAnswer:", "completion": " 4 + 1 = 5."}]
+    examples = train_sft.sft_examples(tok, rows, "x.jsonl", block_size=128)
+    idx, tgt = make_batch(examples, [0, 1], tok.token_to_id(EOT), "cpu")
+    for r, row in enumerate(rows):
+        n_prompt = len(tok.encode(row["prompt"]).ids)
+        n_completion = len(tok.encode(row["completion"]).ids) + 1  # + end-of-text
+        # targets are shifted by one: position j predicts token j + 1
+        assert (tgt[r, :n_prompt - 1] == IGNORE_INDEX).all()            # the prompt
+        assert (tgt[r, n_prompt - 1:n_prompt - 1 + n_completion] != IGNORE_INDEX).all()
+        assert (tgt[r, n_prompt - 1 + n_completion:] == IGNORE_INDEX).all()  # the padding
+        assert int((tgt[r] != IGNORE_INDEX).sum()) == n_completion
+    # the shorter row really is padded, so the last assertion above was not vacuous
+    assert len(examples[1][0]) < len(examples[0][0])
+
+
+def test_sft_on_one_example_drives_its_loss_near_zero(tiny_run, tmp_path):
+    row = {"id": "q1", "prompt": "Question: Mia has 7 cups. Mia loses 2. How many cups does Mia have now?\n"
+           "Answer:", "completion": " 7 - 2 = 5. So the answer is 5."}
+    data = write_rows(tmp_path / "one.jsonl", [row])
+    out = str(tmp_path / "sft.pt")
+    r = run("train_sft.py", "--init", tiny_run["base"], "--data", data, "--data_dir", tiny_run["data"],
+            "--out", out, "--preset", "tiny", "--max_steps", "60", "--batch_size", "4", "--lr", "3e-3",
+            "--val_frac", "0", "--eval_limit", "4", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    tok = load_tokenizer(os.path.join(tiny_run["data"], "tokenizer.json"))
+    model, ckpt = load_checkpoint(out, kind="lm")
+    assert ckpt["provenance"]["parent"] == tiny_run["base"]
+    model.eval()
+    idx, tgt = make_batch(train_sft.sft_examples(tok, [row], data, 128), [0], tok.token_to_id(EOT), "cpu")
+    with torch.no_grad():
+        _, loss = model(idx, tgt)
+    assert loss.item() < 0.05
+    assert "test accuracy after SFT" in r.stdout
+
+
+def test_reward_model_learns_a_one_token_difference():
+    # chosen and rejected differ in one token; the RM must learn to rank them
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=16, block_size=16, n_layer=1, n_head=2, n_embd=32, kind="scalar")
+    rm = GPT(cfg)
+    opt = configure_optimizer(rm, 3e-3, 0.0)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(60):
+        prompts = [torch.randint(3, 16, (int(n),), generator=g).tolist()
+                   for n in torch.randint(2, 8, (16,), generator=g)]
+        chosen = [p + [1, 0] for p in prompts]     # ... GOOD <eot>
+        rejected = [p + [2, 0] for p in prompts]   # ... BAD <eot>
+        scores = train_rm.batch_scores(rm, chosen + rejected, "cpu", pad_id=0)
+        loss = train_rm.bradley_terry_loss(scores[:16], scores[16:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[0] > 0.6 and sum(losses[-5:]) / 5 < 0.1
+
+
+def test_score_is_read_at_the_last_real_token_whatever_the_padding():
+    torch.manual_seed(0)
+    rm = GPT(GPTConfig(vocab_size=16, block_size=32, n_layer=1, n_head=2, n_embd=32, kind="scalar")).eval()
+    seq = [5, 6, 7, 8, 0]
+    with torch.no_grad():
+        alone = rm(torch.tensor([seq]))[0][0, -1]
+        for longer in ([1] * 6, [1] * 20):  # padded to 6, then to 20 tokens
+            batch = train_rm.batch_scores(rm, [seq, longer], "cpu", pad_id=3)
+            assert torch.allclose(batch[0], alone, atol=1e-5)
+
+
+def test_held_out_split_is_disjoint_by_question():
+    pairs = [{"id": f"q{i % 37}", "prompt": f"p{i % 37}", "chosen": "a", "rejected": "b"} for i in range(400)]
+    train, val = train_rm.split_by_question(pairs, 0.2, seed=3)
+    assert {p["id"] for p in train}.isdisjoint({p["id"] for p in val})
+    assert len(train) + len(val) == len(pairs) and val and train
+    assert train_rm.split_by_question(pairs, 0.2, seed=3) == (train, val)
+
+
+def test_auc():
+    assert train_rm.auc([2.0, 3.0], [0.0, 1.0]) == 1.0
+    assert train_rm.auc([0.0], [1.0]) == 0.0
+    assert train_rm.auc([1.0], [1.0]) == 0.5
+
+
+def test_bad_input(tiny_run, tmp_path):
+    base, data = tiny_run["base"], tiny_run["data"]
+    # a malformed line in sft.jsonl: file and line
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Question: a\\nAnswer:", "completion": " x"}\n{"prompt": 3}\n')
+    r = run("train_sft.py", "--init", base, "--data", str(bad), "--data_dir", data,
+            "--out", str(tmp_path / "s.pt"), "--device", "cpu")
+    assert r.returncode != 0 and f"{bad}:2:" in r.stderr and "Traceback" not in r.stderr
+    # an empty pairs file
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = run("train_rm.py", "--init", base, "--pairs", str(empty), "--data_dir", data,
+            "--out", str(tmp_path / "rm.pt"), "--device", "cpu")
+    assert r.returncode != 0 and "no rows" in r.stderr and "Traceback" not in r.stderr
+    # a completion longer than the context
+    long = write_rows(tmp_path / "long.jsonl", [{"prompt": "Question: a\nAnswer:", "completion": " 1 + 1 = 2." * 60}])
+    r = run("train_sft.py", "--init", base, "--data", long, "--data_dir", data,
+            "--out", str(tmp_path / "s.pt"), "--device", "cpu")
+    assert r.returncode != 0 and "longer than the model's context" in r.stderr
+    pairs = write_rows(tmp_path / "pairs.jsonl",
+                       [{"id": f"q{i}", "prompt": "Question: a\nAnswer:", "chosen": " yes. So the answer is 1.",
+                         "rejected": " no. So the answer is 2."} for i in range(8)])
+    long_pairs = write_rows(tmp_path / "long_pairs.jsonl",
+                            [{"prompt": "Question: a\nAnswer:", "chosen": " 1 + 1 = 2." * 60, "rejected": " no"}])
+    r = run("train_rm.py", "--init", base, "--pairs", long_pairs, "--data_dir", data,
+            "--out", str(tmp_path / "rm.pt"), "--device", "cpu")
+    assert r.returncode != 0 and "longer than the model's context" in r.stderr
+    # a reward model where a language model is expected, and the reverse
+    rm_out = str(tmp_path / "rm.pt")
+    r = run("train_rm.py", "--init", base, "--pairs", pairs, "--data_dir", data, "--out", rm_out,
+            "--preset", "tiny", "--max_steps", "2", "--auc_questions", "2", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    r = run("train_sft.py", "--init", rm_out, "--data", long, "--data_dir", data,
+            "--out", str(tmp_path / "s2.pt"), "--device", "cpu")
+    assert r.returncode != 0 and "scalar" in r.stderr and "Traceback" not in r.stderr
+    r = run("train_rm.py", "--init", rm_out, "--pairs", pairs, "--data_dir", data,
+            "--out", str(tmp_path / "rm2.pt"), "--device", "cpu")
+    assert r.returncode != 0 and "scalar" in r.stderr and "Traceback" not in r.stderr
+    # an existing output is not overwritten
+    before = open(rm_out, "rb").read()
+    r = run("train_rm.py", "--init", base, "--pairs", pairs, "--data_dir", data, "--out", rm_out, "--device", "cpu")
+    assert r.returncode != 0 and "--overwrite" in r.stderr and open(rm_out, "rb").read() == before
