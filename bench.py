@@ -19,8 +19,9 @@ import torch
 
 import common
 import generate
-from data.tasks import get_task
-from data.tokenizer import EOT, load_tokenizer
+from data import load_world
+from data.jsonl import load_dataset
+from data.tokenizer import EOT
 from model import GPT, GPTConfig, configure_optimizer, load_checkpoint, sample
 from pretrain import PRESETS
 
@@ -94,11 +95,7 @@ def main(argv=None):
 
     # Sampling: real prompts if we have data, else a fixed synthetic prompt.
     if args.ckpt and args.data_dir:
-        tok = load_tokenizer(os.path.join(args.data_dir, "tokenizer.json"))
-        import json
-        with open(os.path.join(args.data_dir, "meta.json")) as f:
-            task = get_task(json.load(f)["task"])
-        from data.jsonl import load_dataset
+        tok, task = load_world(args.data_dir)
         rows = load_dataset(os.path.join(args.data_dir, "train.jsonl"))
         r = generate.bench(model, tok, task, rows, args.k, 1.0, args.seed, args.questions)
         engine, naive = r["engine_tokens_per_s"], r["naive_tokens_per_s"]

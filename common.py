@@ -101,6 +101,14 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def apply_preset(args, presets):
+    """Fill every flag left unset (None) from the chosen --preset."""
+    for k, v in presets[args.preset].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
 def add_runtime_args(parser):
     """The flags every script shares: seed, device, precision, compile."""
     g = parser.add_argument_group("runtime")

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from collections import Counter
 
@@ -27,9 +26,9 @@ import torch
 from tqdm import tqdm
 
 import common
+from data import load_world
 from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
-from data.tasks import get_task
-from data.tokenizer import EOT, load_tokenizer, tokenizer_to_str
+from data.tokenizer import EOT, tokenizer_to_str
 from model import CheckpointError, load_checkpoint, sample
 
 
@@ -370,15 +369,7 @@ def get_args(argv=None):
 def load_everything(args, script):
     """Task, rows of the split, tokenizer, model: every mismatch is one clear error."""
     try:
-        tok = load_tokenizer(os.path.join(args.data_dir, "tokenizer.json"))
-        task_name = args.task
-        meta_path = os.path.join(args.data_dir, "meta.json")
-        if task_name is None:
-            if not os.path.exists(meta_path):
-                raise DataError(f"{meta_path}: no such file (pass --task)")
-            with open(meta_path) as f:
-                task_name = json.load(f)["task"]
-        task = get_task(task_name)
+        tok, task = load_world(args.data_dir, args.task)
         rows = load_dataset(os.path.join(args.data_dir, f"{args.split}.jsonl"))
         model, ckpt = load_checkpoint(args.ckpt, kind="lm", tokenizer_json=tokenizer_to_str(tok))
     except (DataError, CheckpointError, ValueError) as e:

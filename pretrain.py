@@ -65,9 +65,7 @@ def get_args(argv=None):
     g.add_argument("--log_file", default=None, help="JSONL of losses (default: next to --out)")
     common.add_runtime_args(p)
     args = p.parse_args(argv)
-    for k, v in PRESETS[args.preset].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    common.apply_preset(args, PRESETS)
     return args
 
 

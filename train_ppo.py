@@ -35,9 +35,9 @@ import torch
 
 import common
 import generate
+from data import load_world
 from data.jsonl import DataError, load_dataset
-from data.tasks import get_task
-from data.tokenizer import EOT, load_tokenizer, tokenizer_to_str
+from data.tokenizer import EOT, tokenizer_to_str
 from model import GPT, GPTConfig, CheckpointError, configure_optimizer, lm_to_scalar, load_checkpoint, sample, \
     save_checkpoint, sequence_scores
 
@@ -93,9 +93,7 @@ def get_args(argv=None):
                    help="train questions held out of rollouts; the best checkpoint is chosen on them")
     common.add_runtime_args(p)
     args = p.parse_args(argv)
-    for k, v in PRESETS[args.preset].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    common.apply_preset(args, PRESETS)
     if args.reward != "exact" and not args.rm:
         p.error(f"--reward {args.reward} needs --rm")
     if args.temperature <= 0:
@@ -272,10 +270,8 @@ def main(argv=None):
     last_path, best_path = os.path.join(args.out_dir, "ppo_last.pt"), os.path.join(args.out_dir, "ppo_best.pt")
     log_path = os.path.join(args.out_dir, "ppo_log.jsonl")
     try:
-        tok = load_tokenizer(os.path.join(args.data_dir, "tokenizer.json"))
+        tok, task = load_world(args.data_dir)
         tok_json = tokenizer_to_str(tok)
-        with open(os.path.join(args.data_dir, "meta.json")) as f:
-            task = get_task(json.load(f)["task"])
         train_rows = load_dataset(os.path.join(args.data_dir, "train.jsonl"))
         test_rows = load_dataset(os.path.join(args.data_dir, "test.jsonl"))[:args.eval_limit]
         if os.path.exists(last_path) and not (args.resume or args.overwrite):

@@ -15,7 +15,6 @@ fresh samples of the SFT model on test questions, the AUC of the score for corre
 """
 
 import argparse
-import json
 import os
 import random
 import time
@@ -26,9 +25,9 @@ from tqdm import tqdm
 
 import common
 import generate
+from data import load_world
 from data.jsonl import DataError, load_dataset, load_pairs
-from data.tasks import get_task
-from data.tokenizer import EOT, load_tokenizer, tokenizer_to_str
+from data.tokenizer import EOT, tokenizer_to_str
 from model import CheckpointError, configure_optimizer, lm_to_scalar, load_checkpoint, save_checkpoint, sequence_scores
 
 PRESETS = {
@@ -59,9 +58,7 @@ def get_args(argv=None):
     g.add_argument("--auc_samples", type=int, default=4, help="SFT samples per test question")
     common.add_runtime_args(p)
     args = p.parse_args(argv)
-    for k, v in PRESETS[args.preset].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    common.apply_preset(args, PRESETS)
     return args
 
 
@@ -131,9 +128,7 @@ def main(argv=None):
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     try:
-        tok = load_tokenizer(os.path.join(args.data_dir, "tokenizer.json"))
-        with open(os.path.join(args.data_dir, "meta.json")) as f:
-            task = get_task(json.load(f)["task"])
+        tok, task = load_world(args.data_dir)
         pairs = load_pairs(args.pairs)
         if os.path.exists(args.out) and not args.overwrite:
             raise DataError(f"{args.out} already exists; pass --overwrite to replace it")

@@ -15,15 +15,14 @@ The same script trains the baselines:
 """
 
 import argparse
-import json
 import os
 import random
 
 import common
 import generate
+from data import load_world
 from data.jsonl import DataError, load_dataset, load_sft
-from data.tasks import get_task
-from data.tokenizer import EOT, load_tokenizer, tokenizer_to_str
+from data.tokenizer import EOT, tokenizer_to_str
 from model import CheckpointError, load_checkpoint
 from pretrain import check_lengths, train_lm
 
@@ -61,9 +60,7 @@ def get_args(argv=None):
     g.add_argument("--log_file", default=None)
     common.add_runtime_args(p)
     args = p.parse_args(argv)
-    for k, v in PRESETS[args.preset].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    common.apply_preset(args, PRESETS)
     return args
 
 
@@ -85,9 +82,7 @@ def main(argv=None):
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     try:
-        tok = load_tokenizer(os.path.join(args.data_dir, "tokenizer.json"))
-        with open(os.path.join(args.data_dir, "meta.json")) as f:
-            task = get_task(json.load(f)["task"])
+        tok, task = load_world(args.data_dir)
         if args.gold:
             rows = [{"id": r["id"], "prompt": task.prompt(r["question"]), "completion": " " + r["rationale"]}
                     for r in load_dataset(args.gold) if r.get("rationale")]

@@ -1,1 +1,20 @@
 """The built-in reasoning world: tasks, the pretraining corpus, the tokenizer, JSONL I/O."""
+
+
+def load_world(data_dir, task_name=None):
+    """(tokenizer, task) of a data folder made by data/prepare.py; the task is the one its
+    meta.json names unless task_name is given. Raises DataError with the path on bad input."""
+    import json
+    import os
+
+    from data.jsonl import DataError
+    from data.tasks import get_task
+    from data.tokenizer import load_tokenizer
+    tok = load_tokenizer(os.path.join(data_dir, "tokenizer.json"))
+    if task_name is None:
+        meta_path = os.path.join(data_dir, "meta.json")
+        if not os.path.exists(meta_path):
+            raise DataError(f"{meta_path}: no such file (pass --task)")
+        with open(meta_path) as f:
+            task_name = json.load(f)["task"]
+    return tok, get_task(task_name)

@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from tqdm import tqdm
 
+import common
 from data.jsonl import write_jsonl
 from data.tasks import TASKS, get_task
 from data.tokenizer import train_tokenizer
@@ -69,9 +70,7 @@ def get_args(argv=None):
                    help="fewest steps: operations (arithmetic), people (coinflip), words (lastletter)")
     g.add_argument("--max_steps", type=int, default=None, help="most steps")
     args = p.parse_args(argv)
-    for k, v in PRESETS[args.preset].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    common.apply_preset(args, PRESETS)
     # bad numbers get one clear line, not a traceback from deep inside a generator
     for k in ("n_train", "n_test", "n_corpus"):
         if getattr(args, k) < 1:
