@@ -133,9 +133,10 @@ def main(argv=None):
         if os.path.exists(args.out) and not args.overwrite:
             raise DataError(f"{args.out} already exists; pass --overwrite to replace it")
         sft_model, _ = load_checkpoint(args.init, kind="lm", tokenizer_json=tokenizer_to_str(tok))
-        for i, p in enumerate(pairs):
+        for i, p in enumerate(pairs):  # encode each side once: checked here, trained on below
             for side in ("chosen", "rejected"):
-                n = len(encode_pair_side(tok, p["prompt"], p[side]))
+                p[f"{side}_ids"] = encode_pair_side(tok, p["prompt"], p[side])
+                n = len(p[f"{side}_ids"])
                 if n > sft_model.config.block_size:
                     raise DataError(f"{args.pairs}: pair #{i + 1}: the {side} sequence has {n} tokens, "
                                     f"longer than the model's context of {sft_model.config.block_size}")
@@ -147,8 +148,7 @@ def main(argv=None):
     rm = lm_to_scalar(sft_model).to(rt.device)  # the trunk of the SFT model + a scalar head
     optimizer = configure_optimizer(rm, args.lr, args.weight_decay)
     pad_id = tok.token_to_id(EOT)
-    train_seqs = [(encode_pair_side(tok, p["prompt"], p["chosen"]),
-                   encode_pair_side(tok, p["prompt"], p["rejected"])) for p in train_pairs]
+    train_seqs = [(p["chosen_ids"], p["rejected_ids"]) for p in train_pairs]
 
     t0 = time.time()
     gen = torch.Generator().manual_seed(args.seed)
