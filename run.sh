@@ -5,7 +5,7 @@
 #   PRESET=tiny bash run.sh          # a smoke test (a couple of minutes)
 #   BASELINES=1 bash run.sh          # also STaR, SFT on gold rationales, PPO on exact match
 #   SEEDS=3 bash run.sh              # the whole loop for seeds 1337, 1338, 1339: mean +- std
-#   TASK=coinflip RUN=runs/coin bash run.sh
+#   TASK=arithmetic RUN=runs/arith bash run.sh
 #   REDO=1 bash run.sh               # redo every stage
 #
 # A stage whose output exists is skipped, so an interrupted run picks up where it stopped.
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PRESET=${PRESET:-default}          # tiny | default
-TASK=${TASK:-arithmetic}           # arithmetic | coinflip | lastletter
+TASK=${TASK:-coinflip}             # coinflip | arithmetic | lastletter
 SEED=${SEED:-1337}
 SEEDS=${SEEDS:-1}
 RUN=${RUN:-runs/$PRESET}
@@ -22,7 +22,7 @@ PY=${PYTHON:-python}
 if [ "$PRESET" = tiny ]; then
     BASELINES=${BASELINES:-1}; COLLECT_LIMIT=${COLLECT_LIMIT:-100}
 else
-    BASELINES=${BASELINES:-0}; COLLECT_LIMIT=${COLLECT_LIMIT:-1000}
+    BASELINES=${BASELINES:-0}; COLLECT_LIMIT=${COLLECT_LIMIT:-2500}
 fi
 
 if [ "${REDO:-0}" = "1" ]; then rm -rf "$RUN"; fi

@@ -44,8 +44,8 @@ from model import GPT, GPTConfig, CheckpointError, configure_optimizer, lm_to_sc
 PRESETS = {
     "tiny": dict(updates=4, questions_per_update=8, samples_per_question=2, minibatch_size=8,
                  eval_interval=2, eval_limit=20, val_questions=16),
-    "default": dict(updates=40, questions_per_update=64, samples_per_question=4, minibatch_size=64,
-                    eval_interval=10, eval_limit=None, val_questions=200),
+    "default": dict(updates=24, questions_per_update=48, samples_per_question=4, minibatch_size=96,
+                    eval_interval=8, eval_limit=None, val_questions=200),
 }
 
 
@@ -75,7 +75,7 @@ def get_args(argv=None):
     g.add_argument("--temperature", type=float, default=1.0, help="rollouts and log-probs alike")
     g.add_argument("--max_new_tokens", type=int, default=64)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--ppo_epochs", type=int, default=4)
+    g.add_argument("--ppo_epochs", type=int, default=2, help="passes over each rollout batch")
     g.add_argument("--minibatch_size", type=int)
     g.add_argument("--lr", type=float, default=3e-5, help="policy learning rate")
     g.add_argument("--critic_lr", type=float, default=1e-4)

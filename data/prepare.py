@@ -43,7 +43,7 @@ OUTPUTS = ["train.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to make")
-    g.add_argument("--task", default="arithmetic", help=f"one of: {', '.join(TASKS)}")
+    g.add_argument("--task", default="coinflip", help=f"one of: {', '.join(TASKS)}")
     g.add_argument("--out_dir", required=True)
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help="sizes below")
     g.add_argument("--n_train", type=int, help="train questions (answers only are used by SML)")
@@ -61,9 +61,9 @@ def get_args(argv=None):
     g.add_argument("--ignore_hint_frac", type=float, default=0.1,
                    help="of those, the share whose author ignores the given answer and just "
                         "solves carelessly")
-    g.add_argument("--assert_frac", type=float, default=0.5,
+    g.add_argument("--assert_frac", type=float, default=0.0,
                    help="of the rationalizations for a wrong answer, the share that does the steps "
-                        "right and asserts the given answer; the rest bend a step to reach it")
+                        "right and asserts the given answer; the rest slip at one step to reach it")
     g.add_argument("--vocab_size", type=int, default=512)
     g = p.add_argument_group("task difficulty (the number of steps of a problem)")
     g.add_argument("--min_steps", type=int, default=None,

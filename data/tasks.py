@@ -127,13 +127,17 @@ class Arithmetic(Task):
         return text, str(value)
 
     def rationalization(self, problem, given_answer, rng):
-        # An author arguing for a given answer does the steps, then bends the last one:
-        # "... 17 + 7 = <given answer>." So in every hinted document the last result is the
-        # hint, a rule a small model learns in minutes (a slip at a random step is a plan it
-        # cannot make). The given answer is never negative, so neither is the chain.
-        last = len(problem["ops"]) - 1
+        # An author arguing for a given answer slips once, at a step of their choosing, by just
+        # what it takes, and carries the slip on: "5 + 6 = 13. 13 - 5 = 8. So the answer is 8."
+        # That is the same kind of error a careless author makes, so the rationales SML keeps
+        # for a wrong answer look like the mistakes the model makes on its own, and the reward
+        # model learns to spot a wrong step, not a quirk of the corpus. No count goes negative.
         delta = int(given_answer) - int(problem["answer"])
-        return self._chain(problem["start"], problem["ops"], {last: delta} if delta else None)[0]
+        if not delta:
+            return self._chain(problem["start"], problem["ops"])[0]
+        steps = [i for i in range(len(problem["ops"]))
+                 if "= -" not in self._chain(problem["start"], problem["ops"], {i: delta})[0]]
+        return self._chain(problem["start"], problem["ops"], {rng.choice(steps): delta})[0]
 
     def _wrong_answers(self, answer, m, rng):
         v = int(answer)

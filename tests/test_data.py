@@ -124,6 +124,7 @@ def arithmetic_steps(text):
 
 def test_rationalizations_and_careless_solutions():
     rng = random.Random(0)
+    slip_steps = set()
     for name in TASKS:
         task = get_task(name)
         for _ in range(50):
@@ -138,9 +139,11 @@ def test_rationalizations_and_careless_solutions():
             assert task.extract_answer(text) == task.normalize(wrong)
             if name == "arithmetic":  # exactly one wrong step, every later step follows
                 steps = arithmetic_steps(text)
-                bad = [s for s in steps if (s[0] + s[2] if s[1] == "+" else s[0] - s[2]) != s[3]]
+                bad = [i for i, s in enumerate(steps) if (s[0] + s[2] if s[1] == "+" else s[0] - s[2]) != s[3]]
                 assert len(bad) == 1
                 assert all(steps[i][3] == steps[i + 1][0] for i in range(len(steps) - 1))
+                assert all(s[3] >= 0 for s in steps)  # the world has no negative counts
+                slip_steps.add(bad[0])
             elif name == "lastletter":  # exactly one wrong letter
                 said = re.findall(r"The last letter of \w+ is (\w)\.", text)
                 assert sum(a != b for a, b in zip(said, prob["letters"])) == 1
@@ -149,6 +152,8 @@ def test_rationalizations_and_careless_solutions():
                 flips = prob["flips"]
                 slips = sum((states[i] != states[i + 1]) != flips[i] for i in range(len(flips)))
                 assert slips == 1
+    # an arithmetic author slips where they choose, not always at the last step
+    assert len(slip_steps) >= 2
 
 
 def test_jsonl_errors(tmp_path):
