@@ -3,7 +3,7 @@ Make the built-in world for one task: the "existing dataset" of the paper (quest
 answers), a held-out test split, the pretraining corpus that stands in for the web, and
 the tokenizer.
 
-    python data/prepare.py --task arithmetic --out_dir runs/default/data
+    python data/prepare.py --task coinflip --out_dir runs/default/data
 
 Writes into --out_dir:
   train.jsonl    id, question, answer (+ the gold rationale, for the upper-bound baseline only)

@@ -50,8 +50,9 @@ class Task:
 
     def assertion(self, problem, given_answer, rng):
         """The other way to argue for a given answer: do the steps right, then conclude what
-        you were told. Copying the given answer into "So the answer is" is a pattern a small
-        model picks up fast, so the base model can follow a hint, as the paper's LLM does."""
+        you were told (prepare.py --assert_frac, off by default). A small model learns to copy
+        the hint this way fast, but then also writes wrong steps followed by the correct answer,
+        and a reward model trained on such pairs learns a flaw its policy never makes."""
         text = self.rationalization(problem, problem["answer"], rng)
         return text[:text.rindex(self.ANSWER_PREFIX)] + f"{self.ANSWER_PREFIX} {self.normalize(given_answer)}."
 
@@ -112,6 +113,10 @@ class Arithmetic(Task):
             cur = res
         return self.finish(steps, cur), cur
 
+    def _no_negative(self, problem, errors):
+        """Whether the chain with these slips keeps every count at zero or above."""
+        return "= -" not in self._chain(problem["start"], problem["ops"], errors)[0]
+
     def careless_rationale(self, problem, rng, error_rate):
         # Each step slips with chance error_rate: its result is off by 1 or 2, and later steps
         # carry the wrong value on. Never a slip that drives a count below zero: the world
@@ -119,8 +124,7 @@ class Arithmetic(Task):
         errors = {}
         for i in range(len(problem["ops"])):
             if rng.random() < error_rate:
-                ok = [d for d in (-2, -1, 1, 2) if "= -" not in
-                      self._chain(problem["start"], problem["ops"], {**errors, i: d})[0]]
+                ok = [d for d in (-2, -1, 1, 2) if self._no_negative(problem, {**errors, i: d})]
                 if ok:
                     errors[i] = rng.choice(ok)
         text, value = self._chain(problem["start"], problem["ops"], errors)
@@ -135,8 +139,7 @@ class Arithmetic(Task):
         delta = int(given_answer) - int(problem["answer"])
         if not delta:
             return self._chain(problem["start"], problem["ops"])[0]
-        steps = [i for i in range(len(problem["ops"]))
-                 if "= -" not in self._chain(problem["start"], problem["ops"], {i: delta})[0]]
+        steps = [i for i in range(len(problem["ops"])) if self._no_negative(problem, {i: delta})]
         return self._chain(problem["start"], problem["ops"], {rng.choice(steps): delta})[0]
 
     def _wrong_answers(self, answer, m, rng):
