@@ -139,7 +139,9 @@ def evaluate(model, tok, task, rows, temperature=0.0, k=1, seed=0, quiet=False, 
         preds.append({"id": row["id"], "answer": row["answer"], "prediction": pred,
                       "correct": task.answers_match(pred, row["answer"]),
                       "sample_correct": [task.answers_match(a, row["answer"]) for a in answers],
-                      "rationale": samples[0]["text"]})
+                      "rationale": samples[0]["text"],
+                      # the built-in tasks' step checker, for measuring rationale quality only
+                      "step_errors": task.step_errors(row["question"], samples[0]["text"])})
     return summarize(preds, temperature, k, speed), preds
 
 
@@ -149,6 +151,9 @@ def summarize(preds, temperature, k, speed=None):
     lo, hi = wilson_interval(c, n)
     out = {"n": n, "correct": c, "accuracy": c / max(1, n), "ci95": [lo, hi],
            "temperature": temperature, "k": k}
+    checked = [p.get("step_errors") for p in preds]
+    if any(e is not None for e in checked):  # the share whose every step is right (unreadable: not)
+        out["faithful"] = sum(e == 0 for e in checked) / max(1, n)
     if k > 1:  # accuracy of single samples, alongside the vote
         flat = [x for p in preds for x in p["sample_correct"]]
         out["sample_accuracy"] = sum(flat) / max(1, len(flat))
@@ -172,13 +177,14 @@ def mcnemar(before, after):
 
 
 def load_predictions(path):
-    rows = read_jsonl(path, {"id": str, "correct": bool})
-    return {r["id"]: r["correct"] for r in rows}
+    """{id: prediction row} from an eval --out file."""
+    return {r["id"]: r for r in read_jsonl(path, {"id": str, "correct": bool})}
 
 
 def format_accuracy(s):
     return (f"{100 * s['accuracy']:.1f}% ({s['correct']}/{s['n']}, 95% CI "
-            f"{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f})")
+            f"{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f})"
+            + (f", every step right in {100 * s['faithful']:.1f}%" if "faithful" in s else ""))
 
 
 # -----------------------------------------------------------------------------
@@ -387,11 +393,24 @@ def compare_main(args):
     except DataError as e:
         common.die("generate.py", str(e))
     ids = sorted(before)
-    res = mcnemar([before[i] for i in ids], [after[i] for i in ids])
-    res.update(before_accuracy=sum(before.values()) / len(ids), after_accuracy=sum(after.values()) / len(ids))
+    res = mcnemar([before[i]["correct"] for i in ids], [after[i]["correct"] for i in ids])
+    res.update(before_accuracy=sum(before[i]["correct"] for i in ids) / len(ids),
+               after_accuracy=sum(after[i]["correct"] for i in ids) / len(ids))
     print(f"{len(ids)} questions: {100 * res['before_accuracy']:.1f}% -> {100 * res['after_accuracy']:.1f}%; "
           f"wrong->right {res['wrong_to_right']}, right->wrong {res['right_to_wrong']}, "
           f"McNemar p = {res['p_value']:.3g}")
+    # Rationale quality, where the task has a step checker: a right answer reached through
+    # slips that cancel is not a good rationale, and RL may repair it without moving accuracy.
+    rows = [*before.values(), *after.values()]
+    if any(r.get("step_errors") is not None for r in rows):
+        faithful = [[preds[i].get("step_errors") == 0 for i in ids] for preds in (before, after)]
+        f = mcnemar(*faithful)
+        res["faithful"] = {"before": sum(faithful[0]) / len(ids), "after": sum(faithful[1]) / len(ids),
+                           "flawed_to_faithful": f["wrong_to_right"],
+                           "faithful_to_flawed": f["right_to_wrong"], "p_value": f["p_value"]}
+        print(f"every step right: {100 * res['faithful']['before']:.1f}% -> "
+              f"{100 * res['faithful']['after']:.1f}%; flawed->faithful {f['wrong_to_right']}, "
+              f"faithful->flawed {f['right_to_wrong']}, McNemar p = {f['p_value']:.3g}")
     if args.json:
         common.atomic_write_json(args.json, res)
 

@@ -51,6 +51,11 @@ def one_seed(run):
         c = load(cmp)
         out["findings"].update(ppo_wrong_to_right=c["wrong_to_right"], ppo_right_to_wrong=c["right_to_wrong"],
                                ppo_mcnemar_p=c["p_value"])
+        if "faithful" in c:  # rationale quality by the task's step checker
+            f = c["faithful"]
+            out["findings"].update(faithful_sft=f["before"], faithful_sml=f["after"],
+                                   ppo_flawed_to_faithful=f["flawed_to_faithful"],
+                                   ppo_faithful_to_flawed=f["faithful_to_flawed"], ppo_faithful_p=f["p_value"])
     timings = os.path.join(run, "timings.jsonl")
     if os.path.exists(timings):
         for t in load_jsonl(timings):
@@ -113,7 +118,12 @@ def render(seeds, run):
                                "(fresh SFT samples, test questions)", False),
                               ("ppo_wrong_to_right", "PPO vs SFT, same test questions: wrong -> right", False),
                               ("ppo_right_to_wrong", "PPO vs SFT, same test questions: right -> wrong", False),
-                              ("ppo_mcnemar_p", "PPO vs SFT: McNemar p-value", False)]:
+                              ("ppo_mcnemar_p", "PPO vs SFT: McNemar p-value", False),
+                              ("faithful_sft", "Rationales with every step right (step checker): SFT", True),
+                              ("faithful_sml", "Rationales with every step right (step checker): SML", True),
+                              ("ppo_flawed_to_faithful", "PPO vs SFT, same test questions: flawed -> every step right", False),
+                              ("ppo_faithful_to_flawed", "PPO vs SFT, same test questions: every step right -> flawed", False),
+                              ("ppo_faithful_p", "PPO vs SFT, rationale quality: McNemar p-value", False)]:
         m, sd = mean_std([s["findings"].get(key) for s in seeds])
         if m is None:
             continue

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Self-motivated Learning from scratch, as a recipe: each stage is one command.
 #
-#   bash run.sh                      # the default preset (about 15 minutes on a 2-core CPU)
+#   bash run.sh                      # the default preset (11-15 minutes on a 2-core CPU)
 #   PRESET=tiny bash run.sh          # a smoke test (a couple of minutes)
 #   BASELINES=1 bash run.sh          # also STaR, SFT on gold rationales, PPO on exact match
 #   SEEDS=3 bash run.sh              # the whole loop for seeds 1337, 1338, 1339: mean +- std
 #   TASK=arithmetic RUN=runs/arith bash run.sh
+#   DATA_ARGS="--rationalize_noise 0" bash run.sh   # knobs of the world (data/prepare.py)
 #   REDO=1 bash run.sh               # redo every stage
 #
 # A stage whose output exists is skipped, so an interrupted run picks up where it stopped.
@@ -19,6 +20,7 @@ SEED=${SEED:-1337}
 SEEDS=${SEEDS:-1}
 RUN=${RUN:-runs/$PRESET}
 PY=${PYTHON:-python}
+DATA_ARGS=${DATA_ARGS:-}           # extra flags for data/prepare.py, e.g. "--noise 0.2"
 if [ "$PRESET" = tiny ]; then
     BASELINES=${BASELINES:-1}; COLLECT_LIMIT=${COLLECT_LIMIT:-100}
 else
@@ -50,7 +52,8 @@ mkdir -p "$R"
 # 0. The built-in world: train/test splits (questions + answers), the pretraining corpus
 #    (careless worked solutions + rationalizations), the tokenizer.
 stage "data: $TASK ($PRESET, seed $S)"
-step data "$DATA/meta.json" $PY data/prepare.py --task "$TASK" --preset "$PRESET" --seed "$S" --out_dir "$DATA"
+step data "$DATA/meta.json" $PY data/prepare.py --task "$TASK" --preset "$PRESET" --seed "$S" --out_dir "$DATA" \
+    $DATA_ARGS
 
 # 1. The base model: a small GPT pretrained on the corpus (the paper's pretrained LLM).
 stage "pretrain the base model"

@@ -61,6 +61,10 @@ def get_args(argv=None):
     g.add_argument("--ignore_hint_frac", type=float, default=0.1,
                    help="of those, the share whose author ignores the given answer and just "
                         "solves carelessly")
+    g.add_argument("--rationalize_noise", type=float, default=0.05,
+                   help="of the rationalizations, the chance that a step slips on the way (a step "
+                        "is then bent to reach the given answer, so a right answer can come from "
+                        "two slips that cancel: right for the wrong reason)")
     g.add_argument("--assert_frac", type=float, default=0.0,
                    help="of the rationalizations for a wrong answer, the share that does the steps "
                         "right and asserts the given answer; the rest slip at one step to reach it")
@@ -75,7 +79,8 @@ def get_args(argv=None):
     for k in ("n_train", "n_test", "n_corpus"):
         if getattr(args, k) < 1:
             p.error(f"--{k} must be at least 1")
-    for k in ("noise", "hint_frac", "hint_wrong_frac", "ignore_hint_frac", "assert_frac"):
+    for k in ("noise", "hint_frac", "hint_wrong_frac", "ignore_hint_frac", "rationalize_noise",
+              "assert_frac"):
         if not 0 <= getattr(args, k) <= 1:
             p.error(f"--{k} must be between 0 and 1")
     if args.min_steps is not None and args.min_steps < 1:
@@ -125,7 +130,7 @@ def corpus_document(task, prob, rng, args):
     elif wrong and rng.random() < args.assert_frac:
         text = task.assertion(prob, hint, rng)
     else:
-        text = task.rationalization(prob, hint, rng)
+        text = task.rationalization(prob, hint, rng, args.rationalize_noise)
     return f"{task.prompt(prob['question'], hint)} {text}"
 
 

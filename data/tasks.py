@@ -6,8 +6,10 @@ The built-in reasoning tasks. Each task owns, in one place, everything the scrip
 - extract_answer():      THE answer extractor, and answers_match() to compare answers
 - wrong_answers():       plausible wrong answers to give as hints (SML step 1)
 - careless_rationale():  a worked solution by a careless author (the pretraining corpus)
-- rationalization():     a rationale that argues for a given answer, right or wrong
+- rationalization():     a rationale that argues for a given answer, right or wrong, by an
+                         author who may slip on the way and bends a step to reach it
 - assertion():           right steps, then the given answer asserted anyway
+- step_errors():         an oracle for measuring only: how many steps of a rationale are wrong
 
 A rationale is a list of steps, one sentence each, ending in "So the answer is X."
 """
@@ -55,6 +57,15 @@ class Task:
         and a reward model trained on such pairs learns a flaw its policy never makes."""
         text = self.rationalization(problem, problem["answer"], rng)
         return text[:text.rindex(self.ANSWER_PREFIX)] + f"{self.ANSWER_PREFIX} {self.normalize(given_answer)}."
+
+    def step_errors(self, question, text):
+        """How many steps of a rationale do not follow from the question and the step before
+        (a final answer that does not follow from the last step counts as one more). A slip
+        that a later slip cancels counts too: the answer check cannot see it, this can. None
+        where the steps cannot be read back (one missing, another format) or the task has no
+        checker (a dataset of your own). For measuring rationale quality only, never for
+        training: SML's point is that the answers alone have to do."""
+        return None
 
     def wrong_answers(self, row, m, rng):
         """m distinct wrong answers: the other choices for multiple choice, else the task's own."""
@@ -117,7 +128,7 @@ class Arithmetic(Task):
         """Whether the chain with these slips keeps every count at zero or above."""
         return "= -" not in self._chain(problem["start"], problem["ops"], errors)[0]
 
-    def careless_rationale(self, problem, rng, error_rate):
+    def _careless_errors(self, problem, rng, error_rate):
         # Each step slips with chance error_rate: its result is off by 1 or 2, and later steps
         # carry the wrong value on. Never a slip that drives a count below zero: the world
         # has no negative counts, so a negative number would give the slip away.
@@ -127,20 +138,43 @@ class Arithmetic(Task):
                 ok = [d for d in (-2, -1, 1, 2) if self._no_negative(problem, {**errors, i: d})]
                 if ok:
                     errors[i] = rng.choice(ok)
-        text, value = self._chain(problem["start"], problem["ops"], errors)
+        return errors
+
+    def careless_rationale(self, problem, rng, error_rate):
+        text, value = self._chain(problem["start"], problem["ops"], self._careless_errors(problem, rng, error_rate))
         return text, str(value)
 
-    def rationalization(self, problem, given_answer, rng):
-        # An author arguing for a given answer slips once, at a step of their choosing, by just
-        # what it takes, and carries the slip on: "5 + 6 = 13. 13 - 5 = 8. So the answer is 8."
-        # That is the same kind of error a careless author makes, so the rationales SML keeps
-        # for a wrong answer look like the mistakes the model makes on its own, and the reward
-        # model learns to spot a wrong step, not a quirk of the corpus. No count goes negative.
-        delta = int(given_answer) - int(problem["answer"])
-        if not delta:
-            return self._chain(problem["start"], problem["ops"])[0]
-        steps = [i for i in range(len(problem["ops"])) if self._no_negative(problem, {i: delta})]
-        return self._chain(problem["start"], problem["ops"], {rng.choice(steps): delta})[0]
+    def rationalization(self, problem, given_answer, rng, noise=0.0):
+        # An author arguing for a given answer works the steps (slipping with chance `noise`
+        # per step, like a careless author), then, where that does not reach the given answer,
+        # bends one step of their choosing by just what it takes and carries it on:
+        # "5 + 6 = 13. 13 - 5 = 8. So the answer is 8." The bent step is the same kind of error
+        # a careless author makes, so the rationales SML keeps for a wrong answer look like the
+        # model's own mistakes, and the reward model learns to spot a wrong step, not a quirk
+        # of the corpus. Given the correct answer, a slip on the way is bent back later: a
+        # right answer for the wrong reason. No count goes negative (the last step always can).
+        errors = self._careless_errors(problem, rng, noise) if noise else {}
+        delta = int(given_answer) - self._chain(problem["start"], problem["ops"], errors)[1]
+        if delta:
+            bent = lambda i: {**errors, i: errors.get(i, 0) + delta}
+            steps = [i for i in range(len(problem["ops"])) if self._no_negative(problem, bent(i))]
+            errors = bent(rng.choice(steps))
+        return self._chain(problem["start"], problem["ops"], errors)[0]
+
+    def step_errors(self, question, text):
+        start = re.match(r"\w+ has (\d+) ", question)
+        verbs = {t.split(" {a}")[0][4:]: t for t in self.ADD + self.SUB}  # "buys": "{n} buys {a} more."
+        asked = [("+" if verbs[v] in self.ADD else "-", int(a))
+                 for v, a in re.findall(rf"\w+ ({'|'.join(verbs)}) (\d+)", question)]
+        steps = re.findall(r"(-?\d+) ([+-]) (\d+) = (-?\d+)\.", text)
+        if not start or [(op, int(b)) for _, op, b, _ in steps] != asked:
+            return None
+        errors, cur = 0, int(start.group(1))
+        for a, op, b, c in steps:  # a step is wrong if it starts from the wrong count or adds wrong
+            a, b, c = int(a), int(b), int(c)
+            errors += a != cur or c != (a + b if op == "+" else a - b)
+            cur = c
+        return errors + (self.extract_answer(text) != str(cur))
 
     def _wrong_answers(self, answer, m, rng):
         v = int(answer)
@@ -189,10 +223,28 @@ class CoinFlip(Task):
         errors = {i for i in range(len(problem["people"])) if rng.random() < error_rate}
         return self._chain(problem["people"], problem["flips"], errors)
 
-    def rationalization(self, problem, given_answer, rng):
-        if self.answers_match(given_answer, problem["answer"]):
-            return self._chain(problem["people"], problem["flips"])[0]
-        return self._chain(problem["people"], problem["flips"], {rng.randrange(len(problem["people"]))})[0]
+    def rationalization(self, problem, given_answer, rng, noise=0.0):
+        # Slip with chance `noise` per step on the way, then, if the coin does not come out as
+        # given, bend one state: a wrong answer argued with one bad step, or a right answer
+        # reached through two that cancel.
+        people, flips = problem["people"], problem["flips"]
+        errors = {i for i in range(len(people)) if rng.random() < noise} if noise else set()
+        if not self.answers_match(self._chain(people, flips, errors)[1], given_answer):
+            errors ^= {rng.randrange(len(people))}
+        return self._chain(people, flips, errors)[0]
+
+    def step_errors(self, question, text):
+        # Steps are matched to the question by position, not by name: the small default model
+        # writes made-up names (it never learns to copy them), which changes no coin.
+        told = re.findall(r"\w+ (flips|does not flip) the coin\.", question)
+        steps = re.findall(r"\w+ (flips|does not flip): (heads|tails)\.", text)
+        if [f for f, _ in steps] != told:
+            return None
+        errors, heads = 0, True
+        for flip, state in steps:
+            errors += (state == "heads") != (heads != (flip == "flips"))
+            heads = state == "heads"
+        return errors + (self.extract_answer(text) != ("yes" if heads else "no"))
 
     def _wrong_answers(self, answer, m, rng):
         return ["no" if self.normalize(answer) == "yes" else "yes"][:m]
@@ -237,12 +289,22 @@ class LastLetter(Task):
                    for c in problem["letters"]]
         return self._chain(problem["words"], letters), "".join(letters)
 
-    def rationalization(self, problem, given_answer, rng):
+    def rationalization(self, problem, given_answer, rng, noise=0.0):
+        # every letter is stated as the given answer has it, so a slip on the way has nothing
+        # to show for itself: `noise` does not apply here
         letters = list(self.normalize(given_answer))
         if len(letters) != len(problem["words"]):  # cannot argue letter by letter
             letters = (letters + problem["letters"])[:len(problem["words"])]
         return self.finish([f"The last letter of {w} is {c}." for w, c in zip(problem["words"], letters)],
                            self.normalize(given_answer))
+
+    def step_errors(self, question, text):
+        words = re.search(r'"([^"]*)"', question)
+        steps = re.findall(r"The last letter of (\w+) is (\w)\.", text)
+        if not words or [w for w, _ in steps] != words.group(1).split():
+            return None
+        errors = sum(c != w[-1].lower() for w, c in steps)
+        return errors + (self.extract_answer(text) != "".join(c for _, c in steps))
 
     def _wrong_answers(self, answer, m, rng):
         answer, out = self.normalize(answer), set()

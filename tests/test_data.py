@@ -148,13 +148,60 @@ def test_rationalizations_and_careless_solutions():
                 said = re.findall(r"The last letter of \w+ is (\w)\.", text)
                 assert sum(a != b for a, b in zip(said, prob["letters"])) == 1
             else:  # coin flip: exactly one state that does not follow from the previous one
-                states = ["heads"] + re.findall(r": (heads|tails)\.", text)
-                flips = prob["flips"]
-                slips = sum((states[i] != states[i + 1]) != flips[i] for i in range(len(flips)))
-                assert slips == 1
+                assert coin_slips(text, prob["flips"]) == 1
     # an arithmetic author slips where they choose, not always at the last step
     assert len(slip_steps) >= 2
 
+
+
+def coin_slips(text, flips):
+    states = ["heads"] + re.findall(r": (heads|tails)\.", text)
+    return sum((states[i] != states[i + 1]) != flips[i] for i in range(len(flips)))
+
+
+def test_careless_rationalizers_reach_the_given_answer():
+    """With noise, an author arguing for an answer slips on the way and bends a step to get
+    there: always the given answer; for the correct one, sometimes through slips that cancel."""
+    rng = random.Random(1)
+    for name in ["arithmetic", "coinflip"]:
+        task, cancelling = get_task(name), 0
+        for _ in range(300):
+            prob = task.make_problem(rng)
+            for given in [prob["answer"], task._wrong_answers(prob["answer"], 1, rng)[0]]:
+                text = task.rationalization(prob, given, rng, noise=0.3)
+                assert task.extract_answer(text) == task.normalize(given)
+                if name == "arithmetic":
+                    steps = arithmetic_steps(text)
+                    assert all(steps[i][3] == steps[i + 1][0] for i in range(len(steps) - 1))
+                    assert all(s[3] >= 0 for s in steps)
+                    slips = sum((s[0] + s[2] if s[1] == "+" else s[0] - s[2]) != s[3] for s in steps)
+                else:
+                    slips = coin_slips(text, prob["flips"])
+                    assert slips % 2 == (given != prob["answer"])  # parity decides the answer
+                cancelling += given == prob["answer"] and slips >= 2
+        assert cancelling > 20, name
+
+
+def test_step_checker_sees_slips_the_answer_check_cannot():
+    rng = random.Random(2)
+    for name in TASKS:
+        task = get_task(name)
+        for _ in range(100):
+            prob = task.make_problem(rng)
+            q, wrong = prob["question"], task._wrong_answers(prob["answer"], 1, rng)[0]
+            assert task.step_errors(q, prob["rationale"]) == 0
+            assert task.step_errors(q, task.rationalization(prob, wrong, rng)) == 1  # the bent step
+            assert task.step_errors(q, task.assertion(prob, wrong, rng)) == 1  # a conclusion that does not follow
+            assert task.step_errors(q, f"So the answer is {prob['answer']}.") is None  # no steps to read
+    # a right answer through slips that cancel: the answer check passes it, the step checker does not
+    coin, cancelled = get_task("coinflip"), 0
+    for _ in range(300):
+        prob = coin.make_problem(rng)
+        text = coin.rationalization(prob, prob["answer"], rng, noise=0.3)
+        assert coin.extract_answer(text) == prob["answer"]
+        assert coin.step_errors(prob["question"], text) == coin_slips(text, prob["flips"])
+        cancelled += coin.step_errors(prob["question"], text) >= 2
+    assert cancelled > 20
 
 def test_jsonl_errors(tmp_path):
     p = tmp_path / "d.jsonl"

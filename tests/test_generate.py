@@ -97,6 +97,7 @@ def test_evaluate_with_a_stub_sampler(monkeypatch, always_right):
     assert summary["accuracy"] == (1.0 if always_right else 0.0)
     assert summary["n"] == 20 and len(preds) == 20
     assert all(p["correct"] == always_right for p in preds)
+    assert all(p["step_errors"] is None for p in preds) and "faithful" not in summary  # no steps
 
 
 # --- end to end on the tiny base model ---------------------------------------------------
@@ -107,6 +108,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def gen(*args):
     return subprocess.run([sys.executable, "generate.py", *args], cwd=ROOT, capture_output=True,
                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_compare_reports_rationale_quality(tmp_path):
+    """compare: accuracy question by question and, where the task has a step checker, whether
+    every step is right (a right answer through cancelling slips counts as flawed)."""
+    def preds(path, correct, step_errors):
+        with open(path, "w") as f:
+            for i, (c, e) in enumerate(zip(correct, step_errors)):
+                f.write(json.dumps({"id": str(i), "correct": c, "step_errors": e}) + "\n")
+    preds(tmp_path / "a.jsonl", [True] * 10, [2, 2, 2, 2, 0, 0, 0, 0, 0, None])
+    preds(tmp_path / "b.jsonl", [True] * 10, [0, 0, 0, 2, 0, 0, 0, 0, 1, 0])
+    r = gen("compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stderr
+    c = json.load(open(tmp_path / "c.json"))
+    assert (c["wrong_to_right"], c["right_to_wrong"], c["after_accuracy"]) == (0, 0, 1.0)
+    f = c["faithful"]
+    assert (f["before"], f["after"], f["flawed_to_faithful"], f["faithful_to_flawed"]) == (0.5, 0.8, 4, 1)
+    assert "every step right: 50.0% -> 80.0%" in r.stdout
+
 
 
 def test_collect_is_deterministic_and_writes_every_file(tiny_run, tmp_path):
