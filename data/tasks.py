@@ -150,8 +150,8 @@ class Arithmetic(Task):
         # bends one step of their choosing by just what it takes and carries it on:
         # "5 + 6 = 13. 13 - 5 = 8. So the answer is 8." The bent step is the same kind of error
         # a careless author makes, so the rationales SML keeps for a wrong answer look like the
-        # model's own mistakes, and the reward model learns to spot a wrong step, not a quirk
-        # of the corpus. Given the correct answer, a slip on the way is bent back later: a
+        # model's own mistakes, and what sets them apart for the reward model is the wrong
+        # step, not a quirk of the corpus. Given the correct answer, a slip on the way is bent back later: a
         # right answer for the wrong reason. No count goes negative (the last step always can).
         errors = self._careless_errors(problem, rng, noise) if noise else {}
         delta = int(given_answer) - self._chain(problem["start"], problem["ops"], errors)[1]
