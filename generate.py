@@ -178,7 +178,8 @@ def mcnemar(before, after):
 
 def load_predictions(path):
     """{id: prediction row} from an eval --out file."""
-    return {r["id"]: r for r in read_jsonl(path, {"id": str, "correct": bool})}
+    return {r["id"]: r for r in read_jsonl(path, {"id": str, "correct": bool}, {"step_errors": int},
+                                            unique="id")}
 
 
 def format_accuracy(s):

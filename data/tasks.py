@@ -84,6 +84,13 @@ class Arithmetic(Task):
                "rocks", "eggs", "keys"]
     ADD = ["{n} buys {a} more.", "{n} finds {a} more.", "{n} gets {a} more.", "{n} wins {a} more."]
     SUB = ["{n} gives away {a}.", "{n} loses {a}.", "{n} sells {a}.", "{n} eats {a}."]
+    # the verb of each sentence and its operation, to read a question's steps back: "buys": "+"
+    VERB_OPS = {**dict.fromkeys([t[4:t.index(" {a}")] for t in ADD], "+"),
+                **dict.fromkeys([t[4:t.index(" {a}")] for t in SUB], "-")}
+
+    @staticmethod
+    def _apply(value, op, a):
+        return value + a if op == "+" else value - a
 
     def __init__(self, min_steps=2, max_steps=3, max_operand=9):
         if not 1 <= min_steps <= max_steps:
@@ -118,7 +125,7 @@ class Arithmetic(Task):
         carried into later steps (the way a slip propagates). Returns (text, final value)."""
         steps, cur = [], start
         for i, (op, a) in enumerate(ops):
-            res = cur + a if op == "+" else cur - a
+            res = self._apply(cur, op, a)
             res += (errors or {}).get(i, 0)
             steps.append(f"{cur} {op} {a} = {res}.")
             cur = res
@@ -163,16 +170,15 @@ class Arithmetic(Task):
 
     def step_errors(self, question, text):
         start = re.match(r"\w+ has (\d+) ", question)
-        verbs = {t.split(" {a}")[0][4:]: t for t in self.ADD + self.SUB}  # "buys": "{n} buys {a} more."
-        asked = [("+" if verbs[v] in self.ADD else "-", int(a))
-                 for v, a in re.findall(rf"\w+ ({'|'.join(verbs)}) (\d+)", question)]
+        asked = [(self.VERB_OPS[v], int(a))
+                 for v, a in re.findall(rf"\w+ ({'|'.join(self.VERB_OPS)}) (\d+)", question)]
         steps = re.findall(r"(-?\d+) ([+-]) (\d+) = (-?\d+)\.", text)
         if not start or [(op, int(b)) for _, op, b, _ in steps] != asked:
             return None
         errors, cur = 0, int(start.group(1))
         for a, op, b, c in steps:  # a step is wrong if it starts from the wrong count or adds wrong
             a, b, c = int(a), int(b), int(c)
-            errors += a != cur or c != (a + b if op == "+" else a - b)
+            errors += a != cur or c != self._apply(a, op, b)
             cur = c
         return errors + (self.extract_answer(text) != str(cur))
 

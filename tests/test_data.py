@@ -122,6 +122,11 @@ def arithmetic_steps(text):
             re.findall(r"(-?\d+) ([+-]) (\d+) = (-?\d+)\.", text)]
 
 
+def wrong_sums(steps):
+    """Indices of the steps 'a op b = c' whose c is not a op b."""
+    return [i for i, (a, op, b, c) in enumerate(steps) if (a + b if op == "+" else a - b) != c]
+
+
 def test_rationalizations_and_careless_solutions():
     rng = random.Random(0)
     slip_steps = set()
@@ -139,7 +144,7 @@ def test_rationalizations_and_careless_solutions():
             assert task.extract_answer(text) == task.normalize(wrong)
             if name == "arithmetic":  # exactly one wrong step, every later step follows
                 steps = arithmetic_steps(text)
-                bad = [i for i, s in enumerate(steps) if (s[0] + s[2] if s[1] == "+" else s[0] - s[2]) != s[3]]
+                bad = wrong_sums(steps)
                 assert len(bad) == 1
                 assert all(steps[i][3] == steps[i + 1][0] for i in range(len(steps) - 1))
                 assert all(s[3] >= 0 for s in steps)  # the world has no negative counts
@@ -151,7 +156,6 @@ def test_rationalizations_and_careless_solutions():
                 assert coin_slips(text, prob["flips"]) == 1
     # an arithmetic author slips where they choose, not always at the last step
     assert len(slip_steps) >= 2
-
 
 
 def coin_slips(text, flips):
@@ -174,7 +178,7 @@ def test_careless_rationalizers_reach_the_given_answer():
                     steps = arithmetic_steps(text)
                     assert all(steps[i][3] == steps[i + 1][0] for i in range(len(steps) - 1))
                     assert all(s[3] >= 0 for s in steps)
-                    slips = sum((s[0] + s[2] if s[1] == "+" else s[0] - s[2]) != s[3] for s in steps)
+                    slips = len(wrong_sums(steps))
                 else:
                     slips = coin_slips(text, prob["flips"])
                     assert slips % 2 == (given != prob["answer"])  # parity decides the answer
@@ -202,6 +206,7 @@ def test_step_checker_sees_slips_the_answer_check_cannot():
         assert coin.step_errors(prob["question"], text) == coin_slips(text, prob["flips"])
         cancelled += coin.step_errors(prob["question"], text) >= 2
     assert cancelled > 20
+
 
 def test_jsonl_errors(tmp_path):
     p = tmp_path / "d.jsonl"

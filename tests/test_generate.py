@@ -128,7 +128,6 @@ def test_compare_reports_rationale_quality(tmp_path):
     assert "every step right: 50.0% -> 80.0%" in r.stdout
 
 
-
 def test_collect_is_deterministic_and_writes_every_file(tiny_run, tmp_path):
     outs = []
     for name in ("a", "b"):
