@@ -47,7 +47,10 @@ def setup_runtime(device="auto", dtype="auto"):
             device = "cpu"
     device_type = device.split(":")[0]
     if device_type == "cuda":
-        device = f"cuda:{local_rank}" if ddp else device
+        if ddp:
+            device = f"cuda:{local_rank}"
+        elif device == "cuda":  # set_device wants an index: "cuda" means the current one
+            device = f"cuda:{torch.cuda.current_device()}"
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

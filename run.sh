@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Self-motivated Learning from scratch, as a recipe: each stage is one command.
 #
-#   bash run.sh                      # the default preset (11-15 minutes on a 2-core CPU)
+#   bash run.sh                      # the default preset (about 10 minutes on a 2-core CPU)
 #   PRESET=tiny bash run.sh          # a smoke test (a couple of minutes)
 #   BASELINES=1 bash run.sh          # also STaR, SFT on gold rationales, PPO on exact match
 #   SEEDS=3 bash run.sh              # the whole loop for seeds 1337, 1338, 1339: mean +- std
-#   TASK=arithmetic RUN=runs/arith bash run.sh
-#   DATA_ARGS="--rationalize_noise 0" bash run.sh   # knobs of the world (data/prepare.py)
+#   TASK=coinflip RUN=runs/coinflip bash run.sh
+#   DATA_ARGS="--max_operand 5" bash run.sh        # knobs of the world (data/prepare.py)
 #   REDO=1 bash run.sh               # redo every stage
 #
 # A stage whose output exists is skipped, so an interrupted run picks up where it stopped.
@@ -15,12 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PRESET=${PRESET:-default}          # tiny | default
-TASK=${TASK:-coinflip}             # coinflip | arithmetic | lastletter
+TASK=${TASK:-arithmetic}           # arithmetic | coinflip | lastletter
 SEED=${SEED:-1337}
 SEEDS=${SEEDS:-1}
 RUN=${RUN:-runs/$PRESET}
 PY=${PYTHON:-python}
-DATA_ARGS=${DATA_ARGS:-}           # extra flags for data/prepare.py, e.g. "--noise 0.2"
+DATA_ARGS=${DATA_ARGS:-}           # extra flags for data/prepare.py, e.g. "--noise 0.3"
 if [ "$PRESET" = tiny ]; then
     BASELINES=${BASELINES:-1}; COLLECT_LIMIT=${COLLECT_LIMIT:-100}
 else

@@ -32,7 +32,7 @@ from model import CheckpointError, configure_optimizer, lm_to_scalar, load_check
 
 PRESETS = {
     "tiny": dict(max_steps=30, batch_size=16, lr=3e-4, auc_questions=20),
-    "default": dict(max_steps=300, batch_size=32, lr=3e-4, auc_questions=300),
+    "default": dict(max_steps=1000, batch_size=32, lr=3e-4, auc_questions=300),
 }
 
 

@@ -28,7 +28,7 @@ from pretrain import check_lengths, train_lm
 
 PRESETS = {
     "tiny": dict(max_steps=30, batch_size=16, lr=1e-3, warmup_steps=5, eval_interval=15),
-    "default": dict(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, eval_interval=100),
+    "default": dict(max_steps=600, batch_size=32, lr=1e-3, warmup_steps=20, eval_interval=100),
 }
 
 

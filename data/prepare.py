@@ -3,7 +3,7 @@ Make the built-in world for one task: the "existing dataset" of the paper (quest
 answers), a held-out test split, the pretraining corpus that stands in for the web, and
 the tokenizer.
 
-    python data/prepare.py --task coinflip --out_dir runs/default/data
+    python data/prepare.py --task arithmetic --out_dir runs/default/data
 
 Writes into --out_dir:
   train.jsonl    id, question, answer (+ the gold rationale, for the upper-bound baseline only)
@@ -43,7 +43,7 @@ OUTPUTS = ["train.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to make")
-    g.add_argument("--task", default="coinflip", help=f"one of: {', '.join(TASKS)}")
+    g.add_argument("--task", default="arithmetic", help=f"one of: {', '.join(TASKS)}")
     g.add_argument("--out_dir", required=True)
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help="sizes below")
     g.add_argument("--n_train", type=int, help="train questions (answers only are used by SML)")
@@ -52,7 +52,7 @@ def get_args(argv=None):
     g.add_argument("--seed", type=int, default=1337)
     g.add_argument("--overwrite", action="store_true", help="replace files already in --out_dir")
     g = p.add_argument_group("the corpus (the stand-in for the web)")
-    g.add_argument("--noise", type=float, default=0.15,
+    g.add_argument("--noise", type=float, default=0.2,
                    help="careless authors: chance that a step is wrong")
     g.add_argument("--hint_frac", type=float, default=0.5,
                    help="share of documents that argue for a given answer")
@@ -61,7 +61,7 @@ def get_args(argv=None):
     g.add_argument("--ignore_hint_frac", type=float, default=0.1,
                    help="of those, the share whose author ignores the given answer and just "
                         "solves carelessly")
-    g.add_argument("--rationalize_noise", type=float, default=0.05,
+    g.add_argument("--rationalize_noise", type=float, default=0.0,
                    help="of the rationalizations, the chance that a step slips on the way (a step "
                         "is then bent to reach the given answer, so a right answer can come from "
                         "two slips that cancel: right for the wrong reason)")
@@ -73,6 +73,8 @@ def get_args(argv=None):
     g.add_argument("--min_steps", type=int, default=None,
                    help="fewest steps: operations (arithmetic), people (coinflip), words (lastletter)")
     g.add_argument("--max_steps", type=int, default=None, help="most steps")
+    g.add_argument("--max_operand", type=int, default=None,
+                   help="arithmetic: the largest start value and change (3 unless told)")
     args = p.parse_args(argv)
     common.apply_preset(args, PRESETS)
     # bad numbers get one clear line, not a traceback from deep inside a generator
@@ -83,6 +85,8 @@ def get_args(argv=None):
               "assert_frac"):
         if not 0 <= getattr(args, k) <= 1:
             p.error(f"--{k} must be between 0 and 1")
+    if args.max_operand is not None and (args.task != "arithmetic" or args.max_operand < 2):
+        p.error("--max_operand is for --task arithmetic, and must be at least 2")
     if args.min_steps is not None and args.min_steps < 1:
         p.error("--min_steps must be at least 1")
     if args.min_steps is not None and args.max_steps is not None and args.min_steps > args.max_steps:
@@ -97,8 +101,11 @@ STEP_KNOBS = {"arithmetic": ("min_steps", "max_steps"), "coinflip": ("min_people
 
 def task_knobs(args):
     names = STEP_KNOBS.get(args.task, ())
-    return {knob: getattr(args, arg) for knob, arg in zip(names, ("min_steps", "max_steps"))
-            if getattr(args, arg) is not None}
+    knobs = {knob: getattr(args, arg) for knob, arg in zip(names, ("min_steps", "max_steps"))
+             if getattr(args, arg) is not None}
+    if args.max_operand is not None:
+        knobs["max_operand"] = args.max_operand
+    return knobs
 
 
 def draw_problems(task, rng, n, seen, what, distinct=True):

@@ -92,7 +92,7 @@ class Arithmetic(Task):
     def _apply(value, op, a):
         return value + a if op == "+" else value - a
 
-    def __init__(self, min_steps=2, max_steps=3, max_operand=9):
+    def __init__(self, min_steps=2, max_steps=3, max_operand=3):
         if not 1 <= min_steps <= max_steps:
             raise ValueError(f"arithmetic needs 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
         self.min_steps, self.max_steps, self.max_operand = min_steps, max_steps, max_operand
@@ -240,7 +240,7 @@ class CoinFlip(Task):
         return self._chain(people, flips, errors)[0]
 
     def step_errors(self, question, text):
-        # Steps are matched to the question by position, not by name: the small default model
+        # Steps are matched to the question by position, not by name: the small model
         # writes made-up names (it never learns to copy them), which changes no coin.
         told = re.findall(r"\w+ (flips|does not flip) the coin\.", question)
         steps = re.findall(r"\w+ (flips|does not flip): (heads|tails)\.", text)

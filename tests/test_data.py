@@ -245,7 +245,8 @@ def test_unknown_task_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="min_people"):
         get_task("coinflip", min_people=3, max_people=2)
     for bad, said in [(["--task", "nope"], "nope"), (["--hint_frac", "1.5"], "--hint_frac"),
-                      (["--min_steps", "4", "--max_steps", "2"], "--min_steps")]:
+                      (["--min_steps", "4", "--max_steps", "2"], "--min_steps"),
+                      (["--task", "coinflip", "--max_operand", "5"], "--max_operand")]:
         r = subprocess.run([sys.executable, "data/prepare.py", "--out_dir", str(tmp_path)] + bad,
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -262,6 +263,17 @@ def test_small_question_space_corpus_may_repeat_but_avoids_splits(tmp_path):
     corpus = [json.loads(x)["text"] for x in lines(tmp_path / "corpus.jsonl")]
     questions = {re.match(r"Question: (.*?)\n", t).group(1) for t in corpus}
     assert len(splits) == 500 and len(corpus) == 3000 and not questions & splits
+
+
+def test_max_operand_sets_the_size_of_the_numbers():
+    # every start value and change of a question stays within --max_operand (3 by default)
+    for knob in [None, 6]:
+        task = get_task("arithmetic", **({} if knob is None else {"max_operand": knob}))
+        rng, seen = random.Random(0), set()
+        for _ in range(300):
+            q = task.make_problem(rng)["question"]
+            seen.update(int(n) for n in re.findall(r"\d+", q))
+        assert seen == set(range(1, (knob or 3) + 1)), seen
 
 
 def test_prepare_refuses_to_overwrite(world):
