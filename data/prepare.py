@@ -85,8 +85,8 @@ def get_args(argv=None):
               "assert_frac"):
         if not 0 <= getattr(args, k) <= 1:
             p.error(f"--{k} must be between 0 and 1")
-    if args.max_operand is not None and (args.task != "arithmetic" or args.max_operand < 2):
-        p.error("--max_operand is for --task arithmetic, and must be at least 2")
+    if args.max_operand is not None and args.task != "arithmetic":
+        p.error("--max_operand is for --task arithmetic only")
     if args.min_steps is not None and args.min_steps < 1:
         p.error("--min_steps must be at least 1")
     if args.min_steps is not None and args.max_steps is not None and args.min_steps > args.max_steps:

@@ -87,6 +87,8 @@ class Arithmetic(Task):
     # the verb of each sentence and its operation, to read a question's steps back: "buys": "+"
     VERB_OPS = {**dict.fromkeys([t[4:t.index(" {a}")] for t in ADD], "+"),
                 **dict.fromkeys([t[4:t.index(" {a}")] for t in SUB], "-")}
+    QUESTION_STEP_RE = re.compile(rf"\w+ ({'|'.join(VERB_OPS)}) (\d+)")
+    RATIONALE_STEP_RE = re.compile(r"(-?\d+) ([+-]) (\d+) = (-?\d+)\.")
 
     @staticmethod
     def _apply(value, op, a):
@@ -95,6 +97,8 @@ class Arithmetic(Task):
     def __init__(self, min_steps=2, max_steps=3, max_operand=3):
         if not 1 <= min_steps <= max_steps:
             raise ValueError(f"arithmetic needs 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
+        if max_operand < 2:
+            raise ValueError(f"arithmetic needs max_operand >= 2, got {max_operand}")
         self.min_steps, self.max_steps, self.max_operand = min_steps, max_steps, max_operand
 
     def normalize(self, answer):
@@ -158,8 +162,9 @@ class Arithmetic(Task):
         # "5 + 6 = 13. 13 - 5 = 8. So the answer is 8." The bent step is the same kind of error
         # a careless author makes, so the rationales SML keeps for a wrong answer look like the
         # model's own mistakes, and what sets them apart for the reward model is the wrong
-        # step, not a quirk of the corpus. Given the correct answer, a slip on the way is bent back later: a
-        # right answer for the wrong reason. No count goes negative (the last step always can).
+        # step, not a quirk of the corpus. Given the correct answer, a slip on the way is bent
+        # back later: a right answer for the wrong reason. No count goes negative (the last
+        # step always can).
         errors = self._careless_errors(problem, rng, noise) if noise else {}
         delta = int(given_answer) - self._chain(problem["start"], problem["ops"], errors)[1]
         if delta:
@@ -170,9 +175,8 @@ class Arithmetic(Task):
 
     def step_errors(self, question, text):
         start = re.match(r"\w+ has (\d+) ", question)
-        asked = [(self.VERB_OPS[v], int(a))
-                 for v, a in re.findall(rf"\w+ ({'|'.join(self.VERB_OPS)}) (\d+)", question)]
-        steps = re.findall(r"(-?\d+) ([+-]) (\d+) = (-?\d+)\.", text)
+        asked = [(self.VERB_OPS[v], int(a)) for v, a in self.QUESTION_STEP_RE.findall(question)]
+        steps = self.RATIONALE_STEP_RE.findall(text)
         if not start or [(op, int(b)) for _, op, b, _ in steps] != asked:
             return None
         errors, cur = 0, int(start.group(1))
