@@ -44,14 +44,20 @@ def derive_seed(*parts):
 
 
 def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_tokens=64,
-                      batch_prompts=64, top_k=None, top_p=None, desc="sampling", quiet=False):
+                      batch_prompts=64, top_k=None, top_p=None, complete_missing=False,
+                      desc="sampling", quiet=False):
     """requests: list of (question, hint or None). Returns one list per request of k dicts
     {"text", "final_answer", "tokens", "logprobs", "finished"}.
 
     SML step 1 (rationale generation): the prompt carries the hint when one is given.
-    Reading the final answer back: the task's extractor; where a rationale states none,
-    the model completes the answer line ("So the answer is") after it, greedily.
+    Reading the final answer back: the task's extractor (None if the rationale states no
+    answer, or two). complete_missing=True (evaluation only) fills such a None by letting
+    the model complete the answer line ("So the answer is") greedily after the rationale.
+    That is only done on a prompt that gives no answer: with a hint in the prompt the
+    model would copy it, and SML step 2 would take the copy for a consistent rationale.
     """
+    if complete_missing and any(h is not None for _, h in requests):
+        raise ValueError("the answer-line completion is for prompts without a given answer only")
     eot_id = tok.token_to_id(EOT)
     prompts = [tok.encode(task.prompt(q, h)).ids for q, h in requests]
     block = model.config.block_size
@@ -73,20 +79,23 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
             if r % k == 0:
                 results.append([])
             text_ids = ids[:-1] if ids and ids[-1] == eot_id else ids
-            results[-1].append({"text": tok.decode(text_ids).strip(),
-                                "final_answer": None, "tokens": ids,
+            text = tok.decode(text_ids).strip()
+            results[-1].append({"text": text, "final_answer": task.extract_answer(text), "tokens": ids,
                                 "logprobs": out.logprobs[r, :len(ids)].tolist(),
                                 "finished": bool(out.finished[r])})
         bar.update(len(chunk) * k)
     bar.close()
+    if complete_missing:
+        complete_answer_lines(model, tok, task, prompts, results, batch_prompts)
+    return results, {"tokens": n_tok, "seconds": time.time() - t0}
 
-    # Read the final answers back; complete the answer line where a rationale gave none.
-    missing = []
-    for i, samples in enumerate(results):
-        for s in samples:
-            s["final_answer"] = task.extract_answer(s["text"])
-            if s["final_answer"] is None:
-                missing.append((i, s))
+
+def complete_answer_lines(model, tok, task, prompts, results, batch_prompts=64):
+    """Evaluation's fallback for a rationale that states no final answer: append the answer
+    line ("So the answer is") and read what the model writes after it, greedily."""
+    eot_id = tok.token_to_id(EOT)
+    block = model.config.block_size
+    missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
     for start in range(0, len(missing), batch_prompts):
         chunk = missing[start:start + batch_prompts]
         answer_prompts = []
@@ -99,7 +108,6 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
             ids = ids[:-1] if ids and ids[-1] == eot_id else ids
             s["final_answer"] = task.extract_answer(task.ANSWER_PREFIX.strip() + " " + tok.decode(ids))
             s["answer_completed"] = True
-    return results, {"tokens": n_tok, "seconds": time.time() - t0}
 
 
 # -----------------------------------------------------------------------------
@@ -130,7 +138,8 @@ def evaluate(model, tok, task, rows, temperature=0.0, k=1, seed=0, quiet=False, 
     """Accuracy on rows (the task's answer check on each prediction). With k > 1 the
     prediction is the majority vote over k samples. Returns (summary, per-question rows)."""
     results, speed = sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
-                                       k, temperature, seed, desc="eval", quiet=quiet, **kw)
+                                       k, temperature, seed, complete_missing=True, desc="eval",
+                                       quiet=quiet, **kw)
     preds = []
     for row, samples in zip(rows, results):
         answers = [task.normalize(s["final_answer"]) if s["final_answer"] is not None else None
@@ -192,30 +201,43 @@ def format_accuracy(s):
 # SML steps 1-2: rationale generation and collection
 
 
-def label_rationale(task, gold, hint, final_answer):
-    """SML step 2, the answer-consistency check. Returns (consistent, correct, label).
+DISCARD_REASONS = ("unfinished", "no_answer", "two_answers", "inconsistent", "wrong")
 
-    Given an answer (hint): keep the rationale only if its final answer agrees with the
-    hint. Kept for the correct answer -> "high" quality; kept for a wrong answer -> "low";
-    not kept -> "discarded". No answer given: consistent means it reached an answer at
-    all, and it ranks by correctness ("high" if right, "low" if wrong).
+
+def label_rationale(task, gold, hint, text, finished):
+    """SML step 2, the answer-consistency check. Returns (final_answer, correct, label,
+    discard_reason); final_answer is the one answer the rationale *states*, or None.
+
+    A rationale counts only if it ended (end-of-text) and states exactly one final answer;
+    otherwise it is discarded ("unfinished", "no_answer", "two_answers"). Given an answer
+    (hint): kept if its final answer agrees with the hint, as "high" quality for the correct
+    answer and "low" for a wrong one; otherwise discarded ("inconsistent"). No answer given
+    (the STaR baseline's samples, never SML's): kept as "star" if the answer is correct,
+    else discarded ("wrong").
     """
-    correct = task.answers_match(final_answer, gold)
+    stated = task.stated_answers(text)
+    final = next(iter(stated)) if len(stated) == 1 else None
+    correct = task.answers_match(final, gold)
+    if not finished:
+        return final, correct, "discarded", "unfinished"
+    if not stated:
+        return final, correct, "discarded", "no_answer"
+    if len(stated) > 1:
+        return final, correct, "discarded", "two_answers"
     if hint is None:
-        consistent = final_answer is not None
-        label = ("high" if correct else "low") if consistent else "discarded"
-    else:
-        consistent = task.answers_match(final_answer, hint)
-        label = ("high" if task.answers_match(hint, gold) else "low") if consistent else "discarded"
-    return consistent, correct, label
+        return (final, correct, "star", None) if correct else (final, correct, "discarded", "wrong")
+    if not task.answers_match(final, hint):
+        return final, correct, "discarded", "inconsistent"
+    return final, correct, "high" if task.answers_match(hint, gold) else "low", None
 
 
-def build_sft_rows(task, records, hinted=True):
-    """SFT rows from high-quality rationales, deduplicated per question. The prompt carries
-    no hint: SFT teaches the model to reach the answer from the question alone."""
+def build_sft_rows(task, records, label="high"):
+    """SFT rows from the kept rationales with this label ("high": SML; "star": the STaR
+    baseline), deduplicated per question. The prompt carries no hint: SFT teaches the
+    model to reach the answer from the question alone."""
     seen, rows = set(), []
     for r in records:
-        if r["label"] != "high" or (r["hint"] is not None) != hinted:
+        if r["label"] != label:
             continue
         key = (r["question"], r["rationale"])
         if key not in seen:
@@ -226,11 +248,14 @@ def build_sft_rows(task, records, hinted=True):
 
 
 def build_pairs(task, records, max_per_question, rng):
-    """Reward-model pairs: a high-quality rationale (chosen) above a low-quality one
-    (rejected) of the same question. All pairs, or a random max_per_question of them."""
+    """Reward-model pairs, as in the paper: a rationale kept for the correct answer (chosen,
+    "high") above one kept for a wrong answer (rejected, "low") of the same question. Both
+    sides come from hinted samples only; unhinted samples belong to the STaR baseline.
+    All pairs, or a random max_per_question of them."""
     by_q = {}
     for r in records:
         if r["label"] in ("high", "low"):
+            assert r["hint"] is not None, "high/low labels are for hinted rationales only"
             d = by_q.setdefault(r["id"], {"question": r["question"], "high": [], "low": []})
             if r["rationale"] not in d[r["label"]]:
                 d[r["label"]].append(r["rationale"])
@@ -257,7 +282,7 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
             meta.append((row, hint, kind))
     results, speed = sample_rationales(model, tok, task, requests, k, temperature, seed,
                                        desc="collect", quiet=quiet, **kw)
-    if k_unhinted:
+    if k_unhinted:  # the STaR baseline's samples: no answer given
         res_u, sp_u = sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
                                         k_unhinted, temperature, derive_seed(seed, "unhinted"),
                                         desc="collect (no hint)", quiet=quiet, **kw)
@@ -265,15 +290,17 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
         meta += [(r, None, "none") for r in rows]
         speed = {key: speed[key] + sp_u[key] for key in speed}
 
-    # SML step 2: read each final answer and keep the rationales consistent with the hint.
+    # SML step 2: keep the rationales that state an answer consistent with the hint.
     records = []
     for (row, hint, kind), samples in zip(meta, results):
         for s in samples:
-            consistent, correct, label = label_rationale(task, row["answer"], hint, s["final_answer"])
+            final, correct, label, reason = label_rationale(task, row["answer"], hint, s["text"],
+                                                            s["finished"])
             records.append({"id": row["id"], "question": row["question"], "answer": row["answer"],
                             "hint": hint, "hint_type": kind, "rationale": s["text"],
-                            "final_answer": s["final_answer"], "consistent": consistent,
-                            "correct": correct, "label": label})
+                            "final_answer": final, "finished": s["finished"],
+                            "consistent": hint is not None and label in ("high", "low"),
+                            "correct": correct, "label": label, "discard_reason": reason})
 
     stats = {"questions": len(rows), "samples": len(records), "tokens": speed["tokens"],
              "seconds": speed["seconds"], "tokens_per_s": speed["tokens"] / max(1e-9, speed["seconds"]),
@@ -281,13 +308,18 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
     for kind in ("correct", "wrong", "none"):
         sub = [r for r in records if r["hint_type"] == kind]
         if sub:
+            kept = sum(r["label"] != "discarded" for r in sub)
             stats["by_hint_type"][kind] = {
-                "samples": len(sub), "consistent": sum(r["consistent"] for r in sub),
+                "samples": len(sub), "kept": kept,
                 # yield: the share kept (consistent with the hint; unhinted: correct, as STaR keeps)
-                "yield": sum(r["consistent"] if kind != "none" else r["correct"] for r in sub) / len(sub),
-                "correct": sum(r["correct"] for r in sub)}
-    for label in ("high", "low", "discarded"):
-        stats[label] = sum(r["label"] == label for r in records)
+                "yield": kept / len(sub), "correct": sum(r["correct"] for r in sub),
+                "discarded": {why: n for why in DISCARD_REASONS
+                              if (n := sum(r["discard_reason"] == why for r in sub))}}
+    hinted = [r for r in records if r["hint"] is not None]
+    for label in ("high", "low"):  # hinted samples only: SML's data
+        stats[label] = sum(r["label"] == label for r in hinted)
+    stats["discarded_hinted"] = sum(r["label"] == "discarded" for r in hinted)
+    stats["star"] = sum(r["label"] == "star" for r in records)
     stats["questions_with_high"] = len({r["id"] for r in records if r["label"] == "high"})
     return records, stats
 
@@ -370,7 +402,21 @@ def get_args(argv=None):
         else:
             g.add_argument("--k", type=int, default=4)
             g.add_argument("--questions", type=int, default=64)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.command != "compare":
+        from model import check_sampling_args
+        try:
+            check_sampling_args(args.top_k, args.top_p)
+        except ValueError as e:
+            p.error(str(e))
+        for name, low in (("k", 1), ("max_new_tokens", 1), ("batch_prompts", 1)):
+            if getattr(args, name) < low:
+                p.error(f"--{name} must be at least {low}, got {getattr(args, name)}")
+        if args.temperature < 0:
+            p.error(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+        if args.limit is not None and args.limit < 1:
+            p.error(f"--limit must be at least 1, got {args.limit}")
+    return args
 
 
 def load_everything(args, script):
@@ -426,22 +472,23 @@ def main(argv=None):
     model.to(rt.device)
     kw = dict(max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
               top_k=args.top_k, top_p=args.top_p)
-    try:
-        if args.command == "eval":
-            summary, preds = evaluate(model, tok, task, rows, args.temperature, args.k, args.seed, **kw)
-            print(f"{args.split} accuracy of {args.ckpt}: {format_accuracy(summary)} "
-                  f"(temperature {args.temperature}, k {args.k})")
-            if args.out:
-                write_jsonl(args.out, preds)
-            if args.summary:
-                common.atomic_write_json(args.summary, summary)
-        elif args.command == "collect":
-            run_collect(args, task, rows, tok, model, kw)
-        else:
-            print(json.dumps(bench(model, tok, task, rows, args.k, args.temperature, args.seed,
-                                   args.questions), indent=2))
-    except ValueError as e:
-        common.die("generate.py", str(e))
+    with rt.autocast:  # bf16 on CUDA (or as --dtype says); the sampler keeps its cache in it
+        try:
+            if args.command == "eval":
+                summary, preds = evaluate(model, tok, task, rows, args.temperature, args.k, args.seed, **kw)
+                print(f"{args.split} accuracy of {args.ckpt}: {format_accuracy(summary)} "
+                      f"(temperature {args.temperature}, k {args.k})")
+                if args.out:
+                    write_jsonl(args.out, preds)
+                if args.summary:
+                    common.atomic_write_json(args.summary, summary)
+            elif args.command == "collect":
+                run_collect(args, task, rows, tok, model, kw)
+            else:
+                print(json.dumps(bench(model, tok, task, rows, args.k, args.temperature, args.seed,
+                                       args.questions), indent=2))
+        except ValueError as e:
+            common.die("generate.py", str(e))
 
 
 def run_collect(args, task, rows, tok, model, kw):
@@ -452,7 +499,7 @@ def run_collect(args, task, rows, tok, model, kw):
     t0 = time.time()
     records, stats = collect(model, tok, task, rows, args.k, args.m, args.k_unhinted,
                              args.temperature, args.seed, **kw)
-    sft = build_sft_rows(task, records, hinted=True)
+    sft = build_sft_rows(task, records, "high")
     pairs = build_pairs(task, records, args.max_pairs_per_question, random.Random(args.seed))
     stats.update({"sft_rows": len(sft), "pairs": len(pairs), "wall_seconds": time.time() - t0,
                   "args": vars(args)})
@@ -463,14 +510,16 @@ def run_collect(args, task, rows, tok, model, kw):
     write_jsonl(os.path.join(tmp, "sft.jsonl"), sft)
     write_jsonl(os.path.join(tmp, "pairs.jsonl"), pairs)
     if args.k_unhinted:
-        write_jsonl(os.path.join(tmp, "sft_unhinted.jsonl"), build_sft_rows(task, records, hinted=False))
+        write_jsonl(os.path.join(tmp, "sft_unhinted.jsonl"), build_sft_rows(task, records, "star"))
     common.atomic_write_json(os.path.join(tmp, "stats.json"), stats)
     if os.path.exists(args.out_dir):
         shutil.rmtree(args.out_dir)
     os.rename(tmp, args.out_dir)
     for kind, s in stats["by_hint_type"].items():
         kept = "consistent" if kind != "none" else "correct"
-        print(f"hint {kind:7s}: {s[kept]}/{s['samples']} {kept} ({100 * s['yield']:.1f}%)")
+        why = ", ".join(f"{n} {r}" for r, n in s["discarded"].items()) or "none"
+        print(f"hint {kind:7s}: {s['kept']}/{s['samples']} {kept} ({100 * s['yield']:.1f}%); "
+              f"discarded: {why}")
     print(f"{len(sft)} SFT rows, {len(pairs)} pairs, {stats['questions_with_high']}/{len(rows)} "
           f"questions with a high-quality rationale, {stats['wall_seconds']:.0f}s, "
           f"{stats['tokens_per_s']:.0f} tok/s -> {args.out_dir}")

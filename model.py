@@ -138,9 +138,12 @@ class GPT(nn.Module):
             attn_mask, positions = _attention_mask_and_positions(idx, pad_mask, positions, kv_cache)
         if positions is None:
             positions = torch.arange(T, device=idx.device)
-        if int(positions.max()) >= self.config.block_size:
-            raise ValueError(f"sequence of {int(positions.max()) + 1} tokens is longer than the "
-                             f"model's context of {self.config.block_size}")
+        # The length check uses host-side numbers only (reading positions.max() would wait
+        # for the device at every decoding step). With a cache, sample() keeps every row's
+        # position inside the context through its per-row token budget.
+        if kv_cache is None and T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than the model's context of "
+                             f"{self.config.block_size}")
         x = self.drop(self.wte(idx) + self.wpe(positions))
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, kv_cache.layer(i) if kv_cache is not None else None)
@@ -201,7 +204,10 @@ def sequence_scores(scores, pad_mask):
 
 
 class KVCache:
-    """Keys and values of every layer for a batch of sequences, preallocated to max_len."""
+    """Keys and values of every layer for a batch of sequences, max_len slots each.
+
+    The buffers are made at the first append, in the dtype the keys arrive in: under bf16
+    autocast the cache holds bf16, as the attention computes in it (half the memory)."""
 
     class _Layer:
         def __init__(self, cache, i):
@@ -209,16 +215,18 @@ class KVCache:
 
         def append(self, k, v):
             c = self.cache
+            if c.k is None:
+                shape = (c.n_layer, k.size(0), k.size(1), c.max_len, k.size(3))
+                c.k = torch.zeros(shape, device=k.device, dtype=k.dtype)
+                c.v = torch.zeros(shape, device=v.device, dtype=v.dtype)
             T = k.size(2)
             c.k[self.i, :, :, c.length:c.length + T] = k
             c.v[self.i, :, :, c.length:c.length + T] = v
             return c.k[self.i, :, :, :c.length + T], c.v[self.i, :, :, :c.length + T]
 
-    def __init__(self, config, batch_size, max_len, device, dtype):
-        hd = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len, hd)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+    def __init__(self, config, batch_size, max_len, device):
+        self.n_layer, self.max_len = config.n_layer, max_len
+        self.k = self.v = None
         self.pad_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.length = 0
 
@@ -247,15 +255,31 @@ class Samples:
         return [self.tokens[r, :int(n)].tolist() for r, n in enumerate(self.lengths)]
 
 
+def check_sampling_args(top_k=None, top_p=None):
+    """top_k: an int >= 0 (0 or None: off); top_p: a float in [0, 1] (None or 1: off; 0 keeps
+    only the most likely token). The same meaning as Hugging Face's samplers."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if top_p is not None and not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"top_p must be between 0 and 1, got {top_p!r}")
+
+
 def filter_logits(logits, top_k=None, top_p=None):
-    """Keep the top_k most likely tokens and / or the smallest set with mass >= top_p."""
-    if top_k is not None and top_k < logits.size(-1):
+    """Keep the top_k most likely tokens (ties at the k-th value are all kept) and / or the
+    smallest set of most likely tokens whose mass reaches top_p. The most likely token is
+    always kept, so a row never ends up empty."""
+    check_sampling_args(top_k, top_p)
+    if top_k and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cum - sorted_logits.softmax(-1) > top_p  # mass before this token > top_p
+        # a stable sort: tokens of equal probability keep their vocabulary order, so which of
+        # them falls at the boundary does not depend on the sort's implementation
+        sorted_logits, order = torch.sort(logits, descending=True, stable=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs
+        drop_sorted = mass_before >= top_p  # the set before this token already reaches top_p
+        drop_sorted[..., 0] = False
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -271,14 +295,21 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
     sampling gives, and N fanned-out samples equal N runs with the same seeds. Without
     seeds, they are drawn from `generator` (or the global generator).
 
+    Budget: each row may write min(max_new_tokens, block_size - its prompt's length) tokens,
+    so a short prompt batched with a long one gets as many as it would alone. A row that
+    uses its budget up without stopping comes back with finished = False.
+
     temperature 0 means greedy. The returned log-probs are those of the sampled token under
     softmax(logits / temperature) before top-k / top-p filtering (greedy: temperature 1),
     i.e. what a forward pass over the same tokens gives. For PPO, sample with no top-k /
     top-p so that these are the log-probs of the distribution that was sampled.
 
     stop_fn(row, generated_token_ids) -> bool may stop a row early (a stop string); a row
-    also stops after eot_id.
+    also stops after eot_id. Runs under whatever autocast the caller entered.
     """
+    check_sampling_args(top_k, top_p)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     model.eval()
     device = next(model.parameters()).device
     P, N = len(prompts), num_samples
@@ -286,13 +317,12 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
     lens = [len(p) for p in prompts]
     if min(lens) == 0:
         raise ValueError("empty prompt")
-    T0 = max(lens)
-    if T0 + max_new_tokens > model.config.block_size:
-        # Bound the generation by the context; a prompt that does not fit at all is an error.
-        if T0 >= model.config.block_size:
-            raise ValueError(f"prompt of {T0} tokens does not fit the model's context of "
-                             f"{model.config.block_size}")
-        max_new_tokens = model.config.block_size - T0
+    block = model.config.block_size
+    if max(lens) >= block:
+        raise ValueError(f"prompt of {max(lens)} tokens does not fit the model's context of {block}")
+    budgets = [min(max_new_tokens, block - n) for n in lens]  # host-side: no device sync
+    T0, steps = max(lens), max(budgets)
+    budget = torch.tensor(budgets, device=device).repeat_interleave(N)  # (R,)
     if seeds is None:
         seeds = torch.randint(0, 2**62, (R,), generator=generator).tolist()
     assert len(seeds) == R, f"need one seed per sample ({R}), got {len(seeds)}"
@@ -304,17 +334,16 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
     for i, p in enumerate(prompts):
         idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long)
         pad_mask[i, T0 - len(p):] = True
-    dtype = next(model.parameters()).dtype
-    cache = KVCache(model.config, P, T0 + max_new_tokens, device, dtype)
+    cache = KVCache(model.config, P, T0 + steps, device)
     logits, _ = model(idx, pad_mask=pad_mask, kv_cache=cache)
     logits = logits[:, -1, :].repeat_interleave(N, dim=0)  # (R, V)
     cache.fan_out(N)  # ... and share it among the prompt's N samples
 
-    tokens = torch.full((R, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    logprobs = torch.zeros(R, max_new_tokens, device=device)
+    tokens = torch.full((R, steps), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(R, steps, device=device)
     lengths = torch.zeros(R, dtype=torch.long, device=device)
     finished = torch.zeros(R, dtype=torch.bool, device=device)
-    for t in range(max_new_tokens):
+    for t in range(steps):
         logits = logits.float()
         if temperature == 0:
             next_tok = logits.argmax(-1)
@@ -329,7 +358,7 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
             cdf = probs.cumsum(-1)
             next_tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1)
             next_tok = next_tok.clamp(max=probs.size(-1) - 1).to(device)
-        active = ~finished
+        active = ~finished & (t < budget)
         tokens[:, t] = torch.where(active, next_tok, pad_id)
         logprobs[:, t] = torch.where(active, lp.gather(1, next_tok.unsqueeze(1)).squeeze(1), 0.0)
         lengths += active.long()
@@ -339,10 +368,12 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
             for r in torch.nonzero(active & ~finished).flatten().tolist():
                 if stop_fn(r, tokens[r, :t + 1].tolist()):
                     finished[r] = True
-        if bool(finished.all()) or t == max_new_tokens - 1:
+        going = ~finished & (t + 1 < budget)
+        if t == steps - 1 or not bool(going.any()):
             break
-        logits, _ = model(next_tok.unsqueeze(1), kv_cache=cache,
-                          pad_mask=torch.ones(R, 1, dtype=torch.bool, device=device))
+        # A row that is done is fed as padding: its position no longer advances, so it
+        # never runs past the context while its neighbours go on.
+        logits, _ = model(next_tok.unsqueeze(1), kv_cache=cache, pad_mask=going.unsqueeze(1))
         logits = logits[:, -1, :]
     L = int(lengths.max()) if R else 0
     return Samples(tokens[:, :L], logprobs[:, :L], lengths, finished)

@@ -68,16 +68,25 @@ def one_seed(run):
                 rates = [r["tokens_per_s"] for r in load_jsonl(path) if "tokens_per_s" in r]
                 if rates:
                     out["stages"][stage]["tokens_per_s"] = rates[-1]
+    for key, _, _ in ROWS[3:]:  # SML against each baseline, question by question
+        p = os.path.join(run, f"compare_{key}_sml.json")
+        if os.path.exists(p):
+            out.setdefault("vs_baselines", {})[key] = load(p)
+    summary = os.path.join(run, "ppo", "summary.json")
+    if os.path.exists(summary):
+        out["findings"]["ppo_best_update"] = load(summary).get("best_update")
     stats = os.path.join(run, "collect", "stats.json")
     if os.path.exists(stats) and "collect" in out["stages"]:
         s = load(stats)
         out["stages"]["collect"]["tokens_per_s"] = s["tokens_per_s"]
         out["collect"] = {k: s[k] for k in ("sft_rows", "pairs", "questions", "questions_with_high") if k in s}
         out["collect"]["yield"] = {k: v["yield"] for k, v in s["by_hint_type"].items()}
+        out["collect"]["discarded"] = {k: v.get("discarded", {}) for k, v in s["by_hint_type"].items()}
     for stage, folder in (("ppo", "ppo"), ("ppo exact", "ppo_exact")):
         ppo_log = os.path.join(run, folder, "ppo_log.jsonl")
         if os.path.exists(ppo_log) and stage in out["stages"]:
-            out["stages"][stage]["tokens_per_s"] = statistics.mean(r["tok/s"] for r in load_jsonl(ppo_log))
+            out["stages"][stage]["tokens_per_s"] = statistics.mean(r["tok/s"] for r in load_jsonl(ppo_log)
+                                                                   if "tok/s" in r)
     return out
 
 
@@ -113,9 +122,10 @@ def render(seeds, run):
         lines.append(f"| {name} | {pct(m, sd, n)} | {ci_text} | {what} |")
     findings = {}
     lines += ["", "## Findings", ""]
-    for key, text, is_pct in [("rm_pair_accuracy", "Reward model: held-out pair accuracy (high above low)", True),
-                              ("rm_auc_correctness", "Reward model: AUC of its score for correctness "
+    for key, text, is_pct in [("rm_auc_correctness", "Reward model: AUC of its score for correctness "
                                "(fresh SFT samples, test questions)", False),
+                              ("rm_pair_accuracy", "Reward model: pair accuracy (high above low) on collection "
+                               "questions held out of its training; SFT trained on their rationales", True),
                               ("ppo_wrong_to_right", "PPO vs SFT, same test questions: wrong -> right", False),
                               ("ppo_right_to_wrong", "PPO vs SFT, same test questions: right -> wrong", False),
                               ("ppo_mcnemar_p", "PPO vs SFT: McNemar p-value", False),
@@ -123,13 +133,45 @@ def render(seeds, run):
                               ("faithful_sml", "Rationales with every step right (step checker): SML", True),
                               ("ppo_flawed_to_faithful", "PPO vs SFT, same test questions: flawed -> every step right", False),
                               ("ppo_faithful_to_flawed", "PPO vs SFT, same test questions: every step right -> flawed", False),
-                              ("ppo_faithful_p", "PPO vs SFT, rationale quality: McNemar p-value", False)]:
+                              ("ppo_faithful_p", "PPO vs SFT, rationale quality: McNemar p-value", False),
+                              ("ppo_best_update", "PPO: the update chosen on the validation split "
+                               "(0 = the SFT model)", False)]:
         m, sd = mean_std([s["findings"].get(key) for s in seeds])
         if m is None:
             continue
         findings[key] = {"mean": m, "std": sd}
         value = pct(m, sd, n) + "%" if is_pct else (f"{m:.3g}" + (f" ± {sd:.3g}" if n > 1 else ""))
         lines.append(f"- {text}: {value}")
+    collected = [s["collect"] for s in seeds if "collect" in s]
+    if collected:
+        lines += ["", "## Rationale collection (SML steps 1-2)", ""]
+        for kind, what in (("correct", "given the correct answer"), ("wrong", "given a wrong answer"),
+                           ("none", "no answer given (STaR's samples)")):
+            ys = [c["yield"][kind] for c in collected if kind in c["yield"]]
+            if ys:
+                m, sd = mean_std(ys)
+                why = collected[0]["discarded"].get(kind) or {}
+                lines.append(f"- {what}: {pct(m, sd, n)}% kept"
+                             + (f"; discarded (first seed): {', '.join(f'{v} {k}' for k, v in why.items())}"
+                                if why else ""))
+        m, _ = mean_std([c.get("sft_rows") for c in collected])
+        p, _ = mean_std([c.get("pairs") for c in collected])
+        lines.append(f"- SFT rows {m:.0f}, reward-model pairs {p:.0f}" + (" (mean over seeds)" if n > 1 else ""))
+    names = {key: name for key, name, _ in ROWS}
+    vs = [(key, [s.get("vs_baselines", {}).get(key) for s in seeds]) for key, _, _ in ROWS[3:]]
+    vs = [(key, cmps) for key, cmps in vs if all(cmps)]
+    if vs:
+        lines += ["", "## SML against the baselines, same test questions"
+                  + (" (each seed)" if n > 1 else ""), "",
+                  "| baseline | accuracy: baseline -> SML | only SML right / only baseline right | p "
+                  "| every step right: baseline -> SML | p |", "|---|---|---|---|---|---|"]
+        for key, cmps in vs:
+            for c in cmps:
+                f = c.get("faithful")
+                quality = (f"{100 * f['before']:.1f} -> {100 * f['after']:.1f} | {f['p_value']:.2g}"
+                           if f else "- | -")
+                lines.append(f"| {names[key]} | {100 * c['before_accuracy']:.1f} -> {100 * c['after_accuracy']:.1f} "
+                             f"| {c['wrong_to_right']} / {c['right_to_wrong']} | {c['p_value']:.2g} | {quality} |")
     stages = {}
     lines += ["", "## Time", "", "| stage | seconds | tokens/s |", "|---|---|---|"]
     for stage in seeds[0]["stages"]:
@@ -153,7 +195,7 @@ def plot(run):
         import matplotlib.pyplot as plt
     except ImportError:
         return "PPO curves: pip install matplotlib, then run python results.py again"
-    log = load_jsonl(log_path)
+    log = [r for r in load_jsonl(log_path) if "rm_score" in r]  # update 0 is the SFT model's evaluation
     x = [r["update"] for r in log]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     a.plot(x, [r["rm_score"] for r in log], label="RM score")

@@ -96,14 +96,20 @@ if [ "$BASELINES" = "1" ]; then
     step gold "$R/gold.pt" bash -c "$PY train_sft.py --init $R/base.pt --gold $DATA/train.jsonl --data_dir $DATA \
         --preset $PRESET --seed $S --out $R/gold.pt.partial --resume --eval_limit 0 && mv $R/gold.pt.partial $R/gold.pt"
     evaluate gold "$R/gold.pt"
+    # the same critic start as SML's (the standardised reward model): only the reward differs
     step "ppo exact" "$R/ppo_exact/summary.json" $PY train_ppo.py --sft "$R/sft.pt" --reward exact \
-        --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out_dir "$R/ppo_exact" --resume
+        --rm "$R/rm.pt" --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out_dir "$R/ppo_exact" --resume
     evaluate ppo_exact "$R/ppo_exact/ppo_best.pt"
 fi
 
-# The paper's comparison, question by question: what PPO fixed and what it broke.
-step "compare" "$R/compare_sft_sml.json" $PY generate.py compare "$R/preds_sft.jsonl" "$R/preds_sml.jsonl" \
-    --json "$R/compare_sft_sml.json"
+# The paper's comparison, question by question: what PPO fixed and what it broke; and SML
+# against each baseline on the same questions.
+for B in sft star gold ppo_exact; do
+    if [ -e "$R/preds_$B.jsonl" ]; then
+        step "compare $B" "$R/compare_${B}_sml.json" $PY generate.py compare "$R/preds_$B.jsonl" \
+            "$R/preds_sml.jsonl" --json "$R/compare_${B}_sml.json"
+    fi
+done
 done
 
 stage "results"

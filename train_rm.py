@@ -178,22 +178,28 @@ def main(argv=None):
     # Reports.
     report = {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "train_seconds": train_seconds}
     if val_pairs:
-        acc, mean_hi, mean_lo = pair_accuracy(rm, tok, val_pairs, rt.device)
+        # Held out of the RM's training, but not of SFT's: the trunk was fine-tuned on these
+        # questions' high-quality rationales. The AUC below, on test questions, is the headline.
+        with rt.autocast:
+            acc, mean_hi, mean_lo = pair_accuracy(rm, tok, val_pairs, rt.device)
         report.update({"val_pair_accuracy": acc, "val_mean_score_high": mean_hi, "val_mean_score_low": mean_lo})
         print(f"held-out pair accuracy {100 * acc:.1f}% ({len(val_pairs)} pairs); mean score "
               f"high {mean_hi:.2f} vs low {mean_lo:.2f}")
     # Does a higher score go with a better rationale? Fresh SFT samples on test questions.
     test_rows = load_dataset(os.path.join(args.data_dir, "test.jsonl"))[:args.auc_questions]
     sft_model.to(rt.device)
-    results, _ = generate.sample_rationales(sft_model, tok, task, [(r["question"], None) for r in test_rows],
-                                            args.auc_samples, 1.0, args.seed, desc="SFT samples")
+    with rt.autocast:  # read as evaluation reads them (the answer line completed where missing)
+        results, _ = generate.sample_rationales(sft_model, tok, task, [(r["question"], None) for r in test_rows],
+                                                args.auc_samples, 1.0, args.seed, complete_missing=True,
+                                                desc="SFT samples")
     prompts, texts, correct = [], [], []
     for row, samples in zip(test_rows, results):
         for s in samples:
             prompts.append(task.prompt(row["question"]))
             texts.append(" " + s["text"])
             correct.append(task.answers_match(s["final_answer"], row["answer"]))
-    scores = score_texts(rm, tok, prompts, texts, rt.device).tolist()
+    with rt.autocast:
+        scores = score_texts(rm, tok, prompts, texts, rt.device).tolist()
     report["auc_correctness"] = auc([s for s, c in zip(scores, correct) if c],
                                     [s for s, c in zip(scores, correct) if not c])
     report["auc_samples"] = len(scores)

@@ -7,6 +7,8 @@ the tokenizer.
 
 Writes into --out_dir:
   train.jsonl    id, question, answer (+ the gold rationale, for the upper-bound baseline only)
+  val.jsonl      the same, held out of rationale collection, SFT and the reward model: PPO
+                 chooses its checkpoint on these questions
   test.jsonl     id, question, answer, rationale
   corpus.jsonl   {"text": ...} documents: worked solutions by careless authors, and
                  rationalizations that argue for a given answer, right or wrong
@@ -34,10 +36,10 @@ from data.tasks import TASKS, get_task
 from data.tokenizer import train_tokenizer
 
 PRESETS = {
-    "tiny": dict(n_train=200, n_test=100, n_corpus=3000),
-    "default": dict(n_train=5000, n_test=1000, n_corpus=60000),
+    "tiny": dict(n_train=200, n_val=20, n_test=100, n_corpus=3000),
+    "default": dict(n_train=5000, n_val=500, n_test=1000, n_corpus=60000),
 }
-OUTPUTS = ["train.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.json"]
+OUTPUTS = ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.json"]
 
 
 def get_args(argv=None):
@@ -46,7 +48,9 @@ def get_args(argv=None):
     g.add_argument("--task", default="arithmetic", help=f"one of: {', '.join(TASKS)}")
     g.add_argument("--out_dir", required=True)
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help="sizes below")
-    g.add_argument("--n_train", type=int, help="train questions (answers only are used by SML)")
+    g.add_argument("--n_train", type=int, help="train questions (answers only are used by SML), "
+                   "the validation split included")
+    g.add_argument("--n_val", type=int, help="of those, the last ones, held out as the validation split")
     g.add_argument("--n_test", type=int, help="held-out test questions")
     g.add_argument("--n_corpus", type=int, help="pretraining documents")
     g.add_argument("--seed", type=int, default=1337)
@@ -78,9 +82,11 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     common.apply_preset(args, PRESETS)
     # bad numbers get one clear line, not a traceback from deep inside a generator
-    for k in ("n_train", "n_test", "n_corpus"):
+    for k in ("n_train", "n_val", "n_test", "n_corpus"):
         if getattr(args, k) < 1:
             p.error(f"--{k} must be at least 1")
+    if args.n_val >= args.n_train:
+        p.error(f"--n_val ({args.n_val}) must be smaller than --n_train ({args.n_train})")
     for k in ("noise", "hint_frac", "hint_wrong_frac", "ignore_hint_frac", "rationalize_noise",
               "assert_frac"):
         if not 0 <= getattr(args, k) <= 1:
@@ -173,19 +179,23 @@ def main(argv=None):
 
     tok = train_tokenizer((d["text"] for d in corpus[:20000]), args.vocab_size)
     os.makedirs(args.out_dir, exist_ok=True)
+    # The validation split is the tail of the train draw, so the train questions, the corpus
+    # and the base model do not depend on its size.
+    train, val = train[:-args.n_val], train[-args.n_val:]
     write_jsonl(os.path.join(args.out_dir, "train.jsonl"), split_rows(train, "train"))
+    write_jsonl(os.path.join(args.out_dir, "val.jsonl"), split_rows(val, "val"))
     write_jsonl(os.path.join(args.out_dir, "test.jsonl"), split_rows(test, "test"))
     write_jsonl(os.path.join(args.out_dir, "corpus.jsonl"), corpus)
     tmp = os.path.join(args.out_dir, f"tokenizer.json.tmp{os.getpid()}")
     tok.save(tmp)
     os.replace(tmp, os.path.join(args.out_dir, "tokenizer.json"))
     meta = {"task": args.task, "task_knobs": task_knobs(args), "args": vars(args),
-            "counts": {"train": len(train), "test": len(test), "corpus": len(corpus)}}
+            "counts": {"train": len(train), "val": len(val), "test": len(test), "corpus": len(corpus)}}
     tmp = os.path.join(args.out_dir, f"meta.json.tmp{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=2)
     os.replace(tmp, os.path.join(args.out_dir, "meta.json"))
-    print(f"{args.task}: {len(train)} train, {len(test)} test, {len(corpus)} corpus documents, "
+    print(f"{args.task}: {len(train)} train, {len(val)} val, {len(test)} test, {len(corpus)} corpus documents, "
           f"vocab {tok.get_vocab_size()} -> {args.out_dir}")
 
 

@@ -35,11 +35,15 @@ class Task:
     def normalize(self, answer):
         return answer.strip().lower().rstrip(".")
 
+    def stated_answers(self, text):
+        """Every distinct final answer a rationale states ("the answer is X"), normalized."""
+        return {self.normalize(m) for m in ANSWER_RE.findall(text)}
+
     def extract_answer(self, text):
         """The final answer a rationale states, normalized; None if it states none, or
         states two different ones (a rationale that argues for two answers agrees with
         neither). Text after the statement is ignored."""
-        found = {self.normalize(m) for m in ANSWER_RE.findall(text)}
+        found = self.stated_answers(text)
         return found.pop() if len(found) == 1 else None
 
     def answers_match(self, a, b):

@@ -32,7 +32,7 @@ def lines(path):
 
 
 def test_generators_deterministic_by_seed(world):
-    for f in ["train.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json"]:
+    for f in ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json"]:
         assert (world["a"] / f).read_text() == (world["b"] / f).read_text(), f
     assert lines(world["a"] / "test.jsonl") != lines(world["c"] / "test.jsonl")
     for name in TASKS:
@@ -45,12 +45,14 @@ def test_generators_deterministic_by_seed(world):
 def test_splits_disjoint_and_corpus_holds_no_split_question(world):
     d = world["a"]
     train = {r["question"] for r in load_dataset(str(d / "train.jsonl"))}
+    val = {r["question"] for r in load_dataset(str(d / "val.jsonl"))}
     test = {r["question"] for r in load_dataset(str(d / "test.jsonl"))}
-    assert len(train) == 200 and len(test) == 100 and not train & test
+    assert len(train) == 180 and len(val) == 20 and len(test) == 100
+    assert not train & test and not train & val and not val & test
     corpus = [json.loads(x)["text"] for x in lines(d / "corpus.jsonl")]
     corpus_questions = {re.match(r"Question: (.*?)\n", t).group(1) for t in corpus}
     assert not corpus_questions & test
-    assert not corpus_questions & train
+    assert not corpus_questions & train and not corpus_questions & val
     # documents both with and without a given answer, in the shared prompt format
     assert any("\nHint: the answer is" in t for t in corpus)
     assert any("\nHint:" not in t for t in corpus)

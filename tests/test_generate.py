@@ -15,32 +15,34 @@ from data.tasks import get_task
 TASK = get_task("arithmetic")
 
 
-def rec(qid, hint, rationale, gold="5"):
-    final = TASK.extract_answer(rationale)
-    consistent, correct, label = generate.label_rationale(TASK, gold, hint, final)
+def rec(qid, hint, rationale, gold="5", finished=True):
+    final, correct, label, reason = generate.label_rationale(TASK, gold, hint, rationale, finished)
     return {"id": qid, "question": f"question {qid}", "answer": gold, "hint": hint,
-            "rationale": rationale, "final_answer": final, "consistent": consistent,
-            "correct": correct, "label": label}
+            "rationale": rationale, "final_answer": final, "correct": correct, "label": label,
+            "discard_reason": reason}
 
 
 def test_consistency_check_and_labels():
     # correct answer given and reached -> high quality
     assert rec("q", "5", "2 + 3 = 5. So the answer is 5.")["label"] == "high"
     # correct answer given, not reached -> discarded
-    assert rec("q", "5", "2 + 3 = 6. So the answer is 6.")["label"] == "discarded"
+    r = rec("q", "5", "2 + 3 = 6. So the answer is 6.")
+    assert (r["label"], r["discard_reason"]) == ("discarded", "inconsistent")
     # wrong answer given and reached -> low quality
     r = rec("q", "6", "2 + 3 = 6. So the answer is 6.")
-    assert (r["label"], r["consistent"], r["correct"]) == ("low", True, False)
+    assert (r["label"], r["correct"], r["final_answer"]) == ("low", False, "6")
     # wrong answer given and not reached (the model found the right one) -> discarded
     r = rec("q", "6", "2 + 3 = 5. So the answer is 5.")
-    assert (r["label"], r["consistent"], r["correct"]) == ("discarded", False, True)
-    # no answer, or two different answers: agrees with nothing
-    assert rec("q", "5", "2 + 3 = 5.")["label"] == "discarded"
-    assert rec("q", "5", "So the answer is 5. So the answer is 6.")["label"] == "discarded"
-    # no hint: ranks by correctness
-    assert rec("q", None, "So the answer is 5.")["label"] == "high"
-    assert rec("q", None, "So the answer is 4.")["label"] == "low"
-    assert rec("q", None, "no idea")["label"] == "discarded"
+    assert (r["label"], r["correct"]) == ("discarded", True)
+    # no stated answer, two different answers, or cut off: agrees with nothing
+    assert rec("q", "5", "2 + 3 = 5.")["discard_reason"] == "no_answer"
+    assert rec("q", "5", "So the answer is 5. So the answer is 6.")["discard_reason"] == "two_answers"
+    r = rec("q", "5", "2 + 3 = 5. So the answer is 5.", finished=False)
+    assert (r["label"], r["discard_reason"]) == ("discarded", "unfinished")
+    # no hint: the STaR baseline keeps the correct ones, and they are never "high" or "low"
+    assert rec("q", None, "So the answer is 5.")["label"] == "star"
+    assert rec("q", None, "So the answer is 4.")["discard_reason"] == "wrong"
+    assert rec("q", None, "no idea")["discard_reason"] == "no_answer"
 
 
 def test_pairs_within_question_chosen_high_rejected_low_and_dedup():
@@ -189,3 +191,102 @@ def test_bad_input(tiny_run, tmp_path):
     r = gen("eval", "--ckpt", base, "--data_dir", d3, "--device", "cpu")
     assert r.returncode != 0 and "does not fit the model's context" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+class FakeModel:
+    """Only what sample_rationales reads of a model; ScriptedSampler does the sampling."""
+    config = type("Config", (), {"block_size": 128})()
+
+
+class ScriptedSampler:
+    """Stands in for model.sample: answers each prompt with a scripted text chosen by
+    `respond(prompt_text)`; a prompt that ends in the answer line gets the hint copied
+    (what a real model does when its prompt still holds the given answer)."""
+
+    def __init__(self, tok, respond):
+        self.tok, self.respond = tok, respond
+
+    def __call__(self, model, prompts, num_samples=1, eot_id=None, pad_id=0, **kw):
+        import re
+        import torch
+        from model import Samples
+        rows = []
+        for p in prompts:
+            text = self.tok.decode(p)
+            if text.rstrip().endswith("So the answer is"):
+                hint = re.search(r"Hint: the answer is (\w+)", text)
+                body, stops = (f" {hint.group(1)}." if hint else " 0."), True
+            else:
+                body, stops = self.respond(text)
+            ids = self.tok.encode(body).ids + ([eot_id] if stops else [])
+            rows += [ids] * num_samples
+        L = max(len(r) for r in rows)
+        tokens = torch.tensor([r + [pad_id] * (L - len(r)) for r in rows])
+        lengths = torch.tensor([len(r) for r in rows])
+        finished = torch.tensor([bool(r) and r[-1] == eot_id for r in rows])
+        return Samples(tokens, torch.zeros(tokens.shape), lengths, finished)
+
+
+def test_collect_never_takes_a_copied_hint_or_an_unhinted_sample_into_sml_data(tiny_run, monkeypatch):
+    """Bugs of SML step 2, through collect itself: a hinted rationale that states no answer,
+    two answers, or is cut off is discarded (never completed from a prompt that holds the
+    hint), and pairs hold only (correct-hint high, wrong-hint low) rationales of one question."""
+    from data import load_world
+    tok, task = load_world(tiny_run["data"])
+
+    def respond(prompt):
+        q = int(prompt.split("has ")[1].split(" ")[0])  # each question states its answer
+        hint = prompt.split("Hint: the answer is ")[1].split(".")[0] if "Hint:" in prompt else None
+        if hint is None:
+            return f" Without a hint. So the answer is {q if q % 2 else q + 1}.", True
+        if q == 1:
+            return " I count them all.", True  # no stated answer
+        if q == 2:
+            return f" So the answer is {hint}. So the answer is {int(hint) + 1}.", True  # two
+        if q == 3:
+            return f" Counting. So the answer is {hint}.", False  # cut off at the budget
+        return f" Counting. So the answer is {hint}.", True  # consistent
+
+    monkeypatch.setattr(generate, "sample", ScriptedSampler(tok, respond))
+    rows = [{"id": f"q{n}", "question": f"Tom has {n} pens. Tom finds 1 more. How many pens does Tom "
+             f"have now?", "answer": str(n)} for n in (1, 2, 3, 4, 5, 6)]
+    records, stats = generate.collect(FakeModel(), tok, task, rows, k=2, m=1, k_unhinted=2, temperature=1.0,
+                                      seed=0, quiet=True)
+    hinted = [r for r in records if r["hint"] is not None]
+    by_q = {n: [r for r in hinted if r["id"] == f"q{n}"] for n in (1, 2, 3, 4)}
+    assert {r["discard_reason"] for r in by_q[1]} == {"no_answer"}
+    assert {r["discard_reason"] for r in by_q[2]} == {"two_answers"}
+    assert {r["discard_reason"] for r in by_q[3]} == {"unfinished"}
+    assert {r["label"] for r in by_q[4]} == {"high", "low"}
+    for r in records:
+        if r["label"] in ("high", "low", "star"):
+            assert r["final_answer"] is not None and r["final_answer"] in r["rationale"]
+            assert r["finished"]
+    assert stats["by_hint_type"]["correct"]["discarded"] == {"no_answer": 2, "two_answers": 2,
+                                                             "unfinished": 2}
+    assert stats["high"] == 3 * 2 and stats["low"] == 3 * 2  # q4, q5, q6: k=2 each
+    assert stats["star"] == 3 * 2  # odd questions: the unhinted answer is right
+
+    pairs = generate.build_pairs(task, records, max_per_question=0, rng=random.Random(0))
+    unhinted_texts = {r["rationale"] for r in records if r["hint"] is None}
+    assert pairs and len(pairs) == 3  # one distinct high x one distinct low for q4, q5, q6
+    for p in pairs:
+        assert p["chosen"].strip() not in unhinted_texts and p["rejected"].strip() not in unhinted_texts
+        q = int(p["id"][1:])
+        assert p["chosen"].strip().endswith(f"the answer is {q}.")
+        assert not p["rejected"].strip().endswith(f"the answer is {q}.")
+    star = generate.build_sft_rows(task, records, "star")
+    assert {r["id"] for r in star} == {"q1", "q3", "q5"}
+
+
+def test_evaluation_completes_a_missing_answer_line_only_without_a_hint(tiny_run, monkeypatch):
+    from data import load_world
+    tok, task = load_world(tiny_run["data"])
+    monkeypatch.setattr(generate, "sample", ScriptedSampler(tok, lambda p: (" I count them all.", True)))
+    q = "Tom has 2 pens. Tom finds 1 more. How many pens does Tom have now?"
+    res, _ = generate.sample_rationales(FakeModel(), tok, task, [(q, None)], 1, 1.0, 0)
+    assert res[0][0]["final_answer"] is None  # collection: no completion
+    res, _ = generate.sample_rationales(FakeModel(), tok, task, [(q, None)], 1, 1.0, 0, complete_missing=True)
+    assert res[0][0]["final_answer"] == "0" and res[0][0]["answer_completed"]  # evaluation: completed
+    with pytest.raises(ValueError, match="without a given answer"):
+        generate.sample_rationales(FakeModel(), tok, task, [(q, "3")], 1, 1.0, 0, complete_missing=True)

@@ -169,3 +169,46 @@ def test_checkpoint_round_trip_and_wrong_kind(tmp_path):
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(str(tmp_path / "junk.pt"))
+
+
+def test_batch_neighbours_do_not_cut_each_other_short_at_the_context_limit():
+    """Each row's budget is min(max_new_tokens, block_size - its prompt length): a short
+    prompt batched with one near the context limit gets what it gets alone."""
+    model = tiny_model()  # block_size 48
+    prompts = [[1] * 40, [2, 3, 4, 5, 6], [7] * 30]
+    seeds = [11, 12, 13]
+    batch = sample(model, prompts, max_new_tokens=20, seeds=seeds)  # no eot: rows run to budget
+    assert batch.lengths.tolist() == [8, 20, 18]
+    assert batch.finished.tolist() == [False, False, False]  # budget used up, not stopped
+    for r, p in enumerate(prompts):
+        one = sample(model, [p], max_new_tokens=20, seeds=[seeds[r]])
+        n = int(one.lengths[0])
+        assert int(batch.lengths[r]) == n
+        assert batch.tokens[r, :n].tolist() == one.tokens[0, :n].tolist()
+        assert torch.allclose(batch.logprobs[r, :n], one.logprobs[0, :n], atol=1e-6)
+
+
+def test_top_p_boundary_ties_and_off_values():
+    # four equally likely tokens: probabilities are exactly 0.25, so the boundary is exact
+    logits = torch.zeros(1, 4)
+    kept = torch.isfinite(filter_logits(logits, top_p=0.5)).tolist()
+    assert kept == [[True, True, False, False]]  # two tokens reach 0.5; ties keep vocab order
+    assert torch.isfinite(filter_logits(logits, top_p=0.51)).sum() == 3
+    skewed = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    assert torch.isfinite(filter_logits(skewed, top_p=0.0)).tolist() == [[False, True, False]]
+    assert torch.equal(filter_logits(skewed, top_k=0), skewed)  # 0 = off, as in Hugging Face
+    assert torch.equal(filter_logits(skewed, top_p=1.0), skewed)
+    for bad in (dict(top_k=-1), dict(top_p=1.5), dict(top_p=-0.1), dict(top_k=2.5)):
+        with pytest.raises(ValueError, match="top_"):
+            filter_logits(skewed, **bad)
+    out = sample(tiny_model(), [[1, 2]], max_new_tokens=4, seeds=[0], top_k=0, top_p=0.0)
+    assert torch.isfinite(out.logprobs).all() and int(out.lengths[0]) == 4
+
+
+def test_kv_cache_holds_the_compute_dtype_under_autocast():
+    from model import KVCache
+    model = tiny_model().float()
+    cache = KVCache(model.config, 1, 8, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.tensor([[1, 2, 3]]), kv_cache=cache)
+    assert cache.k.dtype == torch.bfloat16 and cache.v.dtype == torch.bfloat16

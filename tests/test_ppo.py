@@ -134,3 +134,121 @@ def test_cli_bad_input(tiny_run, tmp_path):
     r = run("--sft", str(tmp_path / "missing.pt"), "--reward", "exact", "--data_dir", data,
             "--out_dir", str(tmp_path / "p"))
     assert r.returncode != 0 and "no such checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_masked_whiten_uses_only_masked_positions():
+    x = torch.tensor([[100.0, 1.0, 2.0, 3.0], [-50.0, 4.0, 5.0, 0.0]])
+    mask = torch.tensor([[0.0, 1, 1, 1], [0.0, 1, 1, 0]])
+    w = train_ppo.masked_whiten(x, mask)
+    inside = w[mask > 0]
+    assert inside.mean().abs() < 1e-6 and (inside.pow(2).mean() - 1).abs() < 1e-4
+    assert (w[mask == 0] == 0).all()
+    # the masked-out values (100, -50, 0) must not move the statistics
+    expected = (torch.tensor([1.0, 2, 3, 4, 5]) - 3) / torch.tensor(2.0).sqrt()
+    assert torch.allclose(inside, expected, atol=1e-4)
+
+
+def test_adaptive_kl_controller_moves_towards_the_target():
+    up = train_ppo.adaptive_kl_coef(0.1, kl=2.0, target=1.0, n_samples=100, horizon=1000)
+    down = train_ppo.adaptive_kl_coef(0.1, kl=0.5, target=1.0, n_samples=100, horizon=1000)
+    same = train_ppo.adaptive_kl_coef(0.1, kl=1.0, target=1.0, n_samples=100, horizon=1000)
+    assert up > 0.1 > down and same == pytest.approx(0.1)
+    assert up == pytest.approx(0.1 * (1 + 0.2 * 0.1))  # the error is clipped to +20%
+    assert down == pytest.approx(0.1 * (1 - 0.2 * 0.1))
+
+
+def test_sequence_rewards_penalise_no_answer_and_unfinished():
+    rm_z = torch.tensor([0.5, 0.5, 0.5, 9.0])
+    correct = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    has_answer = torch.tensor([True, False, True, True])
+    finished = torch.tensor([True, True, False, True])
+    r = train_ppo.sequence_rewards("rm", rm_z, correct, has_answer, finished, 1.0, 2.0, 5.0)
+    assert r.tolist() == [0.5, -0.5, -2.0, 5.0]  # no answer: -1; never ended: -2 flat; clipped
+    r = train_ppo.sequence_rewards("exact", rm_z, correct, has_answer, finished, 1.0, 2.0, 5.0)
+    assert r.tolist() == [1.0, -1.0, -2.0, 1.0]
+    r = train_ppo.sequence_rewards("rm+exact", rm_z, correct, has_answer, finished, 1.0, 2.0, 5.0)
+    assert r.tolist() == [1.5, -0.5, -2.0, 5.0]
+
+
+def test_standardised_critic_starts_at_the_standardised_score(tiny_run):
+    rm = lm_to_scalar(load_checkpoint(tiny_run["base"], kind="lm")[0])
+    with torch.no_grad():
+        rm.score_head.bias.fill_(3.0)
+    critic = train_ppo.standardised_critic(rm, mean=2.0, std=4.0)
+    x = torch.randint(0, 50, (2, 9))
+    assert torch.allclose(critic(x)[0], (rm(x)[0] - 2.0) / 4.0, atol=1e-5)
+    assert rm.score_head.bias[0].item() == 3.0  # the reward model itself is untouched
+
+
+def test_rollout_with_ragged_prompts_and_a_moved_policy(tiny_run):
+    """Prompts of different lengths and a policy that differs from the reference: the mask
+    covers exactly each response, the KL is non-zero, and the sequence reward sits on the
+    last response token."""
+    tok, policy, ref, critic, _ = tiny_models(tiny_run)
+    with torch.no_grad():  # move the policy away from the reference
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    questions = ["Tom has 2 pens. How many pens does Tom have now?",
+                 "Ann has 3 cups. Ann buys 2 more. Ann loses 1. Ann finds 3 more. How many cups does "
+                 "Ann have now?",
+                 "Max has 1 key. Max gets 2 more. How many keys does Max have now?"]
+    prompts = [tok.encode(f"Question: {q}\nAnswer:").ids for q in questions]
+    assert len({len(p) for p in prompts}) == 3
+    eot = tok.token_to_id(EOT)
+    k = 2
+    batch = train_ppo.rollout(policy, prompts, k, 1.0, 20, eot, list(range(6)), "cpu")
+    seq_reward = torch.tensor([1.0, -1.0, 2.0, 0.5, -2.0, 3.0])
+    batch = train_ppo.prepare_batch(policy, ref, critic, batch, seq_reward, 0.1, args())
+    for i, resp in enumerate(batch["responses"]):
+        p = prompts[i // k]
+        pos = torch.nonzero(batch["mask"][i]).flatten().tolist()
+        assert pos == list(range(len(p) - 1, len(p) - 1 + len(resp)))  # predicts response tokens only
+        assert batch["idx"][i, len(p):len(p) + len(resp)].tolist() == resp
+        kl = (batch["old_logp"][i] - batch["ref_logp"][i]) * batch["mask"][i]
+        expected = -0.1 * kl
+        expected[pos[-1]] += seq_reward[i]
+        assert torch.allclose(batch["rewards"][i], expected, atol=1e-6)
+    assert (batch["kl_per_seq"].abs() > 1e-3).all()
+
+
+def test_interrupted_then_resumed_run_writes_the_same_log_and_weights(tiny_run, tmp_path, monkeypatch):
+    import json
+    from model import save_checkpoint
+    from data.tokenizer import tokenizer_to_str
+    tok = load_tokenizer(os.path.join(tiny_run["data"], "tokenizer.json"))
+    rm_path = str(tmp_path / "rm.pt")
+    torch.manual_seed(0)
+    save_checkpoint(rm_path, lm_to_scalar(load_checkpoint(tiny_run["base"], kind="lm")[0]),
+                    tokenizer_to_str(tok), {"script": "test"})
+    argv = ["--sft", tiny_run["base"], "--rm", rm_path, "--data_dir", tiny_run["data"], "--preset", "tiny",
+            "--device", "cpu", "--seed", "3"]
+    train_ppo.main(argv + ["--out_dir", str(tmp_path / "whole")])
+
+    real_update, calls = train_ppo.ppo_update, []
+
+    def interrupted(*a, **kw):  # killed during update 4: update 3 is logged, the checkpoint is at 2
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_update(*a, **kw)
+    monkeypatch.setattr(train_ppo, "ppo_update", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo.main(argv + ["--out_dir", str(tmp_path / "cut")])
+    monkeypatch.setattr(train_ppo, "ppo_update", real_update)
+    rows = [json.loads(x) for x in open(tmp_path / "cut" / "ppo_log.jsonl")]
+    assert [r["update"] for r in rows] == [0, 1, 2, 3]
+    train_ppo.main(argv + ["--out_dir", str(tmp_path / "cut"), "--resume"])
+
+    def log(run):
+        drop = ("tok/s", "seconds")
+        return [{k: v for k, v in json.loads(x).items() if k not in drop}
+                for x in open(tmp_path / run / "ppo_log.jsonl")]
+    assert log("cut") == log("whole") and [r["update"] for r in log("cut")] == [0, 1, 2, 3, 4]
+    for name in ("ppo_last.pt", "ppo_best.pt"):
+        a = torch.load(tmp_path / "whole" / name, weights_only=True)
+        b = torch.load(tmp_path / "cut" / name, weights_only=True)
+        assert a["provenance"]["step"] == b["provenance"]["step"]
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), (name, key)
+    summary = json.load(open(tmp_path / "whole" / "summary.json"))
+    assert summary["best_update"] in (0, 2, 4) and summary["val_history"][0]["update"] == 0

@@ -88,6 +88,16 @@ def test_reward_model_learns_a_one_token_difference():
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[0] > 0.6 and sum(losses[-5:]) / 5 < 0.1
+    # ... and ranks the right way round on prompts it never saw (a sign-flipped loss falls
+    # just as well, but ranks rejected above chosen)
+    with torch.no_grad():
+        prompts = [torch.randint(3, 16, (int(n),), generator=g).tolist()
+                   for n in torch.randint(2, 8, (32,), generator=g)]
+        scores = train_rm.batch_scores(rm.eval(), [p + [1, 0] for p in prompts] + [p + [2, 0] for p in prompts],
+                                       "cpu", pad_id=0)
+    assert (scores[:32] > scores[32:]).all()
+    one, zero = torch.tensor([1.0]), torch.tensor([0.0])
+    assert train_rm.bradley_terry_loss(one, zero) < train_rm.bradley_terry_loss(zero, one)
 
 
 def test_score_is_read_at_the_last_real_token_whatever_the_padding():
