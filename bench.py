@@ -11,19 +11,20 @@ Without --ckpt a fresh model of the default pretraining preset is timed (random 
 its samples run to max_new_tokens, so sampling figures are per token, not per rationale).
 """
 
-import argparse
 import os
 import time
 
 import torch
 
 import common
-import generate
+import rationales
 from data import load_world
 from data.jsonl import load_dataset
 from data.tokenizer import EOT
 from model import GPT, GPTConfig, configure_optimizer, load_checkpoint, sample
-from pretrain import PRESETS
+
+# Without --ckpt: a fresh model of pretrain.py's default shape
+DEFAULT_MODEL = dict(vocab_size=512, block_size=128, n_layer=3, n_head=4, n_embd=128)
 
 
 def matmul_flops(n, dtype, device, seconds=2.0):
@@ -38,6 +39,37 @@ def matmul_flops(n, dtype, device, seconds=2.0):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return 2 * n ** 3 * iters / (time.time() - t0)
+
+
+@torch.no_grad()
+def naive_sample(model, prompt, max_new_tokens, temperature, eot_id, generator):
+    """The textbook loop: one sequence, the full forward pass again for every new token."""
+    ids = list(prompt)
+    for _ in range(max_new_tokens):
+        logits, _ = model(torch.tensor([ids], device=next(model.parameters()).device))
+        probs = (logits[0, -1].float() / temperature).softmax(-1)
+        tok_id = int(torch.multinomial(probs.cpu(), 1, generator=generator))
+        ids.append(tok_id)
+        if tok_id == eot_id:
+            break
+    return ids[len(prompt):]
+
+
+def sampling_rates(model, tok, task, rows, k, temperature, seed, n_questions):
+    """Tokens/s of rationale sampling (given the correct answer): the engine vs the naive loop."""
+    rows = rows[:n_questions]
+    requests = [(r["question"], r["answer"]) for r in rows]
+    _, speed = rationales.sample_rationales(model, tok, task, requests, k, temperature, seed, quiet=True)
+    engine = speed["tokens"] / speed["seconds"]
+    g = torch.Generator().manual_seed(seed)
+    t0, n = time.time(), 0
+    for q, h in requests[: max(1, len(requests) // 4)]:  # a quarter of the work is plenty to time
+        p = tok.encode(task.prompt(q, h)).ids
+        for _ in range(k):
+            n += len(naive_sample(model, p, 64, temperature, tok.token_to_id(EOT), g))
+    naive = n / (time.time() - t0)
+    return {"engine_tokens_per_s": engine, "naive_tokens_per_s": naive, "speedup": engine / naive,
+            "questions": len(rows), "k": k}
 
 
 def train_rate(model, batch, seq, steps, rt):
@@ -62,13 +94,13 @@ def train_rate(model, batch, seq, steps, rt):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.ArgumentParser(description=__doc__)
     p.add_argument("--ckpt", default=None, help="a language-model checkpoint (default: a fresh default model)")
     p.add_argument("--data_dir", default=None, help="data folder for real prompts (with --ckpt)")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--train_steps", type=int, default=20)
-    p.add_argument("--questions", type=int, default=32, help="prompts for the sampling benchmark")
-    p.add_argument("--k", type=int, default=4, help="samples per prompt (fan-out)")
+    p.add_argument("--batch_size", type=common.COUNT, default=32)
+    p.add_argument("--train_steps", type=common.COUNT, default=20)
+    p.add_argument("--questions", type=common.COUNT, default=32, help="prompts for the sampling benchmark")
+    p.add_argument("--k", type=common.COUNT, default=4, help="samples per prompt (fan-out)")
     common.add_runtime_args(p)
     args = p.parse_args(argv)
     rt = common.setup_runtime(args.device, args.dtype)
@@ -78,9 +110,7 @@ def main(argv=None):
     if args.ckpt:
         model, _ = load_checkpoint(args.ckpt, kind="lm", device=rt.device)
     else:
-        pre = PRESETS["default"]
-        model = GPT(GPTConfig(vocab_size=512, block_size=pre["block_size"], n_layer=pre["n_layer"],
-                              n_head=pre["n_head"], n_embd=pre["n_embd"])).to(rt.device)
+        model = GPT(GPTConfig(**DEFAULT_MODEL)).to(rt.device)
     c = model.config
     dtype = torch.bfloat16 if isinstance(rt.autocast, torch.autocast) else torch.float32
     print(f"device {rt.device}, threads {torch.get_num_threads()}, model {c.n_layer}x{c.n_embd} "
@@ -97,7 +127,7 @@ def main(argv=None):
     if args.ckpt and args.data_dir:
         tok, task = load_world(args.data_dir)
         rows = load_dataset(os.path.join(args.data_dir, "train.jsonl"))
-        r = generate.bench(model, tok, task, rows, args.k, 1.0, args.seed, args.questions)
+        r = sampling_rates(model, tok, task, rows, args.k, 1.0, args.seed, args.questions)
         engine, naive = r["engine_tokens_per_s"], r["naive_tokens_per_s"]
         eot = tok.token_to_id(EOT)
         prompts = [tok.encode(task.prompt(x["question"])).ids for x in rows[:args.questions]]
@@ -112,7 +142,7 @@ def main(argv=None):
         t0, n = time.time(), 0
         for pr in prompts[:max(1, len(prompts) // 4)]:
             for _ in range(args.k):
-                n += len(generate.naive_sample(model, pr, 40, 1.0, -1, g))
+                n += len(naive_sample(model, pr, 40, 1.0, -1, g))
         naive = n / (time.time() - t0)
     print(f"sampling: KV-cache fan-out engine {engine:,.0f} tokens/s, naive loop {naive:,.0f} tokens/s, "
           f"ratio {engine / naive:.1f}x")
@@ -139,4 +169,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

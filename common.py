@@ -1,19 +1,280 @@
 """
-Small helpers shared by every script: device and DDP setup, seeding, the learning-rate
-schedule, atomic file writes, and the flags every training script takes.
+What every script shares, written once: the error boundary (a bad input is one clear line
+and a non-zero exit), atomic file writes, presets, progress bars, device and DDP setup,
+seeding, the learning-rate schedule and the runtime flags.
 """
 
+import argparse
+import copy
+import glob
 import json
 import math
 import os
 import random
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
+
+
+class UserError(Exception):
+    """Something the user can fix (a missing file, a malformed line, a wrong checkpoint, a
+    flag out of range): reported as one line naming the file / line / value, no traceback."""
+
+
+def run(main):
+    """The one error boundary of every script: `if __name__ == "__main__": common.run(main)`.
+    A UserError (or a ValueError / OSError from a bad value or path) becomes
+    'script.py: error: message' on stderr and exit status 1."""
+    script = os.path.basename(sys.argv[0])
+    try:
+        main()
+    except (UserError, ValueError, OSError) as e:
+        sys.exit(f"{script}: error: {e}")
+
+
+# -----------------------------------------------------------------------------
+# Files: written atomically, so that a reader (or a rerun) never sees half a file
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_folder(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path, mode="w"):
+    """Open a temporary file beside `path` for writing; on success it is flushed, fsynced
+    and renamed over `path` (and the folder fsynced), on any failure it is removed and
+    `path` is left as it was. Temporaries of `path` left by dead processes are swept first.
+    This is the project's one convention for an unfinished file: it never has its real name."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):
+        pid = stale.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            os.remove(stale)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+@contextmanager
+def atomic_folder(path):
+    """The same for a folder of outputs: yields a temporary folder beside `path` to fill;
+    on success it replaces `path` as a whole, on failure it is removed."""
+    import shutil
+    path = os.path.abspath(path.rstrip("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):
+        pid = stale.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale)
+    tmp = f"{path}.tmp{os.getpid()}"
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_folder(os.path.dirname(path))
+
+
+def check_output(path, overwrite=False, inputs=(), folder=False):
+    """Before any work is done: `path` can be written (no file stands where a folder must be),
+    it is none of the run's inputs, and an existing one is replaced only with --overwrite."""
+    real = os.path.realpath(path)
+    if any(i and os.path.realpath(i) == real for i in inputs):
+        raise UserError(f"{path}: is also an input of this run; write the output elsewhere")
+    if os.path.isdir(path) != folder and os.path.exists(path):
+        raise UserError(f"{path}: is a {'file' if folder else 'folder'}; a {'folder' if folder else 'file'} "
+                        f"is written there")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{path}: cannot be written, {parent} is a file")
+    exists = os.path.exists(path) and (not folder or os.listdir(path))
+    if exists and not overwrite:
+        raise UserError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def write_text(path, text):
+    with atomic_file(path) as f:
+        f.write(text)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path, what="file"):
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such {what}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+# -----------------------------------------------------------------------------
+# Flags: --help shows every default; a preset is a named override of some of them
+
+
+def _shows_default(action):
+    d = action.default
+    return not (d is None or d is False or d is argparse.SUPPRESS or action.required)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with every default shown in --help and a bad flag reported in one line
+    (the usage block is what --help is for)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kw)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every flag's default value."""
+
+    def _format_action(self, action):
+        if not action.help and action.option_strings and _shows_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"  # a flag with no help text still shows its default
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        text = action.help
+        if "%(default)" not in text and _shows_default(action):
+            text += " (default: %(default)s)"
+        return text
+
+
+def number(kind=int, low=None, high=None, above=None):
+    """An argparse type: a finite number of `kind`, >= low, <= high, > above (each optional).
+    A value out of range is refused at parse time with the flag and the value named."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be greater than {above}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+COUNT = number(int, low=1)  # sizes, steps, samples: at least one
+NONNEG = number(int, low=0)  # limits where 0 means "none" or "all", seeds
+POSITIVE = number(float, above=0)  # learning rates, clips
+NONNEG_FLOAT = number(float, low=0)  # coefficients, penalties, temperatures
+FRACTION = number(float, low=0, high=1)
+
+
+def preset_help(presets):
+    return "; ".join(f"{name}: " + (", ".join(f"{k}={v}" for k, v in values.items()) or "the defaults")
+                     for name, values in presets.items())
+
+
+def apply_preset(parser, args, argv, presets):
+    """Set the chosen preset's values on every flag the command line did not give. The
+    defaults in --help are the default preset; another preset is printed when it applies."""
+    given = set(vars(_flags_given(parser, argv)))
+    chosen = {k: v for k, v in presets[args.preset].items() if k not in given}
+    for k, v in chosen.items():
+        setattr(args, k, v)
+    if chosen:
+        print(f"preset {args.preset}: " + ", ".join(f"{k}={v}" for k, v in chosen.items()), flush=True)
+    return args
+
+
+def _flags_given(parser, argv):
+    """The flags present on the command line (a copy of the parser with no defaults)."""
+    quiet = copy.deepcopy(parser)
+    stack = [quiet]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
+            action.required = False
+            if isinstance(action, argparse._SubParsersAction):
+                stack += list(action.choices.values())
+    return quiet.parse_known_args(argv)[0]
+
+
+# -----------------------------------------------------------------------------
+# Progress: a bar on a terminal, a line every few seconds in a log file
+
+
+class _LogLines:
+    """tqdm redraws its bar with carriage returns; in a log file, write each refresh as a line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, s):
+        s = s.replace("\r", "").strip()
+        if s:
+            self.stream.write(s + "\n")
+
+    def flush(self):
+        self.stream.flush()
+
+
+def progress(iterable=None, desc=None, total=None, disable=False, **kw):
+    """tqdm, the same everywhere: on a terminal a live bar; when stderr is a file (run.sh's
+    log), one line every 30 seconds instead of one per step."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True, **kw)
+    return tqdm(iterable, desc=desc, total=total, disable=disable, file=_LogLines(sys.stderr),
+                mininterval=30, ncols=100, **kw)
+
+
+# -----------------------------------------------------------------------------
+# Device, DDP, seeds, schedule
 
 
 @dataclass
@@ -78,11 +339,6 @@ def print0(rt, *args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-def die(script, message):
-    """One clear message on stderr and a non-zero exit."""
-    sys.exit(f"{script}: error: {message}")
-
-
 def cosine_lr(step, max_steps, lr, warmup_steps, min_lr_frac=0.1):
     """Linear warmup, then cosine decay to min_lr_frac * lr."""
     if step < warmup_steps:
@@ -91,31 +347,10 @@ def cosine_lr(step, max_steps, lr, warmup_steps, min_lr_frac=0.1):
     return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def atomic_write_text(path, text):
-    """Write to a temporary name in the same folder, then rename: never a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def apply_preset(args, presets):
-    """Fill every flag left unset (None) from the chosen --preset."""
-    for k, v in presets[args.preset].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    return args
-
-
 def add_runtime_args(parser):
     """The flags every script shares: seed, device, precision, compile."""
     g = parser.add_argument_group("runtime")
-    g.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same numbers)")
+    g.add_argument("--seed", type=NONNEG, default=1337, help="random seed (same seed, same numbers)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto = bf16 autocast on CUDA, float32 elsewhere")

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from common import UserError, atomic_file
+
 IGNORE_INDEX = -100  # targets with this value get no loss (prompt tokens, padding)
 
 
@@ -383,8 +385,8 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
 # Checkpoints: self-contained, atomic, loaded with weights_only=True
 
 
-class CheckpointError(Exception):
-    pass
+class CheckpointError(UserError):
+    """A missing, unreadable or wrong-kind checkpoint; the message names the file."""
 
 
 def save_checkpoint(path, model, tokenizer_json, provenance, extra=None):
@@ -406,10 +408,8 @@ def save_checkpoint(path, model, tokenizer_json, provenance, extra=None):
     }
     if extra:
         ckpt.update(extra)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def load_checkpoint(path, kind=None, tokenizer_json=None, device="cpu"):
@@ -419,8 +419,8 @@ def load_checkpoint(path, kind=None, tokenizer_json=None, device="cpu"):
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {e})")
+    except Exception:  # torch's own message would suggest unsafe loading: never do that here
+        raise CheckpointError(f"{path}: not a checkpoint of this project (unreadable)") from None
     if not isinstance(ckpt, dict) or "kind" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this project")
     if kind is not None and ckpt["kind"] != kind:

@@ -6,12 +6,12 @@ results.md and results.json there; with matplotlib installed, also ppo_curves.pn
     python results.py runs/default
 """
 
-import argparse
 import glob
 import json
 import os
 import statistics
-import sys
+
+import common
 
 # (key, row name, what it is) in table order; the key names the eval_<key>.json file
 ROWS = [
@@ -51,19 +51,18 @@ def one_seed(run):
         c = load(cmp)
         out["findings"].update(ppo_wrong_to_right=c["wrong_to_right"], ppo_right_to_wrong=c["right_to_wrong"],
                                ppo_mcnemar_p=c["p_value"])
-        if "faithful" in c:  # rationale quality by the task's step checker
-            f = c["faithful"]
-            out["findings"].update(faithful_sft=f["before"], faithful_sml=f["after"],
-                                   ppo_flawed_to_faithful=f["flawed_to_faithful"],
-                                   ppo_faithful_to_flawed=f["faithful_to_flawed"], ppo_faithful_p=f["p_value"])
+        if "every_step_right" in c:  # rationale quality by the task's step checker
+            f = c["every_step_right"]
+            out["findings"].update(every_step_right_sft=f["before"], every_step_right_sml=f["after"],
+                                   ppo_flawed_to_right=f["flawed_to_right"],
+                                   ppo_right_to_flawed=f["right_to_flawed"], ppo_every_step_right_p=f["p_value"])
     timings = os.path.join(run, "timings.jsonl")
     if os.path.exists(timings):
         for t in load_jsonl(timings):
             out["stages"][t["stage"]] = {"seconds": t["seconds"]}
     # tokens/s where a stage measures it
     for stage, ckpt in (("pretrain", "base"), ("sft", "sft"), ("star", "star"), ("gold", "gold")):
-        # run.sh trains into NAME.pt.partial, whose log is NAME.pt.log.jsonl
-        for path in (os.path.join(run, f"{ckpt}.pt.log.jsonl"), os.path.join(run, f"{ckpt}.log.jsonl")):
+        for path in (os.path.join(run, f"{ckpt}.log.jsonl"),):
             if os.path.exists(path) and stage in out["stages"]:
                 rates = [r["tokens_per_s"] for r in load_jsonl(path) if "tokens_per_s" in r]
                 if rates:
@@ -106,7 +105,7 @@ def pct(m, s=None, n_seeds=1):
 def render(seeds, run):
     n = len(seeds)
     lines = [f"# Results: {run}", "",
-             f"Test accuracy, one sample per question at temperature 1"
+             "Test accuracy, one sample per question at temperature 1"
              + (f", mean ± std over {n} seeds" if n > 1 else ", with its 95% Wilson interval") + ".", "",
              "| | accuracy (%) | 95% CI | what it is |", "|---|---|---|---|"]
     table = {}
@@ -129,11 +128,11 @@ def render(seeds, run):
                               ("ppo_wrong_to_right", "PPO vs SFT, same test questions: wrong -> right", False),
                               ("ppo_right_to_wrong", "PPO vs SFT, same test questions: right -> wrong", False),
                               ("ppo_mcnemar_p", "PPO vs SFT: McNemar p-value", False),
-                              ("faithful_sft", "Rationales with every step right (step checker): SFT", True),
-                              ("faithful_sml", "Rationales with every step right (step checker): SML", True),
-                              ("ppo_flawed_to_faithful", "PPO vs SFT, same test questions: flawed -> every step right", False),
-                              ("ppo_faithful_to_flawed", "PPO vs SFT, same test questions: every step right -> flawed", False),
-                              ("ppo_faithful_p", "PPO vs SFT, rationale quality: McNemar p-value", False),
+                              ("every_step_right_sft", "Rationales with every step right (step checker): SFT", True),
+                              ("every_step_right_sml", "Rationales with every step right (step checker): SML", True),
+                              ("ppo_flawed_to_right", "PPO vs SFT, same test questions: flawed -> every step right", False),
+                              ("ppo_right_to_flawed", "PPO vs SFT, same test questions: every step right -> flawed", False),
+                              ("ppo_every_step_right_p", "PPO vs SFT, rationale quality: McNemar p-value", False),
                               ("ppo_best_update", "PPO: the update chosen on the validation split "
                                "(0 = the SFT model)", False)]:
         m, sd = mean_std([s["findings"].get(key) for s in seeds])
@@ -167,7 +166,7 @@ def render(seeds, run):
                   "| every step right: baseline -> SML | p |", "|---|---|---|---|---|---|"]
         for key, cmps in vs:
             for c in cmps:
-                f = c.get("faithful")
+                f = c.get("every_step_right")
                 quality = (f"{100 * f['before']:.1f} -> {100 * f['after']:.1f} | {f['p_value']:.2g}"
                            if f else "- | -")
                 lines.append(f"| {names[key]} | {100 * c['before_accuracy']:.1f} -> {100 * c['after_accuracy']:.1f} "
@@ -212,27 +211,21 @@ def plot(run):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.ArgumentParser(description=__doc__)
     p.add_argument("run", help="the run folder of run.sh")
     args = p.parse_args(argv)
     folders = sorted(glob.glob(os.path.join(args.run, "seed*"))) or [args.run]
     seeds = [one_seed(f) for f in folders]
     if not any(s["rows"] for s in seeds):
-        sys.exit(f"results.py: error: no eval_*.json in {args.run}; run run.sh first")
+        raise common.UserError(f"no eval_*.json in {args.run}; run run.sh first")
     md, js = render(seeds, args.run)
     note = plot(folders[0])
     if note:
         md += f"\n{note}\n"
-    tmp = os.path.join(args.run, "results.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(md)
-    os.replace(tmp, os.path.join(args.run, "results.md"))
-    tmp = os.path.join(args.run, "results.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(js, f, indent=2)
-    os.replace(tmp, os.path.join(args.run, "results.json"))
+    common.write_text(os.path.join(args.run, "results.md"), md)
+    common.write_json(os.path.join(args.run, "results.json"), js)
     print(md)
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

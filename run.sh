@@ -9,8 +9,10 @@
 #   DATA_ARGS="--max_operand 5" bash run.sh        # knobs of the world (data/prepare.py)
 #   REDO=1 bash run.sh               # redo every stage
 #
-# A stage whose output exists is skipped, so an interrupted run picks up where it stopped.
-# A GPU is used automatically where there is one.
+# The hyperparameters are the scripts' own defaults (see each script's --help); PRESET picks
+# each script's named override. A stage whose output exists is skipped: every script writes
+# its output under its real name only when it is complete, so an interrupted run picks up
+# where it stopped. A GPU is used automatically where there is one.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,11 +23,7 @@ SEEDS=${SEEDS:-1}
 RUN=${RUN:-runs/$PRESET}
 PY=${PYTHON:-python}
 DATA_ARGS=${DATA_ARGS:-}           # extra flags for data/prepare.py, e.g. "--noise 0.3"
-if [ "$PRESET" = tiny ]; then
-    BASELINES=${BASELINES:-1}; COLLECT_LIMIT=${COLLECT_LIMIT:-100}
-else
-    BASELINES=${BASELINES:-0}; COLLECT_LIMIT=${COLLECT_LIMIT:-2500}
-fi
+if [ "$PRESET" = tiny ]; then BASELINES=${BASELINES:-1}; else BASELINES=${BASELINES:-0}; fi
 
 if [ "${REDO:-0}" = "1" ]; then rm -rf "$RUN"; fi
 mkdir -p "$RUN"
@@ -38,9 +36,10 @@ step() {  # step NAME OUTPUT COMMAND...
     "$@"
     echo "{\"stage\": \"$name\", \"seconds\": $((SECONDS - t0))}" >> "$R/timings.jsonl"
 }
+# (an eval stage is done when its summary, written last, exists: a rerun replaces its predictions)
 evaluate() {  # evaluate NAME CHECKPOINT: test accuracy at temperature 1, per-question predictions kept
-    step "eval $1" "$R/eval_$1.json" $PY generate.py eval --ckpt "$2" --data_dir "$DATA" --seed "$S" \
-        --temperature 1 --out "$R/preds_$1.jsonl" --summary "$R/eval_$1.json"
+    step "eval $1" "$R/eval_$1.json" $PY evaluate.py eval --ckpt "$2" --data_dir "$DATA" --seed "$S" \
+        --temperature 1 --out "$R/preds_$1.jsonl" --summary "$R/eval_$1.json" --overwrite
 }
 
 for ((i = 0; i < SEEDS; i++)); do
@@ -57,22 +56,21 @@ step data "$DATA/meta.json" $PY data/prepare.py --task "$TASK" --preset "$PRESET
 
 # 1. The base model: a small GPT pretrained on the corpus (the paper's pretrained LLM).
 stage "pretrain the base model"
-step pretrain "$R/base.pt" bash -c "$PY pretrain.py --data_dir $DATA --preset $PRESET --seed $S \
-    --out $R/base.pt.partial --resume && mv $R/base.pt.partial $R/base.pt"
+step pretrain "$R/base.pt" $PY pretrain.py --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out "$R/base.pt" --resume
 evaluate base "$R/base.pt"
-step "eval base greedy" "$R/eval_base_greedy.json" $PY generate.py eval --ckpt "$R/base.pt" --data_dir "$DATA" \
-    --seed "$S" --temperature 0 --out "$R/preds_base_greedy.jsonl" --summary "$R/eval_base_greedy.json"
+step "eval base greedy" "$R/eval_base_greedy.json" $PY evaluate.py eval --ckpt "$R/base.pt" --data_dir "$DATA" \
+    --seed "$S" --temperature 0 --out "$R/preds_base_greedy.jsonl" --summary "$R/eval_base_greedy.json" --overwrite
 
 # 2. SML steps 1-2: rationales given the correct and wrong answers; the answer-consistency
 #    check sorts them into high quality (sft.jsonl) and high-vs-low pairs (pairs.jsonl).
 stage "SML steps 1-2: generate and collect rationales"
-step collect "$R/collect/stats.json" $PY generate.py collect --ckpt "$R/base.pt" --data_dir "$DATA" --seed "$S" \
-    --out_dir "$R/collect" --limit "$COLLECT_LIMIT" --k_unhinted 4
+step collect "$R/collect/stats.json" $PY generate.py --ckpt "$R/base.pt" --data_dir "$DATA" --seed "$S" \
+    --preset "$PRESET" --out_dir "$R/collect" --overwrite
 
 # 3a. SFT on the high-quality rationales.
 stage "SML step 3a: SFT on the self-generated rationales"
-step sft "$R/sft.pt" bash -c "$PY train_sft.py --init $R/base.pt --data $R/collect/sft.jsonl --data_dir $DATA \
-    --preset $PRESET --seed $S --out $R/sft.pt.partial --resume --eval_limit 0 && mv $R/sft.pt.partial $R/sft.pt"
+step sft "$R/sft.pt" $PY train_sft.py --init "$R/base.pt" --data "$R/collect/sft.jsonl" --data_dir "$DATA" \
+    --preset "$PRESET" --seed "$S" --out "$R/sft.pt" --resume
 evaluate sft "$R/sft.pt"
 
 # 3b. The reward model on the rank: high above low.
@@ -89,12 +87,11 @@ evaluate sml "$R/ppo/ppo_best.pt"
 # Baselines: rejection sampling / STaR, the annotation upper bound, RL on exact match.
 if [ "$BASELINES" = "1" ]; then
     stage "baselines"
-    step star "$R/star.pt" bash -c "$PY train_sft.py --init $R/base.pt --data $R/collect/sft_unhinted.jsonl \
-        --data_dir $DATA --preset $PRESET --seed $S --out $R/star.pt.partial --resume --eval_limit 0 \
-        && mv $R/star.pt.partial $R/star.pt"
+    step star "$R/star.pt" $PY train_sft.py --init "$R/base.pt" --data "$R/collect/sft_unhinted.jsonl" \
+        --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out "$R/star.pt" --resume
     evaluate star "$R/star.pt"
-    step gold "$R/gold.pt" bash -c "$PY train_sft.py --init $R/base.pt --gold $DATA/train.jsonl --data_dir $DATA \
-        --preset $PRESET --seed $S --out $R/gold.pt.partial --resume --eval_limit 0 && mv $R/gold.pt.partial $R/gold.pt"
+    step gold "$R/gold.pt" $PY train_sft.py --init "$R/base.pt" --gold "$DATA/train.jsonl" --data_dir "$DATA" \
+        --preset "$PRESET" --seed "$S" --out "$R/gold.pt" --resume
     evaluate gold "$R/gold.pt"
     # the same critic start as SML's (the standardised reward model): only the reward differs
     step "ppo exact" "$R/ppo_exact/summary.json" $PY train_ppo.py --sft "$R/sft.pt" --reward exact \
@@ -106,7 +103,7 @@ fi
 # against each baseline on the same questions.
 for B in sft star gold ppo_exact; do
     if [ -e "$R/preds_$B.jsonl" ]; then
-        step "compare $B" "$R/compare_${B}_sml.json" $PY generate.py compare "$R/preds_$B.jsonl" \
+        step "compare $B" "$R/compare_${B}_sml.json" $PY evaluate.py compare "$R/preds_$B.jsonl" \
             "$R/preds_sml.jsonl" --json "$R/compare_${B}_sml.json"
     fi
 done

@@ -14,51 +14,48 @@ fresh samples of the SFT model on test questions, the AUC of the score for corre
         --data_dir runs/default/data --out runs/default/rm.pt
 """
 
-import argparse
 import os
 import random
 import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import common
-import generate
+import rationales
 from data import load_world
 from data.jsonl import DataError, load_dataset, load_pairs
-from data.tokenizer import EOT, tokenizer_to_str
-from model import CheckpointError, configure_optimizer, lm_to_scalar, load_checkpoint, save_checkpoint, sequence_scores
+from data.tokenizer import EOT
+from model import configure_optimizer, lm_to_scalar, load_checkpoint, save_checkpoint, sequence_scores
 
-PRESETS = {
-    "tiny": dict(max_steps=30, batch_size=16, lr=3e-4, auc_questions=20),
-    "default": dict(max_steps=1000, batch_size=32, lr=3e-4, auc_questions=300),
-}
+# The defaults below are the default preset; tiny overrides these (flags given still win).
+PRESETS = {"default": {}, "tiny": dict(max_steps=30, batch_size=16, warmup_steps=1, auc_questions=20)}
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.ArgumentParser(description=__doc__)
     g = p.add_argument_group("input / output")
     g.add_argument("--init", required=True, help="language-model checkpoint for the trunk (the SFT model)")
     g.add_argument("--pairs", required=True, help="pairs.jsonl: prompt, chosen, rejected (and id)")
     g.add_argument("--data_dir", required=True, help="folder with tokenizer.json, meta.json, test.jsonl")
-    g.add_argument("--out", required=True, help="reward-model checkpoint to write")
+    g.add_argument("--out", required=True, help="reward-model checkpoint to write (last, after the report)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     g.add_argument("--report", default=None, help="write the report JSON here")
+    g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = p.add_argument_group("optimisation")
-    g.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    g.add_argument("--max_steps", type=int)
-    g.add_argument("--batch_size", type=int, help="pairs per step")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--weight_decay", type=float, default=0.0)
-    g.add_argument("--grad_clip", type=float, default=1.0)
-    g.add_argument("--val_frac", type=float, default=0.1, help="share of questions held out")
+    g.add_argument("--max_steps", type=common.COUNT, default=1000)
+    g.add_argument("--batch_size", type=common.COUNT, default=32, help="pairs per step")
+    g.add_argument("--lr", type=common.POSITIVE, default=3e-4)
+    g.add_argument("--warmup_steps", type=common.NONNEG, default=50)
+    g.add_argument("--weight_decay", type=common.NONNEG_FLOAT, default=0.0)
+    g.add_argument("--grad_clip", type=common.POSITIVE, default=1.0)
+    g.add_argument("--val_frac", type=common.FRACTION, default=0.1, help="share of questions held out")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--auc_questions", type=int, help="test questions for the correctness AUC")
-    g.add_argument("--auc_samples", type=int, default=4, help="SFT samples per test question")
+    g.add_argument("--auc_questions", type=common.NONNEG, default=300, help="test questions for the correctness AUC")
+    g.add_argument("--auc_samples", type=common.COUNT, default=4, help="SFT samples per test question")
     common.add_runtime_args(p)
     args = p.parse_args(argv)
-    common.apply_preset(args, PRESETS)
+    common.apply_preset(p, args, argv, PRESETS)
     return args
 
 
@@ -85,7 +82,10 @@ def batch_scores(rm, seqs, device, pad_id):
 def score_texts(rm, tok, prompts, completions, device, batch_size=128):
     """Reward-model scores of (prompt, completion) texts; used here and by train_ppo.py."""
     rm.eval()
-    seqs = [encode_pair_side(tok, p, c) for p, c in zip(prompts, completions)]
+    # Decoding sampled tokens and encoding the text again can give more tokens than were
+    # sampled (a stray byte becomes a replacement character): keep the end, where the score is read.
+    block = rm.config.block_size
+    seqs = [encode_pair_side(tok, p, c)[-block:] for p, c in zip(prompts, completions)]
     out = [batch_scores(rm, seqs[i:i + batch_size], device, tok.token_to_id(EOT))
            for i in range(0, len(seqs), batch_size)]
     return torch.cat(out).cpu()
@@ -127,21 +127,19 @@ def main(argv=None):
     args = get_args(argv)
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
-    try:
-        tok, task = load_world(args.data_dir)
-        pairs = load_pairs(args.pairs)
-        if os.path.exists(args.out) and not args.overwrite:
-            raise DataError(f"{args.out} already exists; pass --overwrite to replace it")
-        sft_model, _ = load_checkpoint(args.init, kind="lm", tokenizer_json=tokenizer_to_str(tok))
-        for i, p in enumerate(pairs):  # encode each side once: checked here, trained on below
-            for side in ("chosen", "rejected"):
-                p[f"{side}_ids"] = encode_pair_side(tok, p["prompt"], p[side])
-                n = len(p[f"{side}_ids"])
-                if n > sft_model.config.block_size:
-                    raise DataError(f"{args.pairs}: pair #{i + 1}: the {side} sequence has {n} tokens, "
-                                    f"longer than the model's context of {sft_model.config.block_size}")
-    except (DataError, CheckpointError, ValueError, OSError) as e:
-        common.die("train_rm.py", str(e))
+    common.check_output(args.out, args.overwrite, [args.init, args.pairs])
+    if args.report:
+        common.check_output(args.report, True, [args.init, args.pairs])
+    tok, task = load_world(args.data_dir)
+    pairs = load_pairs(args.pairs)
+    sft_model, _ = load_checkpoint(args.init, kind="lm", tokenizer_json=tok.to_str())
+    for i, p in enumerate(pairs):  # encode each side once: checked here, trained on below
+        for side in ("chosen", "rejected"):
+            p[f"{side}_ids"] = encode_pair_side(tok, p["prompt"], p[side])
+            n = len(p[f"{side}_ids"])
+            if n > sft_model.config.block_size:
+                raise DataError(f"{args.pairs}: pair #{i + 1}: the {side} sequence has {n} tokens, "
+                                f"longer than the model's context of {sft_model.config.block_size}")
 
     train_pairs, val_pairs = split_by_question(pairs, args.val_frac, args.seed)
     print(f"{len(train_pairs)} training pairs, {len(val_pairs)} held-out pairs (by question)")
@@ -153,9 +151,9 @@ def main(argv=None):
     t0 = time.time()
     gen = torch.Generator().manual_seed(args.seed)
     rm.train()
-    bar = tqdm(range(args.max_steps), desc="reward model", dynamic_ncols=True)
-    for step in bar:
-        lr = common.cosine_lr(step, args.max_steps, args.lr, max(1, args.max_steps // 20))
+    bar = common.progress(range(args.max_steps), desc="reward model")
+    for step in bar:  # SML step 3b: Bradley-Terry on (high, low) pairs of one question
+        lr = common.cosine_lr(step, args.max_steps, args.lr, args.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = [train_seqs[i] for i in torch.randint(0, len(train_seqs), (args.batch_size,), generator=gen)]
@@ -164,7 +162,7 @@ def main(argv=None):
         r_chosen, r_rejected = scores[:len(batch)], scores[len(batch):]
         loss = bradley_terry_loss(r_chosen, r_rejected)
         if not torch.isfinite(loss):
-            common.die("train_rm.py", f"loss is {loss.item()} at step {step}; try a lower --lr")
+            raise common.UserError(f"loss is {loss.item()} at step {step}; try a lower --lr")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip)
         optimizer.step()
@@ -172,10 +170,7 @@ def main(argv=None):
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(r_chosen > r_rejected).float().mean():.2f}")
     train_seconds = time.time() - t0
 
-    save_checkpoint(args.out, rm, tokenizer_to_str(tok),
-                    {"script": "train_rm.py", "args": vars(args), "step": args.max_steps, "parent": args.init})
-
-    # Reports.
+    # Reports (written before the checkpoint: rm.pt, written last, says the stage is done).
     report = {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "train_seconds": train_seconds}
     if val_pairs:
         # Held out of the RM's training, but not of SFT's: the trunk was fine-tuned on these
@@ -189,7 +184,7 @@ def main(argv=None):
     test_rows = load_dataset(os.path.join(args.data_dir, "test.jsonl"))[:args.auc_questions]
     sft_model.to(rt.device)
     with rt.autocast:  # read as evaluation reads them (the answer line completed where missing)
-        results, _ = generate.sample_rationales(sft_model, tok, task, [(r["question"], None) for r in test_rows],
+        results, _ = rationales.sample_rationales(sft_model, tok, task, [(r["question"], None) for r in test_rows],
                                                 args.auc_samples, 1.0, args.seed, complete_missing=True,
                                                 desc="SFT samples")
     prompts, texts, correct = [], [], []
@@ -207,9 +202,11 @@ def main(argv=None):
     print(f"AUC of the RM score for correctness on {len(scores)} fresh SFT samples of test questions: "
           f"{report['auc_correctness']:.3f} (their accuracy {100 * report['auc_sample_accuracy']:.1f}%)")
     if args.report:
-        common.atomic_write_json(args.report, report)
+        common.write_json(args.report, report)
+    save_checkpoint(args.out, rm, tok.to_str(),
+                    {"script": "train_rm.py", "args": vars(args), "step": args.max_steps, "parent": args.init})
     common.cleanup_runtime(rt)
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

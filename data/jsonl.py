@@ -4,9 +4,11 @@ and atomic writing."""
 import json
 import os
 
+from common import UserError, atomic_file
 
-class DataError(Exception):
-    pass
+
+class DataError(UserError):
+    """A missing or malformed data file; the message names the file and line."""
 
 
 def _is(value, typ):
@@ -69,14 +71,6 @@ def load_pairs(path):
 
 def write_jsonl(path, rows):
     """Write to a temporary name, then rename: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    except BaseException:  # interrupted or failed: leave no half-written temporary behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")

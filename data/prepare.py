@@ -19,8 +19,6 @@ The corpus never holds a question of the train or the test split, so neither the
 questions nor the gold rationales of the train split are ever seen in pretraining.
 """
 
-import argparse
-import json
 import os
 import random
 import sys
@@ -28,32 +26,28 @@ import sys
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tqdm import tqdm
-
 import common
 from data.jsonl import write_jsonl
 from data.tasks import TASKS, get_task
 from data.tokenizer import train_tokenizer
 
-PRESETS = {
-    "tiny": dict(n_train=200, n_val=20, n_test=100, n_corpus=3000),
-    "default": dict(n_train=5000, n_val=500, n_test=1000, n_corpus=60000),
-}
+# The defaults below are the default preset; tiny overrides these (flags given still win).
+PRESETS = {"default": {}, "tiny": dict(n_train=200, n_val=20, n_test=100, n_corpus=3000)}
 OUTPUTS = ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.json"]
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.ArgumentParser(description=__doc__)
     g = p.add_argument_group("what to make")
     g.add_argument("--task", default="arithmetic", help=f"one of: {', '.join(TASKS)}")
-    g.add_argument("--out_dir", required=True)
-    g.add_argument("--preset", default="default", choices=sorted(PRESETS), help="sizes below")
-    g.add_argument("--n_train", type=int, help="train questions (answers only are used by SML), "
+    g.add_argument("--out_dir", required=True, help="written as a whole, when everything in it is made")
+    g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
+    g.add_argument("--n_train", type=common.COUNT, default=5000, help="train questions (answers only are used by SML), "
                    "the validation split included")
-    g.add_argument("--n_val", type=int, help="of those, the last ones, held out as the validation split")
-    g.add_argument("--n_test", type=int, help="held-out test questions")
-    g.add_argument("--n_corpus", type=int, help="pretraining documents")
-    g.add_argument("--seed", type=int, default=1337)
+    g.add_argument("--n_val", type=common.COUNT, default=500, help="of those, the last ones, held out as the validation split")
+    g.add_argument("--n_test", type=common.COUNT, default=1000, help="held-out test questions")
+    g.add_argument("--n_corpus", type=common.COUNT, default=60000, help="pretraining documents")
+    g.add_argument("--seed", type=common.NONNEG, default=1337)
     g.add_argument("--overwrite", action="store_true", help="replace files already in --out_dir")
     g = p.add_argument_group("the corpus (the stand-in for the web)")
     g.add_argument("--noise", type=float, default=0.2,
@@ -72,15 +66,15 @@ def get_args(argv=None):
     g.add_argument("--assert_frac", type=float, default=0.0,
                    help="of the rationalizations for a wrong answer, the share that does the steps "
                         "right and asserts the given answer; the rest slip at one step to reach it")
-    g.add_argument("--vocab_size", type=int, default=512)
+    g.add_argument("--vocab_size", type=common.COUNT, default=512)
     g = p.add_argument_group("task difficulty (the number of steps of a problem)")
     g.add_argument("--min_steps", type=int, default=None,
                    help="fewest steps: operations (arithmetic), people (coinflip), words (lastletter)")
-    g.add_argument("--max_steps", type=int, default=None, help="most steps")
+    g.add_argument("--max_steps", type=common.COUNT, default=None, help="most steps")
     g.add_argument("--max_operand", type=int, default=None,
                    help="arithmetic: the largest start value and change (3 unless told)")
     args = p.parse_args(argv)
-    common.apply_preset(args, PRESETS)
+    common.apply_preset(p, args, argv, PRESETS)
     # bad numbers get one clear line, not a traceback from deep inside a generator
     for k in ("n_train", "n_val", "n_test", "n_corpus"):
         if getattr(args, k) < 1:
@@ -149,55 +143,43 @@ def corpus_document(task, prob, rng, args):
 
 def main(argv=None):
     args = get_args(argv)
-    try:
-        task = get_task(args.task, **task_knobs(args))
-    except ValueError as e:
-        sys.exit(f"prepare.py: error: {e}")
+    task = get_task(args.task, **task_knobs(args))
     present = [f for f in OUTPUTS if os.path.exists(os.path.join(args.out_dir, f))]
     if present and not args.overwrite:
-        sys.exit(f"prepare.py: error: {args.out_dir} already holds {', '.join(present)}; "
-                 f"pass --overwrite to replace them")
+        raise common.UserError(f"{args.out_dir} already holds {', '.join(present)}; pass --overwrite to replace them")
 
     rng = random.Random(args.seed)
     seen = set()
-    try:
-        test = draw_problems(task, rng, args.n_test, seen, "test")
-        train = draw_problems(task, rng, args.n_train, seen, "train")
-        # The corpus avoids every split question, but may solve one question more than once
-        # (the web holds several authors' attempts at a popular problem). Insisting on
-        # distinct questions would run short problems out (coinflip has 6,240 two-person
-        # questions) and skew the corpus towards long ones.
-        corpus_probs = draw_problems(task, rng, args.n_corpus, seen, "corpus", distinct=False)
-    except ValueError as e:
-        sys.exit(f"prepare.py: error: {e}")
+    test = draw_problems(task, rng, args.n_test, seen, "test")
+    train = draw_problems(task, rng, args.n_train, seen, "train")
+    # The corpus avoids every split question, but may solve one question more than once
+    # (the web holds several authors' attempts at a popular problem). Insisting on
+    # distinct questions would run short problems out (coinflip has 6,240 two-person
+    # questions) and skew the corpus towards long ones.
+    corpus_probs = draw_problems(task, rng, args.n_corpus, seen, "corpus", distinct=False)
     corpus = [{"text": corpus_document(task, prob, rng, args)}
-              for prob in tqdm(corpus_probs, desc="corpus", leave=False)]
+              for prob in common.progress(corpus_probs, desc="corpus", leave=False)]
 
     def split_rows(probs, prefix):
         return [{"id": f"{prefix}-{i}", "question": p["question"], "answer": p["answer"],
                  "rationale": p["rationale"]} for i, p in enumerate(probs)]
 
     tok = train_tokenizer((d["text"] for d in corpus[:20000]), args.vocab_size)
-    os.makedirs(args.out_dir, exist_ok=True)
     # The validation split is the tail of the train draw, so the train questions, the corpus
     # and the base model do not depend on its size.
     train, val = train[:-args.n_val], train[-args.n_val:]
-    write_jsonl(os.path.join(args.out_dir, "train.jsonl"), split_rows(train, "train"))
-    write_jsonl(os.path.join(args.out_dir, "val.jsonl"), split_rows(val, "val"))
-    write_jsonl(os.path.join(args.out_dir, "test.jsonl"), split_rows(test, "test"))
-    write_jsonl(os.path.join(args.out_dir, "corpus.jsonl"), corpus)
-    tmp = os.path.join(args.out_dir, f"tokenizer.json.tmp{os.getpid()}")
-    tok.save(tmp)
-    os.replace(tmp, os.path.join(args.out_dir, "tokenizer.json"))
     meta = {"task": args.task, "task_knobs": task_knobs(args), "args": vars(args),
             "counts": {"train": len(train), "val": len(val), "test": len(test), "corpus": len(corpus)}}
-    tmp = os.path.join(args.out_dir, f"meta.json.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(args.out_dir, "meta.json"))
+    with common.atomic_folder(args.out_dir) as tmp:  # an interrupted run leaves nothing half-made
+        write_jsonl(os.path.join(tmp, "train.jsonl"), split_rows(train, "train"))
+        write_jsonl(os.path.join(tmp, "val.jsonl"), split_rows(val, "val"))
+        write_jsonl(os.path.join(tmp, "test.jsonl"), split_rows(test, "test"))
+        write_jsonl(os.path.join(tmp, "corpus.jsonl"), corpus)
+        common.write_text(os.path.join(tmp, "tokenizer.json"), tok.to_str(pretty=True))
+        common.write_json(os.path.join(tmp, "meta.json"), meta)
     print(f"{args.task}: {len(train)} train, {len(val)} val, {len(test)} test, {len(corpus)} corpus documents, "
           f"vocab {tok.get_vocab_size()} -> {args.out_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main)

@@ -3,7 +3,8 @@ The built-in reasoning tasks. Each task owns, in one place, everything the scrip
 
 - make_problem():        a seeded generator of questions with exact answers (+ gold steps)
 - prompt():              THE prompt template, plain or with a given answer (the hint)
-- extract_answer():      THE answer extractor, and answers_match() to compare answers
+- extract_answer():      THE answer extractor, answers_match() to compare answers, and
+                         reward(): the exact-match reward that evaluation and RL share
 - wrong_answers():       plausible wrong answers to give as hints (SML step 1)
 - careless_rationale():  a worked solution by a careless author (the pretraining corpus)
 - rationalization():     a rationale that argues for a given answer, right or wrong, by an
@@ -50,6 +51,11 @@ class Task:
         if a is None or b is None:
             return False
         return self.normalize(str(a)) == self.normalize(str(b))
+
+    def reward(self, text, answer):
+        """The exact-match reward: 1.0 if the final answer `text` states is `answer`, else 0.0.
+        Evaluation scores every sample with it; the exact-match PPO baseline trains on it."""
+        return float(self.answers_match(self.extract_answer(text), answer))
 
     def finish(self, steps, answer):
         return " ".join(steps) + f"{self.ANSWER_PREFIX} {answer}."

@@ -32,11 +32,3 @@ def load_tokenizer(path):
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file (make it with data/prepare.py)")
     return Tokenizer.from_file(path)
-
-
-def tokenizer_to_str(tok):
-    return tok.to_str()
-
-
-def tokenizer_from_str(s):
-    return Tokenizer.from_str(s)

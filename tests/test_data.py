@@ -258,9 +258,9 @@ def test_unknown_task_and_bad_arguments(tmp_path):
 def test_small_question_space_corpus_may_repeat_but_avoids_splits(tmp_path):
     # lastletter with exactly 2 of 40 words has 1,560 questions: fewer than the corpus needs
     prepare_main(["--out_dir", str(tmp_path), "--task", "lastletter", "--min_steps", "2",
-                  "--max_steps", "2", "--n_train", "300", "--n_test", "200", "--n_corpus", "3000",
-                  "--vocab_size", "300"])
-    splits = {r["question"] for f in ["train.jsonl", "test.jsonl"]
+                  "--max_steps", "2", "--n_train", "300", "--n_val", "30", "--n_test", "200",
+                  "--n_corpus", "3000", "--vocab_size", "300"])
+    splits = {r["question"] for f in ["train.jsonl", "val.jsonl", "test.jsonl"]
               for r in load_dataset(str(tmp_path / f))}
     corpus = [json.loads(x)["text"] for x in lines(tmp_path / "corpus.jsonl")]
     questions = {re.match(r"Question: (.*?)\n", t).group(1) for t in corpus}
@@ -280,6 +280,7 @@ def test_max_operand_sets_the_size_of_the_numbers():
 
 def test_prepare_refuses_to_overwrite(world):
     before = (world["a"] / "train.jsonl").read_text()
-    with pytest.raises(SystemExit, match="already holds"):
+    import common
+    with pytest.raises(common.UserError, match="already holds"):
         prepare_main(["--out_dir", str(world["a"]), "--preset", "tiny", "--seed", "9"])
     assert (world["a"] / "train.jsonl").read_text() == before

@@ -1,4 +1,5 @@
-"""generate.py: the answer-consistency check, SFT rows and pairs, evaluation."""
+"""generate.py (the answer-consistency check, SFT rows and pairs, collection) and the
+evaluation path it shares (rationales.py, evaluate.py)."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 import generate
+import rationales
 from data.tasks import get_task
 
 TASK = get_task("arithmetic")
@@ -70,16 +72,16 @@ def test_pairs_within_question_chosen_high_rejected_low_and_dedup():
 
 
 def test_wilson_interval_known_case():
-    lo, hi = generate.wilson_interval(8, 10)
+    lo, hi = rationales.wilson_interval(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
-    assert generate.wilson_interval(0, 10)[0] == 0.0
-    assert generate.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert rationales.wilson_interval(0, 10)[0] == 0.0
+    assert rationales.wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
 def test_majority_vote():
-    assert generate.majority(["3", None, "4", "4"]) == "4"
-    assert generate.majority(["3", "4"]) == "3"  # tie: the first seen
-    assert generate.majority([None, None]) is None
+    assert rationales.majority(["3", None, "4", "4"]) == "4"
+    assert rationales.majority(["3", "4"]) == "3"  # tie: the first seen
+    assert rationales.majority([None, None]) is None
 
 
 @pytest.mark.parametrize("always_right", [True, False])
@@ -91,15 +93,16 @@ def test_evaluate_with_a_stub_sampler(monkeypatch, always_right):
         out = []
         for q, _ in requests:
             ans = answers[q] if always_right else str(int(answers[q]) + 1)
-            out.append([{"text": f"So the answer is {ans}.", "final_answer": ans}] * k)
+            text = f"So the answer is {ans}."
+            out.append([{"text": text, "answer_text": text, "final_answer": ans}] * k)
         return out, {"tokens": 1, "seconds": 1.0}
 
-    monkeypatch.setattr(generate, "sample_rationales", stub)
-    summary, preds = generate.evaluate(None, None, TASK, rows, k=3)
+    monkeypatch.setattr(rationales, "sample_rationales", stub)
+    summary, preds = rationales.evaluate(None, None, TASK, rows, k=3)
     assert summary["accuracy"] == (1.0 if always_right else 0.0)
     assert summary["n"] == 20 and len(preds) == 20
     assert all(p["correct"] == always_right for p in preds)
-    assert all(p["step_errors"] is None for p in preds) and "faithful" not in summary  # no steps
+    assert all(p["step_errors"] is None for p in preds) and "every_step_right" not in summary  # no steps
 
 
 # --- end to end on the tiny base model ---------------------------------------------------
@@ -107,9 +110,16 @@ def test_evaluate_with_a_stub_sampler(monkeypatch, always_right):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def gen(*args):
-    return subprocess.run([sys.executable, "generate.py", *args], cwd=ROOT, capture_output=True,
+def script(name, *args):
+    return subprocess.run([sys.executable, name, *args], cwd=ROOT, capture_output=True,
                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def gen(*args):
+    """generate.py for "collect", evaluate.py for "eval" and "compare"."""
+    if args[0] == "collect":
+        return script("generate.py", *args[1:])
+    return script("evaluate.py", *args)
 
 
 def test_compare_reports_rationale_quality(tmp_path):
@@ -125,8 +135,8 @@ def test_compare_reports_rationale_quality(tmp_path):
     assert r.returncode == 0, r.stderr
     c = json.load(open(tmp_path / "c.json"))
     assert (c["wrong_to_right"], c["right_to_wrong"], c["after_accuracy"]) == (0, 0, 1.0)
-    f = c["faithful"]
-    assert (f["before"], f["after"], f["flawed_to_faithful"], f["faithful_to_flawed"]) == (0.5, 0.8, 4, 1)
+    f = c["every_step_right"]
+    assert (f["before"], f["after"], f["flawed_to_right"], f["right_to_flawed"]) == (0.5, 0.8, 4, 1)
     assert "every step right: 50.0% -> 80.0%" in r.stdout
 
 
@@ -247,7 +257,7 @@ def test_collect_never_takes_a_copied_hint_or_an_unhinted_sample_into_sml_data(t
             return f" Counting. So the answer is {hint}.", False  # cut off at the budget
         return f" Counting. So the answer is {hint}.", True  # consistent
 
-    monkeypatch.setattr(generate, "sample", ScriptedSampler(tok, respond))
+    monkeypatch.setattr(rationales, "sample", ScriptedSampler(tok, respond))
     rows = [{"id": f"q{n}", "question": f"Tom has {n} pens. Tom finds 1 more. How many pens does Tom "
              f"have now?", "answer": str(n)} for n in (1, 2, 3, 4, 5, 6)]
     records, stats = generate.collect(FakeModel(), tok, task, rows, k=2, m=1, k_unhinted=2, temperature=1.0,
@@ -282,11 +292,11 @@ def test_collect_never_takes_a_copied_hint_or_an_unhinted_sample_into_sml_data(t
 def test_evaluation_completes_a_missing_answer_line_only_without_a_hint(tiny_run, monkeypatch):
     from data import load_world
     tok, task = load_world(tiny_run["data"])
-    monkeypatch.setattr(generate, "sample", ScriptedSampler(tok, lambda p: (" I count them all.", True)))
+    monkeypatch.setattr(rationales, "sample", ScriptedSampler(tok, lambda p: (" I count them all.", True)))
     q = "Tom has 2 pens. Tom finds 1 more. How many pens does Tom have now?"
-    res, _ = generate.sample_rationales(FakeModel(), tok, task, [(q, None)], 1, 1.0, 0)
+    res, _ = rationales.sample_rationales(FakeModel(), tok, task, [(q, None)], 1, 1.0, 0)
     assert res[0][0]["final_answer"] is None  # collection: no completion
-    res, _ = generate.sample_rationales(FakeModel(), tok, task, [(q, None)], 1, 1.0, 0, complete_missing=True)
+    res, _ = rationales.sample_rationales(FakeModel(), tok, task, [(q, None)], 1, 1.0, 0, complete_missing=True)
     assert res[0][0]["final_answer"] == "0" and res[0][0]["answer_completed"]  # evaluation: completed
     with pytest.raises(ValueError, match="without a given answer"):
-        generate.sample_rationales(FakeModel(), tok, task, [(q, "3")], 1, 1.0, 0, complete_missing=True)
+        rationales.sample_rationales(FakeModel(), tok, task, [(q, "3")], 1, 1.0, 0, complete_missing=True)

@@ -4,6 +4,7 @@ table renders, and a second invocation skips the finished stages."""
 import json
 import os
 import subprocess
+import sys
 
 from results import ROWS
 
@@ -12,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_tiny_pipeline_end_to_end_and_resume(tmp_path):
     run = str(tmp_path / "run")
-    env = {**os.environ, "PRESET": "tiny", "RUN": run, "OMP_NUM_THREADS": "2"}
+    # PYTHON: run.sh starts every stage with the interpreter running the tests (a venv need not be active)
+    env = {**os.environ, "PRESET": "tiny", "RUN": run, "OMP_NUM_THREADS": "2", "PYTHON": sys.executable}
     r = subprocess.run(["bash", "run.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     results = json.load(open(os.path.join(run, "results.json")))

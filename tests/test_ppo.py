@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -62,10 +61,9 @@ def test_masked_positions_get_neither_policy_nor_value_loss():
     assert (new_logp.grad[mask == 1] != 0).any() and (new_values.grad[mask == 1] != 0).any()
 
 
-def args(**kw):
-    base = dict(temperature=1.0, gamma=1.0, lam=0.95, ppo_epochs=2, minibatch_size=16, clip=0.2,
-                value_clip=0.2, grad_clip=1.0)
-    return SimpleNamespace(**{**base, **kw})
+def prepare(policy, ref, critic, ro, seq_reward, kl_coef):
+    return train_ppo.prepare_batch(policy, ref, critic, ro, seq_reward, kl_coef, temperature=1.0, gamma=1.0,
+                                   lam=0.95)
 
 
 def tiny_models(tiny_run):
@@ -81,18 +79,17 @@ def tiny_models(tiny_run):
 def test_first_update_policy_old_and_reference_agree(tiny_run):
     tok, policy, ref, critic, prompts = tiny_models(tiny_run)
     eot = tok.token_to_id(EOT)
-    batch = train_ppo.rollout(policy, prompts, 2, 1.0, 24, eot, list(range(16)), "cpu")
-    batch = train_ppo.prepare_batch(policy, ref, critic, batch, torch.ones(16), 0.1, args())
-    m = batch["mask"] > 0
-    assert torch.allclose(batch["old_logp"][m], batch["ref_logp"][m], atol=1e-6)
-    assert batch["kl_per_seq"].abs().max().item() < 1e-5
+    ro = train_ppo.rollout(policy, prompts, 2, 1.0, 24, eot, list(range(16)), "cpu")
+    batch = prepare(policy, ref, critic, ro, torch.ones(16), 0.1)
+    m = batch.mask > 0
+    assert torch.allclose(batch.old_logp[m], batch.ref_logp[m], atol=1e-6)
+    assert batch.kl_per_seq.abs().max().item() < 1e-5
     # the sampler's own log-probs are those of a forward pass (no top-k/top-p in rollouts)
-    for i, r in enumerate(batch["responses"]):
-        assert torch.allclose(batch["old_logp"][i][m[i]], torch.tensor(batch["sampler_logp"][i]), atol=1e-4)
+    for i, r in enumerate(ro.responses):
+        assert torch.allclose(batch.old_logp[i][m[i]], torch.tensor(ro.sampler_logp[i]), atol=1e-4)
     # the first minibatch sees ratio 1: no approx KL, nothing clipped
-    new_logp, _ = train_ppo.token_logprobs(policy, batch["idx"], 1.0)
-    _, approx_kl, clip_frac = train_ppo.policy_loss(new_logp, batch["old_logp"], batch["advantages"],
-                                                    batch["mask"], 0.2)
+    new_logp, _ = train_ppo.token_logprobs(policy, batch.idx, 1.0)
+    _, approx_kl, clip_frac = train_ppo.policy_loss(new_logp, batch.old_logp, batch.advantages, batch.mask, 0.2)
     assert approx_kl.abs().item() < 1e-6 and clip_frac.item() == 0.0
 
 
@@ -104,19 +101,19 @@ def test_ppo_raises_a_trivial_reward(tiny_run):
     target = tok.encode(" So").ids[0]
 
     def rate(update):
-        b = train_ppo.rollout(policy, prompts, 4, 1.0, 24, eot, [update * 1000 + i for i in range(32)], "cpu")
-        return b, torch.tensor([float(target in r) for r in b["responses"]])
+        ro = train_ppo.rollout(policy, prompts, 4, 1.0, 24, eot, [update * 1000 + i for i in range(32)], "cpu")
+        return ro, torch.tensor([float(target in r) for r in ro.responses])
 
-    a = args(ppo_epochs=4, minibatch_size=16)
     opt_p = torch.optim.Adam(policy.parameters(), lr=3e-3)
     opt_c = torch.optim.Adam(critic.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     rates = []
     for update in range(8):
-        batch, reward = rate(update)
+        ro, reward = rate(update)
         rates.append(reward.mean().item())
-        batch = train_ppo.prepare_batch(policy, ref, critic, batch, reward, 0.0, a)
-        train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, a, gen)
+        batch = prepare(policy, ref, critic, ro, reward, 0.0)
+        train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, gen, epochs=4, minibatch_size=16,
+                             temperature=1.0, clip=0.2, value_clip=0.2, grad_clip=1.0)
     _, final = rate(99)
     assert final.mean().item() > rates[0] + 0.3, (rates, final.mean().item())
 
@@ -196,30 +193,29 @@ def test_rollout_with_ragged_prompts_and_a_moved_policy(tiny_run):
     assert len({len(p) for p in prompts}) == 3
     eot = tok.token_to_id(EOT)
     k = 2
-    batch = train_ppo.rollout(policy, prompts, k, 1.0, 20, eot, list(range(6)), "cpu")
+    ro = train_ppo.rollout(policy, prompts, k, 1.0, 20, eot, list(range(6)), "cpu")
     seq_reward = torch.tensor([1.0, -1.0, 2.0, 0.5, -2.0, 3.0])
-    batch = train_ppo.prepare_batch(policy, ref, critic, batch, seq_reward, 0.1, args())
-    for i, resp in enumerate(batch["responses"]):
+    batch = prepare(policy, ref, critic, ro, seq_reward, 0.1)
+    for i, resp in enumerate(ro.responses):
         p = prompts[i // k]
-        pos = torch.nonzero(batch["mask"][i]).flatten().tolist()
+        pos = torch.nonzero(batch.mask[i]).flatten().tolist()
         assert pos == list(range(len(p) - 1, len(p) - 1 + len(resp)))  # predicts response tokens only
-        assert batch["idx"][i, len(p):len(p) + len(resp)].tolist() == resp
-        kl = (batch["old_logp"][i] - batch["ref_logp"][i]) * batch["mask"][i]
+        assert batch.idx[i, len(p):len(p) + len(resp)].tolist() == resp
+        kl = (batch.old_logp[i] - batch.ref_logp[i]) * batch.mask[i]
         expected = -0.1 * kl
         expected[pos[-1]] += seq_reward[i]
-        assert torch.allclose(batch["rewards"][i], expected, atol=1e-6)
-    assert (batch["kl_per_seq"].abs() > 1e-3).all()
+        assert torch.allclose(batch.rewards[i], expected, atol=1e-6)
+    assert (batch.kl_per_seq.abs() > 1e-3).all()
 
 
 def test_interrupted_then_resumed_run_writes_the_same_log_and_weights(tiny_run, tmp_path, monkeypatch):
     import json
     from model import save_checkpoint
-    from data.tokenizer import tokenizer_to_str
     tok = load_tokenizer(os.path.join(tiny_run["data"], "tokenizer.json"))
     rm_path = str(tmp_path / "rm.pt")
     torch.manual_seed(0)
     save_checkpoint(rm_path, lm_to_scalar(load_checkpoint(tiny_run["base"], kind="lm")[0]),
-                    tokenizer_to_str(tok), {"script": "test"})
+                    tok.to_str(), {"script": "test"})
     argv = ["--sft", tiny_run["base"], "--rm", rm_path, "--data_dir", tiny_run["data"], "--preset", "tiny",
             "--device", "cpu", "--seed", "3"]
     train_ppo.main(argv + ["--out_dir", str(tmp_path / "whole")])

@@ -77,3 +77,38 @@ def test_bad_input(tmp_path):
     assert "Traceback" not in r.stderr
     r = run(sys.executable, "pretrain.py", "--help")
     assert r.returncode == 0 and "--resume" in r.stdout
+
+
+def test_interrupted_run_resumes_to_the_same_log_and_weights(data_dir, tmp_path, monkeypatch):
+    """Killed after step 25 (the .partial checkpoint holds step 20, the log 25 rows), a run
+    restarted with --resume drops the log rows after its checkpoint and ends exactly where an
+    uninterrupted run ends; until then nothing has the finished checkpoint's name."""
+    import torch
+
+    import common
+    import pretrain
+    argv = ["--data_dir", data_dir, "--preset", "tiny", "--max_steps", "30", "--eval_interval", "10",
+            "--device", "cpu", "--seed", "5"]
+    whole, cut = str(tmp_path / "whole.pt"), str(tmp_path / "cut.pt")
+    pretrain.main(argv + ["--out", whole])
+
+    real_lr = common.cosine_lr
+
+    def killed_at_26(step, *a, **kw):
+        if step == 25:
+            raise KeyboardInterrupt
+        return real_lr(step, *a, **kw)
+    monkeypatch.setattr(common, "cosine_lr", killed_at_26)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(argv + ["--out", cut])
+    monkeypatch.setattr(common, "cosine_lr", real_lr)
+    assert not os.path.exists(cut) and os.path.exists(cut + ".partial")
+    assert len(losses(str(tmp_path / "cut.log.jsonl"))) == 25
+    pretrain.main(argv + ["--out", cut, "--resume"])
+    assert os.path.exists(cut) and not os.path.exists(cut + ".partial")
+
+    def log(name):
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in losses(str(tmp_path / name))]
+    assert log("cut.log.jsonl") == log("whole.log.jsonl")
+    a, b = (torch.load(p, weights_only=True)["model"] for p in (whole, cut))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,13 +6,12 @@ import subprocess
 import sys
 
 import torch
-import torch.nn.functional as F
 
 import train_rm
 import train_sft
 from data.tokenizer import EOT, load_tokenizer
 from model import GPT, IGNORE_INDEX, GPTConfig, configure_optimizer, load_checkpoint
-from pretrain import make_batch
+from lm_training import make_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

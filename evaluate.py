@@ -1,0 +1,145 @@
+"""
+Evaluation, for every stage: the accuracy of any checkpoint on any split, and two
+checkpoints compared question by question.
+
+  eval     accuracy at a temperature (greedy by default), one sample or a majority vote
+           over k (maj@k), with a 95% Wilson interval; --out keeps per-question predictions
+           (with the step checker's count of wrong steps, where the task has one)
+  compare  two --out files of the same questions: wrong -> right, right -> wrong, and the
+           exact McNemar test; the same for "every step right" where steps were checked
+
+    python evaluate.py eval --ckpt runs/default/sft.pt --data_dir runs/default/data --temperature 1 \\
+        --out runs/default/preds_sft.jsonl --summary runs/default/eval_sft.json
+    python evaluate.py compare runs/default/preds_sft.jsonl runs/default/preds_sml.jsonl
+"""
+
+import math
+import os
+
+import common
+import rationales
+from data import load_world
+from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
+from model import check_sampling_args, load_checkpoint
+
+
+def get_args(argv=None):
+    p = common.ArgumentParser(description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="two eval --out files, question by question (McNemar)")
+    c.add_argument("before", help="predictions JSONL of the first checkpoint (evaluate.py eval --out)")
+    c.add_argument("after", help="predictions JSONL of the second, on the same questions")
+    c.add_argument("--json", default=None, help="write the result here")
+    s = sub.add_parser("eval", help="accuracy of a checkpoint on a split")
+    g = s.add_argument_group("input / output")
+    g.add_argument("--ckpt", required=True, help="language-model checkpoint")
+    g.add_argument("--data_dir", required=True, help="folder with the split, tokenizer.json, meta.json")
+    g.add_argument("--task", default=None, help="task (default: the one in data_dir/meta.json)")
+    g.add_argument("--split", default="test")
+    g.add_argument("--limit", type=common.NONNEG, default=0, help="use the first N questions (0: all)")
+    g.add_argument("--out", default=None, help="write per-question predictions JSONL here")
+    g.add_argument("--summary", default=None, help="write the summary JSON here")
+    g.add_argument("--overwrite", action="store_true", help="replace existing --out / --summary files")
+    g = s.add_argument_group("sampling")
+    g.add_argument("--temperature", type=common.NONNEG_FLOAT, default=0.0, help="0 = greedy")
+    g.add_argument("--k", type=common.COUNT, default=1, help="samples per question (majority vote)")
+    g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")
+    g.add_argument("--top_p", type=common.FRACTION, default=None, help="unset or 1: off")
+    g.add_argument("--max_new_tokens", type=common.COUNT, default=64)
+    g.add_argument("--batch_prompts", type=common.COUNT, default=64, help="prompts per batch (x k samples)")
+    common.add_runtime_args(s)
+    args = p.parse_args(argv)
+    if args.command == "eval":
+        try:
+            check_sampling_args(args.top_k, args.top_p)
+        except ValueError as e:
+            s.error(str(e))
+        for name, low in (("k", 1), ("limit", 0), ("max_new_tokens", 1), ("batch_prompts", 1)):
+            if getattr(args, name) < low:
+                s.error(f"--{name} must be at least {low}, got {getattr(args, name)}")
+        if args.temperature < 0:
+            s.error(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    return args
+
+
+def mcnemar(before, after):
+    """Paired comparison of two checkpoints on the same questions (lists of bools):
+    how many went wrong -> right and right -> wrong, and the exact McNemar p-value
+    (two-sided binomial test on the discordant pairs)."""
+    if len(before) != len(after):
+        raise ValueError(f"paired test needs the same questions: {len(before)} vs {len(after)}")
+    fixed = sum(1 for a, b in zip(before, after) if not a and b)
+    broken = sum(1 for a, b in zip(before, after) if a and not b)
+    n = fixed + broken
+    tail = sum(math.comb(n, i) for i in range(min(fixed, broken) + 1)) / 2 ** n if n else 1.0
+    return {"n": len(before), "wrong_to_right": fixed, "right_to_wrong": broken,
+            "p_value": min(1.0, 2 * tail)}
+
+
+def load_predictions(path):
+    """{id: prediction row} from an eval --out file."""
+    return {r["id"]: r for r in read_jsonl(path, {"id": str, "correct": bool}, {"step_errors": int},
+                                            unique="id")}
+
+
+def eval_main(args):
+    rt = common.setup_runtime(args.device, args.dtype)
+    common.seed_everything(args.seed)
+    split = os.path.join(args.data_dir, f"{args.split}.jsonl")
+    inputs = [split, args.ckpt] + [os.path.join(args.data_dir, f) for f in os.listdir(args.data_dir)] \
+        if os.path.isdir(args.data_dir) else [split, args.ckpt]
+    for out in (args.out, args.summary):
+        if out:
+            common.check_output(out, args.overwrite, inputs)
+    tok, task = load_world(args.data_dir, args.task)
+    rows = load_dataset(split)
+    rows = rows[:args.limit] if args.limit else rows
+    model, _ = load_checkpoint(args.ckpt, kind="lm", tokenizer_json=tok.to_str(), device=rt.device)
+    with rt.autocast:
+        summary, preds = rationales.evaluate(model, tok, task, rows, args.temperature, args.k, args.seed,
+                                             max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
+                                             top_k=args.top_k, top_p=args.top_p)
+    print(f"{args.split} accuracy of {args.ckpt}: {rationales.format_accuracy(summary)} "
+          f"(temperature {args.temperature}, k {args.k})")
+    if args.out:
+        write_jsonl(args.out, preds)
+    if args.summary:
+        common.write_json(args.summary, summary)
+
+
+def compare_main(args):
+    if args.json:
+        common.check_output(args.json, overwrite=True, inputs=[args.before, args.after])
+    before, after = load_predictions(args.before), load_predictions(args.after)
+    if set(before) != set(after):
+        raise DataError(f"{args.before} and {args.after} are not on the same questions")
+    ids = sorted(before)
+    res = mcnemar([before[i]["correct"] for i in ids], [after[i]["correct"] for i in ids])
+    res.update(before_accuracy=sum(before[i]["correct"] for i in ids) / len(ids),
+               after_accuracy=sum(after[i]["correct"] for i in ids) / len(ids))
+    print(f"{len(ids)} questions: {100 * res['before_accuracy']:.1f}% -> {100 * res['after_accuracy']:.1f}%; "
+          f"wrong->right {res['wrong_to_right']}, right->wrong {res['right_to_wrong']}, "
+          f"McNemar p = {res['p_value']:.3g}")
+    # Rationale quality, where the task has a step checker: a right answer reached through
+    # slips that cancel is not a good rationale, and RL may repair it without moving accuracy.
+    rows = [*before.values(), *after.values()]
+    if any(r.get("step_errors") is not None for r in rows):
+        sound = [[preds[i].get("step_errors") == 0 for i in ids] for preds in (before, after)]
+        f = mcnemar(*sound)
+        res["every_step_right"] = {"before": sum(sound[0]) / len(ids), "after": sum(sound[1]) / len(ids),
+                                   "flawed_to_right": f["wrong_to_right"],
+                                   "right_to_flawed": f["right_to_wrong"], "p_value": f["p_value"]}
+        print(f"every step right: {100 * sum(sound[0]) / len(ids):.1f}% -> "
+              f"{100 * sum(sound[1]) / len(ids):.1f}%; flawed->right {f['wrong_to_right']}, "
+              f"right->flawed {f['right_to_wrong']}, McNemar p = {f['p_value']:.3g}")
+    if args.json:
+        common.write_json(args.json, res)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    (compare_main if args.command == "compare" else eval_main)(args)
+
+
+if __name__ == "__main__":
+    common.run(main)

@@ -1,0 +1,205 @@
+"""
+The language-model training loop that pretrain.py (next-token loss on the corpus) and
+train_sft.py (SML step 3a: the same loss on the completion tokens of high-quality
+rationales) share, with the checkpoint convention of both:
+
+  `out`.partial   the unfinished checkpoint, written atomically every eval_interval steps
+                  with the optimizer state; --resume continues it
+  `out`           the finished checkpoint (the .partial file renamed at the last step)
+  `out` - .pt + .log.jsonl   one row per step
+"""
+
+import json
+import os
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import common
+from data.jsonl import DataError
+from model import IGNORE_INDEX, configure_optimizer, load_checkpoint, save_checkpoint
+
+
+def log_path_of(out):
+    return os.path.splitext(out)[0] + ".log.jsonl"
+
+
+def read_log(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def start_or_resume(out, resume, overwrite, init, tokenizer_json, device="cpu"):
+    """(model, start_step, optimizer_state): with --resume from `out`.partial (or a finished
+    `out`), else from the checkpoint `init` (or the model init() returns). A finished `out`
+    is never replaced without --resume or --overwrite."""
+    common.check_output(out, overwrite=True, inputs=[] if callable(init) else [init])
+    partial = out + ".partial"
+    if resume:  # the unfinished checkpoint, or a finished one to train further (a larger --max_steps)
+        source = partial if os.path.exists(partial) else out if os.path.exists(out) else None
+        if source:
+            model, ckpt = load_checkpoint(source, kind="lm", tokenizer_json=tokenizer_json, device=device)
+            print(f"resuming {source} from step {ckpt['provenance']['step']}", flush=True)
+            return model, ckpt["provenance"]["step"], ckpt["optimizer"]
+    if os.path.exists(out) and not overwrite:
+        raise common.UserError(f"{out} already exists; pass --resume to continue it or --overwrite "
+                               f"to replace it")
+    if callable(init):
+        return init(), 0, None
+    return load_checkpoint(init, kind="lm", tokenizer_json=tokenizer_json, device=device)[0], 0, None
+
+
+# -----------------------------------------------------------------------------
+# Batches: one example per row, right-padded, loss only where loss_mask says
+
+
+def make_batch(examples, indices, pad_id, device):
+    """examples[i] = (token ids, loss mask); returns (idx, targets) of shape (B, T).
+    Each row holds one example, so no example ever attends to another; padding sits at
+    the end of the row (the causal mask keeps it invisible) and gets no loss."""
+    rows = [examples[i] for i in indices]
+    T = max(len(ids) for ids, _ in rows) - 1
+    idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+    for r, (ids, mask) in enumerate(rows):
+        ids_t = torch.tensor(ids, dtype=torch.long)
+        n = len(ids) - 1
+        idx[r, :n] = ids_t[:-1]
+        tgt = ids_t[1:].clone()
+        tgt[~torch.tensor(mask[1:], dtype=torch.bool)] = IGNORE_INDEX  # mask[j]: predict token j?
+        targets[r, :n] = tgt
+    return idx.to(device), targets.to(device)
+
+
+def check_lengths(examples, block_size, what):
+    for i, (ids, _) in enumerate(examples):
+        if len(ids) - 1 > block_size:
+            raise DataError(f"{what} #{i + 1}: {len(ids) - 1} tokens are longer than the "
+                            f"model's context of {block_size}")
+
+
+def step_indices(seed, step, n_examples, batch_size):
+    """The global batch of a step depends on (seed, step) only: every process computes the
+    same batch and takes its share, and --resume continues with exactly the same data."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, n_examples, (batch_size,), generator=g).tolist()
+
+
+@torch.no_grad()
+def eval_loss(model, examples, pad_id, rt, batch_size=64):
+    """Mean next-token loss over the given examples (per token, loss-masked)."""
+    model.eval()
+    total, ntok = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        idx, tgt = make_batch(examples, range(start, min(start + batch_size, len(examples))),
+                              pad_id, rt.device)
+        with rt.autocast:
+            logits, _ = model(idx)
+        total += torch.nn.functional.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), tgt.view(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum").item()
+        ntok += int((tgt != IGNORE_INDEX).sum())
+    model.train()
+    return total / max(1, ntok)
+
+
+# -----------------------------------------------------------------------------
+# The loop
+
+
+def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_json, provenance, *,
+             max_steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, eval_interval, seed,
+             grad_accum=1, compile=False, start_step=0, optimizer_state=None, desc="train"):
+    """Next-token training on (ids, loss_mask) examples. Every eval_interval steps the model
+    and the optimizer state go to `out`.partial (the unfinished checkpoint, which --resume
+    continues); at the end that file is renamed to `out`. The log, `out` without .pt +
+    .log.jsonl, gets one row per step; a resumed run first drops the rows after its
+    checkpoint, so its log equals an uninterrupted run's. Returns the logged records."""
+    model.to(rt.device)
+    raw_model = model
+    optimizer = configure_optimizer(raw_model, lr, weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    if compile:
+        model = torch.compile(model)
+    if rt.ddp:
+        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+    per_rank = batch_size // rt.world_size
+    if per_rank * rt.world_size != batch_size or per_rank % grad_accum:
+        raise common.UserError(f"--batch_size {batch_size} must split evenly over "
+                               f"{rt.world_size} processes x {grad_accum} micro-batches")
+    micro = per_rank // grad_accum
+    partial, log_path = out + ".partial", log_path_of(out)
+    records = []
+
+    def save(step):
+        if rt.master:
+            save_checkpoint(partial, raw_model, tokenizer_json, {**provenance, "step": step},
+                            extra={"optimizer": optimizer.state_dict(), "done": step >= max_steps})
+
+    log = None
+    if rt.master:  # the rows up to the checkpoint we start from, then this run's
+        kept = [r for r in read_log(log_path) if r["step"] <= start_step] if start_step else []
+        with common.atomic_file(log_path) as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        log = open(log_path, "a")
+    model.train()
+    t0, tokens_seen = time.time(), 0
+    bar = common.progress(range(start_step, max_steps), desc=desc, disable=not rt.master,
+                          initial=start_step, total=max_steps)
+    for step in bar:
+        step_lr = common.cosine_lr(step, max_steps, lr, warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = step_lr
+        # This process's share of the global batch, split into micro-batches.
+        batch = step_indices(seed, step, len(train_examples), batch_size)
+        global_tokens = sum(int(sum(train_examples[i][1][1:])) for i in batch)
+        mine = batch[rt.rank * per_rank:(rt.rank + 1) * per_rank]
+        loss_sum = torch.zeros((), device=rt.device)
+        for m in range(grad_accum):
+            idx, tgt = make_batch(train_examples, mine[m * micro:(m + 1) * micro], pad_id, rt.device)
+            if rt.ddp:  # average gradients across processes only on the last micro-batch
+                model.require_backward_grad_sync = m == grad_accum - 1
+            with rt.autocast:
+                logits, _ = model(idx)
+            # Sum of token losses over the *global* token count, so that one process and
+            # several give the same gradient whatever the token counts per process
+            # (DDP averages gradients, hence the factor world_size).
+            tok_loss = torch.nn.functional.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), tgt.view(-1),
+                ignore_index=IGNORE_INDEX, reduction="sum")
+            (tok_loss * rt.world_size / global_tokens).backward()
+            loss_sum += tok_loss.detach()
+        if rt.ddp:
+            torch.distributed.all_reduce(loss_sum)
+        loss = loss_sum.item() / global_tokens
+        if not torch.isfinite(torch.tensor(loss)):
+            raise common.UserError(f"loss is {loss} at step {step}; try a lower --lr "
+                                   f"(the last good checkpoint is {partial})")
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_seen += global_tokens
+
+        rec = {"step": step + 1, "loss": loss, "lr": step_lr, "grad_norm": float(grad_norm)}
+        last = step + 1 == max_steps
+        if (step + 1) % eval_interval == 0 or last:
+            rec["val_loss"] = eval_loss(raw_model, val_examples, pad_id, rt) if val_examples else None
+            rec["tokens_per_s"] = tokens_seen / (time.time() - t0)
+            save(step + 1)
+            common.print0(rt, f"\nstep {step + 1}: loss {loss:.4f} val {rec['val_loss'] or 0:.4f} "
+                              f"lr {step_lr:.2e} {rec['tokens_per_s']:.0f} tok/s")
+        if rt.master:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        records.append(rec)
+        bar.set_postfix(loss=f"{loss:.3f}")
+    bar.close()
+    if rt.master:
+        log.close()
+        if os.path.exists(partial):
+            os.replace(partial, out)  # finished: the checkpoint gets its real name
+    return records

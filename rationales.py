@@ -1,0 +1,165 @@
+"""
+Sampling rationales and reading their answers: the one path that rationale collection (SML
+steps 1-2, generate.py), every evaluation (evaluate.py, and the checks inside train_sft.py,
+train_rm.py and train_ppo.py) and the benchmark share.
+
+- sample_rationales(): prompts for (question, given answer or none) -> k rationales each,
+  through the KV-cache fan-out sampler, with each one's final answer read back.
+- evaluate(): accuracy of a model on a split (majority vote over k samples), with a 95%
+  Wilson interval, and per-question predictions.
+
+Seeds are derived from what a sample *is* (request i, draw j), never from the batch it lands
+in, so results do not depend on batching.
+"""
+
+import hashlib
+import math
+import time
+from collections import Counter
+
+import common
+from data.tokenizer import EOT
+from model import sample
+
+
+def derive_seed(*parts):
+    """A 62-bit seed from any parts: the sample for (request i, draw j) gets the same
+    random stream whatever the batch it lands in, so results do not depend on batching."""
+    h = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 2
+
+
+def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_tokens=64,
+                      batch_prompts=64, top_k=None, top_p=None, complete_missing=False,
+                      desc="sampling", quiet=False):
+    """requests: list of (question, hint or None). Returns one list per request of k dicts
+    {"text", "final_answer", "tokens", "logprobs", "finished"}.
+
+    SML step 1 (rationale generation): the prompt carries the hint when one is given.
+    Reading the final answer back: the task's extractor (None if the rationale states no
+    answer, or two). complete_missing=True (evaluation only) fills such a None by letting
+    the model complete the answer line ("So the answer is") greedily after the rationale.
+    That is only done on a prompt that gives no answer: with a hint in the prompt the
+    model would copy it, and SML step 2 would take the copy for a consistent rationale.
+    """
+    if complete_missing and any(h is not None for _, h in requests):
+        raise ValueError("the answer-line completion is for prompts without a given answer only")
+    eot_id = tok.token_to_id(EOT)
+    prompts = [tok.encode(task.prompt(q, h)).ids for q, h in requests]
+    block = model.config.block_size
+    for (q, h), p in zip(requests, prompts):
+        if len(p) >= block:
+            raise ValueError(f"prompt of {len(p)} tokens does not fit the model's context of "
+                             f"{block}: {q[:60]!r}")
+    results = []
+    n_tok, t0 = 0, time.time()
+    bar = common.progress(total=len(requests) * k, desc=desc, disable=quiet, leave=False)
+    for start in range(0, len(requests), batch_prompts):
+        chunk = list(range(start, min(start + batch_prompts, len(requests))))
+        seeds = [derive_seed(seed, i, j) for i in chunk for j in range(k)]
+        out = sample(model, [prompts[i] for i in chunk], num_samples=k, max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_k=top_k, top_p=top_p, eot_id=eot_id,
+                     pad_id=eot_id, seeds=seeds)
+        n_tok += int(out.lengths.sum())
+        for r, ids in enumerate(out.token_lists()):
+            if r % k == 0:
+                results.append([])
+            text_ids = ids[:-1] if ids and ids[-1] == eot_id else ids
+            text = tok.decode(text_ids).strip()
+            results[-1].append({"text": text, "answer_text": text, "final_answer": task.extract_answer(text),
+                                "tokens": ids,
+                                "logprobs": out.logprobs[r, :len(ids)].tolist(),
+                                "finished": bool(out.finished[r])})
+        bar.update(len(chunk) * k)
+    bar.close()
+    if complete_missing:
+        complete_answer_lines(model, tok, task, prompts, results, batch_prompts)
+    return results, {"tokens": n_tok, "seconds": time.time() - t0}
+
+
+def complete_answer_lines(model, tok, task, prompts, results, batch_prompts=64):
+    """Evaluation's fallback for a rationale that states no final answer: append the answer
+    line ("So the answer is") and read what the model writes after it, greedily."""
+    eot_id = tok.token_to_id(EOT)
+    block = model.config.block_size
+    missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
+    for start in range(0, len(missing), batch_prompts):
+        chunk = missing[start:start + batch_prompts]
+        answer_prompts = []
+        for i, s in chunk:
+            ids = prompts[i] + tok.encode(" " + s["text"] + task.ANSWER_PREFIX).ids
+            answer_prompts.append(ids[-(block - 8):])  # keep the tail if it is too long
+        out = sample(model, answer_prompts, max_new_tokens=8, temperature=0,
+                     eot_id=eot_id, pad_id=eot_id)
+        for (i, s), ids in zip(chunk, out.token_lists()):
+            ids = ids[:-1] if ids and ids[-1] == eot_id else ids
+            s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + tok.decode(ids)  # what is read
+            s["final_answer"] = task.extract_answer(s["answer_text"])
+            s["answer_completed"] = True
+
+
+# -----------------------------------------------------------------------------
+# Evaluation
+
+
+def wilson_interval(successes, n, z=1.959964):
+    """95% Wilson score interval for a proportion (better than p +- z*se near 0 and 1)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def majority(answers):
+    """Most common non-None answer (ties: the first seen); None if there is none."""
+    votes = Counter(a for a in answers if a is not None)
+    if not votes:
+        return None
+    best = max(votes.values())
+    return next(a for a in answers if a is not None and votes[a] == best)
+
+
+def evaluate(model, tok, task, rows, temperature=0.0, k=1, seed=0, quiet=False, **kw):
+    """Accuracy on rows (the task's answer check on each prediction). With k > 1 the
+    prediction is the majority vote over k samples. Returns (summary, per-question rows)."""
+    results, speed = sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
+                                       k, temperature, seed, complete_missing=True, desc="eval",
+                                       quiet=quiet, **kw)
+    preds = []
+    for row, samples in zip(rows, results):
+        answers = [task.normalize(s["final_answer"]) if s["final_answer"] is not None else None
+                   for s in samples]
+        pred = majority(answers)
+        preds.append({"id": row["id"], "answer": row["answer"], "prediction": pred,
+                      "correct": task.answers_match(pred, row["answer"]),
+                      "sample_correct": [task.reward(s["answer_text"], row["answer"]) == 1.0 for s in samples],
+                      "rationale": samples[0]["text"],
+                      # the built-in tasks' step checker, for measuring rationale quality only
+                      "step_errors": task.step_errors(row["question"], samples[0]["text"])})
+    return summarize(preds, temperature, k, speed), preds
+
+
+def summarize(preds, temperature, k, speed=None):
+    n = len(preds)
+    c = sum(p["correct"] for p in preds)
+    lo, hi = wilson_interval(c, n)
+    out = {"n": n, "correct": c, "accuracy": c / max(1, n), "ci95": [lo, hi],
+           "temperature": temperature, "k": k}
+    checked = [p.get("step_errors") for p in preds]
+    if any(e is not None for e in checked):  # the share whose every step is right (unreadable: not)
+        out["every_step_right"] = sum(e == 0 for e in checked) / max(1, n)
+    if k > 1:  # accuracy of single samples, alongside the vote
+        flat = [x for p in preds for x in p["sample_correct"]]
+        out["sample_accuracy"] = sum(flat) / max(1, len(flat))
+    if speed:
+        out["tokens_per_s"] = speed["tokens"] / max(1e-9, speed["seconds"])
+    return out
+
+
+def format_accuracy(s):
+    return (f"{100 * s['accuracy']:.1f}% ({s['correct']}/{s['n']}, 95% CI "
+            f"{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f})"
+            + (f", every step right in {100 * s['every_step_right']:.1f}%" if "every_step_right" in s else ""))

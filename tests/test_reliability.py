@@ -1,0 +1,99 @@
+"""Bad flags and paths get one clear line before any work; interrupted writes leave nothing
+half-made and never block a rerun."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["generate.py", "--ckpt", "c", "--data_dir", "d", "--out_dir", "o", "--k", "0"], "--k"),
+    (["generate.py", "--ckpt", "c", "--data_dir", "d", "--out_dir", "o", "--temperature", "-1"], "--temperature"),
+    (["generate.py", "--ckpt", "c", "--data_dir", "d", "--out_dir", "o", "--limit", "-1"], "--limit"),
+    (["evaluate.py", "eval", "--ckpt", "c", "--data_dir", "d", "--max_new_tokens", "0"], "--max_new_tokens"),
+    (["evaluate.py", "eval", "--ckpt", "c", "--data_dir", "d", "--top_k", "-1"], "--top_k"),
+    (["evaluate.py", "eval", "--ckpt", "c", "--data_dir", "d", "--top_p", "1.5"], "--top_p"),
+    (["evaluate.py", "eval", "--ckpt", "c", "--data_dir", "d", "--batch_prompts", "0"], "--batch_prompts"),
+    (["pretrain.py", "--data_dir", "d", "--out", "o.pt", "--max_steps", "0"], "--max_steps"),
+    (["pretrain.py", "--data_dir", "d", "--out", "o.pt", "--lr", "nan"], "--lr"),
+    (["train_sft.py", "--init", "i", "--data", "x", "--data_dir", "d", "--out", "o", "--batch_size", "0"],
+     "--batch_size"),
+    (["train_rm.py", "--init", "i", "--pairs", "p", "--data_dir", "d", "--out", "o", "--lr", "-1"], "--lr"),
+    (["train_ppo.py", "--sft", "s", "--reward", "exact", "--data_dir", "d", "--out_dir", "o",
+      "--minibatch_size", "0"], "--minibatch_size"),
+    (["train_ppo.py", "--sft", "s", "--reward", "exact", "--data_dir", "d", "--out_dir", "o", "--gamma", "2"],
+     "--gamma"),
+    (["data/prepare.py", "--out_dir", "o", "--n_train", "abc"], "--n_train"),
+])
+def test_numeric_flags_are_checked_at_parse_time(argv, flag):
+    r = run(*argv)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and flag in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_unreadable_checkpoint_is_one_line_with_no_unsafe_advice(tiny_run, tmp_path):
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(os.urandom(4096))
+    r = run("evaluate.py", "eval", "--ckpt", str(bad), "--data_dir", tiny_run["data"])
+    assert r.returncode == 1 and "not a checkpoint of this project" in r.stderr, r.stderr
+    assert "weights_only" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_outputs_are_checked_before_any_work(tiny_run, tmp_path):
+    data, base = tiny_run["data"], tiny_run["base"]
+    # an output that is one of the inputs (the test split), or an existing file
+    r = run("evaluate.py", "eval", "--ckpt", base, "--data_dir", data, "--out", os.path.join(data, "test.jsonl"))
+    assert r.returncode == 1 and "is also an input" in r.stderr
+    existing = tmp_path / "preds.jsonl"
+    existing.write_text("keep me\n")
+    r = run("evaluate.py", "eval", "--ckpt", base, "--data_dir", data, "--out", str(existing))
+    assert r.returncode == 1 and "--overwrite" in r.stderr and existing.read_text() == "keep me\n"
+    # an output under a file: refused at once, not after training
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    r = run("train_rm.py", "--init", base, "--pairs", "missing.jsonl", "--data_dir", data,
+            "--out", str(blocker / "rm.pt"))
+    assert r.returncode == 1 and "is a file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_atomic_file_leaves_no_temporary_and_sweeps_dead_ones(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with common.atomic_file(str(target)) as f:
+            f.write("half")
+            raise RuntimeError("killed")
+    assert os.listdir(tmp_path) == []
+    dead = tmp_path / "out.json.tmp999999999"  # a temporary left by a process that is gone
+    dead.write_text("stale")
+    common.write_json(str(target), {"a": 1})
+    assert sorted(os.listdir(tmp_path)) == ["out.json"]
+
+
+def test_an_interrupted_prepare_is_redone_without_manual_cleanup(tmp_path, monkeypatch):
+    from data import prepare
+    out = str(tmp_path / "data")
+    argv = ["--out_dir", out, "--preset", "tiny", "--seed", "4"]
+    real = prepare.write_jsonl
+
+    def killed(path, rows):
+        if path.endswith("corpus.jsonl"):
+            raise KeyboardInterrupt
+        return real(path, rows)
+    monkeypatch.setattr(prepare, "write_jsonl", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.main(argv)
+    assert not os.path.exists(out) and os.listdir(tmp_path) == []  # nothing half-made
+    monkeypatch.setattr(prepare, "write_jsonl", real)
+    prepare.main(argv)  # no --overwrite needed
+    assert sorted(os.listdir(out)) == sorted(prepare.OUTPUTS)
