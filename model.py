@@ -32,47 +32,157 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     kind: str = "lm"  # "lm": next-token logits; "scalar": one score per position
+    # The switches a pretrained GPT-2, Llama, Mistral or Qwen checkpoint needs (see hf.py).
+    # The defaults are today's from-scratch GPT, bit for bit.
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama, Qwen)
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # "gelu" (exact), "gelu_tanh" (GPT-2's approximation), "swiglu" (Llama, Qwen)
+    mlp_hidden: int = None  # the MLP's inner width; None: 4 * n_embd
+    pos_emb: str = "learned"  # "learned" (a table, GPT-2) or "rope" (rotary, Llama, Qwen)
+    rope_theta: float = 10000.0
+    rope_scaling: dict = None  # Llama 3's frequency scaling: {"rope_type": "llama3", "factor", ...}
+    n_kv_head: int = None  # grouped-query attention: heads of keys / values; None: n_head
+    head_dim: int = None  # None: n_embd // n_head (Qwen3 sets it)
+    bias: bool = True  # biases of the output projection, the MLP and the layer norms
+    qkv_bias: bool = None  # biases of q, k, v; None: as `bias` (Qwen2: on while `bias` is off)
+    qk_norm: bool = False  # RMSNorm of each head's q and k before RoPE (Qwen3)
+    tie_embeddings: bool = True  # the output layer shares the token embedding's weights
+    # Special tokens of a pretrained checkpoint (None for ours: they use <|endoftext|>).
+    bos_id: int = None
+    eos_id: object = None  # an id, or a list of ids (any of them ends a sequence)
+    pad_id: int = None
+
+    def __post_init__(self):
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.head_dim = self.head_dim or self.n_embd // self.n_head
+        self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
+        if self.qkv_bias is None:
+            self.qkv_bias = self.bias
 
 
 # -----------------------------------------------------------------------------
 # The transformer
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight (Llama, Qwen). Computed in float32 and cast back, as the
+    reference implementation does, so that bf16 models give the same numbers."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def make_norm(config, dim):
+    if config.norm == "rmsnorm":
+        return RMSNorm(dim, config.norm_eps)
+    assert config.norm == "layernorm", f"unknown norm {config.norm!r}"
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_inv_freq(config, device):
+    """Rotary frequencies theta^(-2i/d), i < d/2, with Llama 3's scaling of the long
+    wavelengths when the config asks for it (low frequencies slowed down by `factor`,
+    a smooth blend between low_freq_factor and high_freq_factor)."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, device=device).float() / d))
+    s = config.rope_scaling
+    if s:
+        assert s.get("rope_type") == "llama3", f"unsupported rope scaling {s!r}"
+        old_len = s["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_len / s["low_freq_factor"], old_len / s["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / s["factor"], inv_freq)
+        smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+        blended = (1 - smooth) * scaled / s["factor"] + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = torch.where(medium, blended, scaled)
+    return inv_freq
+
+
+def rope_cos_sin(config, positions, dtype):
+    """cos and sin of every (position, frequency), (B or 1, 1, T, head_dim), for per-row
+    positions (B, T) or shared ones (T,). Angles in float32 whatever the model's dtype."""
+    pos = positions if positions.dim() == 2 else positions.unsqueeze(0)
+    freqs = pos.float().unsqueeze(-1) * rope_inv_freq(config, positions.device)  # (B, T, d/2)
+    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # halves, not interleaved pairs
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each pair (x[i], x[i + d/2]) by its angle (the "rotate half" layout of the
+    Hugging Face Llama weights, whose q / k rows are permuted for it)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        assert self.n_head % self.n_kv_head == 0
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.c_attn = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.qkv_bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
+        self.qk_norm = config.qk_norm
         self.dropout = config.dropout
 
-    def forward(self, x, attn_mask=None, kv_cache=None):
+    def forward(self, x, attn_mask=None, kv_cache=None, rope=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        hd = self.head_dim
+        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
+        q = q.view(B, T, self.n_head, hd)
+        k = k.view(B, T, self.n_kv_head, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             # The cache holds keys/values of earlier positions; append this step's and
             # attend over all of them (attn_mask says which cached slots are real).
             k, v = kv_cache.append(k, v)
+        if self.n_kv_head != self.n_head:
+            # grouped-query attention: query head h reads key / value head h // group
+            group = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         dropout_p = self.dropout if self.training else 0.0
         if attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hd)
         return self.c_proj(y)
 
 
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.act = config.mlp
+        assert self.act in ("gelu", "gelu_tanh", "swiglu"), f"unknown mlp {self.act!r}"
+        # SwiGLU's gate and up projections are one matmul: c_fc = [gate; up]
+        fc_out = 2 * config.mlp_hidden if self.act == "swiglu" else config.mlp_hidden
+        self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.act == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh" if self.act == "gelu_tanh" else "none")
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -80,13 +190,13 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache)
+    def forward(self, x, attn_mask=None, kv_cache=None, rope=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -96,13 +206,17 @@ class GPT(nn.Module):
         assert config.kind in ("lm", "scalar"), f"unknown model kind {config.kind!r}"
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if config.pos_emb == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:  # rotary: positions turn q and k inside attention, no table here
+            assert config.pos_emb == "rope", f"unknown position embedding {config.pos_emb!r}"
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.ln_f = make_norm(config, config.n_embd)
         if config.kind == "lm":
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-            self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
+            if config.tie_embeddings:
+                self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
         else:
             self.score_head = nn.Linear(config.n_embd, 1)
         # GPT-2 init: N(0, 0.02), and residual projections scaled by 1/sqrt(2 * n_layer)
@@ -141,9 +255,15 @@ class GPT(nn.Module):
         if int(positions.max()) >= self.config.block_size:
             raise ValueError(f"sequence of {int(positions.max()) + 1} tokens is longer than the "
                              f"model's context of {self.config.block_size}")
-        x = self.drop(self.wte(idx) + self.wpe(positions))
+        x = self.wte(idx)
+        rope = None
+        if self.config.pos_emb == "rope":
+            rope = rope_cos_sin(self.config, positions, x.dtype)
+        else:
+            x = x + self.wpe(positions)
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, kv_cache.layer(i) if kv_cache is not None else None)
+            x = block(x, attn_mask, kv_cache.layer(i) if kv_cache is not None else None, rope)
         x = self.ln_f(x)
         if kv_cache is not None:
             kv_cache.advance(T)
@@ -215,8 +335,8 @@ class KVCache:
             return c.k[self.i, :, :, :c.length + T], c.v[self.i, :, :, :c.length + T]
 
     def __init__(self, config, batch_size, max_len, device, dtype):
-        hd = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len, hd)
+        # grouped-query attention caches the n_kv_head heads, not the n_head copies
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pad_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
