@@ -8,7 +8,9 @@ A small GPT, written out by hand, plus everything SML needs from a model:
   cache is fanned out to N samples; prompts of different lengths share a batch through
   left padding with correct positions and attention masks. It returns the sampled tokens
   and their log-probs (PPO needs them).
-- Self-contained checkpoints (config, weights, tokenizer, provenance), written atomically.
+- Self-contained checkpoints (config, weights, tokenizer, provenance), written atomically;
+  load_checkpoint also reads a Hugging Face folder or hub id (from_pretrained /
+  save_pretrained: GPT-2, Llama, Mistral, Qwen2, Qwen3; the format itself lives in hf.py).
 - configure_optimizer(): AdamW with decay / no-decay parameter groups.
 """
 
@@ -486,6 +488,9 @@ def save_checkpoint(path, model, tokenizer_json, provenance, extra=None):
     """
     raw = model.module if hasattr(model, "module") else model  # unwrap DDP
     raw = getattr(raw, "_orig_mod", raw)  # unwrap torch.compile
+    if getattr(raw, "pretrained_from", None) and "pretrained_from" not in provenance:
+        # the pretrained checkpoint this line of models started from (source, revision, hashes)
+        provenance = {**provenance, "pretrained_from": raw.pretrained_from}
     ckpt = {
         "kind": raw.config.kind,
         "config": asdict(raw.config),
@@ -503,24 +508,62 @@ def save_checkpoint(path, model, tokenizer_json, provenance, extra=None):
 
 def load_checkpoint(path, kind=None, tokenizer_json=None, device="cpu"):
     """Load a checkpoint -> (model, ckpt dict). Checks the kind ("lm" / "scalar") and, if
-    tokenizer_json is given, that the checkpoint was trained with that tokenizer."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {e})")
-    if not isinstance(ckpt, dict) or "kind" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a checkpoint of this project")
+    tokenizer_json is given, that the checkpoint was trained with that tokenizer.
+
+    `path` is one of our .pt files, or a Hugging Face folder or hub id (a language model;
+    its ckpt dict has kind, config, tokenizer and provenance, no "model" weights)."""
+    if os.path.isdir(path) or (not os.path.exists(path) and _looks_like_hub_id(path)):
+        model, _, info = from_pretrained(path, return_info=True)
+        ckpt = {"kind": "lm", "config": asdict(model.config), **info}
+    else:
+        if not os.path.exists(path):
+            raise CheckpointError(f"{path}: no such checkpoint")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {e})")
+        if not isinstance(ckpt, dict) or "kind" not in ckpt or "model" not in ckpt:
+            raise CheckpointError(f"{path}: not a checkpoint of this project")
+        model = None
     if kind is not None and ckpt["kind"] != kind:
         what = {"lm": "a language model", "scalar": "a scalar-head model (reward model / critic)"}
         raise CheckpointError(f"{path}: is {what[ckpt['kind']]}, but {what[kind]} is needed here")
     if tokenizer_json is not None and ckpt["tokenizer"] != tokenizer_json:
         raise CheckpointError(f"{path}: was trained with a different tokenizer than the data's "
                               f"tokenizer.json")
-    model = GPT(GPTConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
+    if model is None:
+        model = GPT(GPTConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        model.pretrained_from = (ckpt.get("provenance") or {}).get("pretrained_from")
     return model.to(device), ckpt
+
+
+def _looks_like_hub_id(s):
+    from hf import is_hub_id
+    return is_hub_id(s)
+
+
+def from_pretrained(name_or_path, block_size=None, dtype=torch.float32, revision="main", return_info=False):
+    """A Hugging Face checkpoint -> (model, tokenizer): a local folder (config.json,
+    model.safetensors or shards + index, tokenizer.json, generation_config.json) or a hub id,
+    downloaded into the HF cache. Families: gpt2, llama, mistral, qwen2, qwen3. block_size
+    caps the context (default: the model's max_position_embeddings). The special-token ids
+    are in model.config (bos_id, eos_id, pad_id). See hf.py."""
+    import hf
+    model, tokenizer, info = hf.load_pretrained(name_or_path, block_size, dtype, revision)
+    model.pretrained_from = info["provenance"]
+    return (model, tokenizer, info) if return_info else (model, tokenizer)
+
+
+def save_pretrained(model, tokenizer, out_dir):
+    """Write a Hugging Face folder (config.json, model.safetensors, tokenizer.json, ...) that
+    transformers loads as the matching family; today's from-scratch GPT is written as gpt2.
+    tokenizer: a tokenizers.Tokenizer or its JSON string."""
+    import hf
+    if isinstance(tokenizer, str):
+        from tokenizers import Tokenizer
+        tokenizer = Tokenizer.from_str(tokenizer)
+    hf.save_pretrained(model, tokenizer, out_dir)
 
 
 def lm_to_scalar(lm_model):
@@ -531,6 +574,7 @@ def lm_to_scalar(lm_model):
     trunk = {k: v for k, v in lm_model.state_dict().items() if not k.startswith("lm_head")}
     missing, unexpected = model.load_state_dict(trunk, strict=False)
     assert set(missing) == {"score_head.weight", "score_head.bias"} and not unexpected
+    model.pretrained_from = getattr(lm_model, "pretrained_from", None)
     p = next(lm_model.parameters())
     return model.to(device=p.device, dtype=p.dtype)
 
