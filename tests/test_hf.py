@@ -465,7 +465,9 @@ def test_smollm2_real_checkpoint():
                                    eos_token_id=c.eos_id, pad_token_id=pad)[:, T:]
     for r in range(len(prompts)):
         L = int(ours.lengths[r])
-        ours_text = tok.decode(ours.tokens[r, :L].tolist())
-        theirs_text = hf_tok.decode(theirs[r, :L].tolist())
-        assert ours_text == theirs_text
+        assert ours.tokens[r, :L].tolist() == theirs[r, :L].tolist()
+        ours_text = tok.decode(ours.tokens[r, :L].tolist(), skip_special_tokens=False)
+        assert ours_text == hf_tok.decode(theirs[r, :L].tolist(), skip_special_tokens=False)
+        if not ours.finished[r]:
+            assert L == 32
     assert "Paris" in tok.decode(ours.tokens[0].tolist())
