@@ -51,7 +51,7 @@ class GPTConfig:
     tie_embeddings: bool = True  # the output layer shares the token embedding's weights
     # Special tokens of a pretrained checkpoint (None for ours: they use <|endoftext|>).
     bos_id: int = None
-    eos_id: object = None  # an id, or a list of ids (any of them ends a sequence)
+    eos_id: object = None  # an id, or a list of ids as the checkpoint gives them (sample() takes one)
     pad_id: int = None
 
     def __post_init__(self):
