@@ -7,6 +7,12 @@ How fast is this machine for this project? Prints, from one run:
 
     python bench.py --ckpt runs/default/base.pt --data_dir runs/default/data
 
+Against transformers on the same config and the same weights (test-only dependency), at the
+shapes of pretrained models: training tokens/s (forward + backward + AdamW) and sampling
+tokens/s (16 prompts, 64 new tokens, temperature 1), ours and theirs in the same run:
+
+    python bench.py --hf_compare all [--hf_layers 4]
+
 Without --ckpt a fresh model of the default pretraining preset is timed (random weights:
 its samples run to max_new_tokens, so sampling figures are per token, not per rationale).
 """
@@ -93,6 +99,93 @@ def train_rate(model, batch, seq, steps, rt):
     return tok_s, tok_s * flops_per_token
 
 
+# Shapes of two pretrained models (random weights: speed does not depend on them).
+HF_SHAPES = {
+    "gpt2": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
+    "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                         tie_word_embeddings=True),
+}
+
+
+def hf_compare(name, layers, device, train_steps, batch, seq, seed):
+    """Ours vs transformers on one shape, the same weights in both."""
+    import transformers
+
+    import hf
+    shape = dict(HF_SHAPES[name])
+    layer_key = "n_layer" if shape["model_type"] == "gpt2" else "num_hidden_layers"
+    if layers:
+        shape[layer_key] = layers
+    torch.manual_seed(seed)
+    hf_config = transformers.AutoConfig.for_model(**shape)
+    theirs = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa").to(device)
+    ours = GPT(hf.config_from_hf(hf_config.to_dict(), name, block_size=1024))
+    sd = theirs.state_dict()
+    hf.state_dict_from_hf(ours, shape["model_type"], lambda n: (sd[n], name), set(sd), name)
+    ours = ours.to(device)
+    print(f"{name}: {shape[layer_key]} layers, {ours.num_params() / 1e6:.1f}M parameters, device {device}, "
+          f"threads {torch.get_num_threads()}, transformers {transformers.__version__}")
+
+    def train(model, step):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randint(0, shape["vocab_size"], (batch, seq + 1), generator=g).to(device)
+        model.train()
+        for i in range(train_steps + 1):
+            if i == 1:  # one warm-up step
+                sync(device)
+                t0 = time.time()
+            step(model, x).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sync(device)
+        return batch * seq * train_steps / (time.time() - t0)
+
+    ours_train = train(ours, lambda m, x: m(x[:, :-1], x[:, 1:])[1])
+    theirs_train = train(theirs, lambda m, x: m(input_ids=x[:, :-1], labels=x[:, :-1]).loss)
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, shape["vocab_size"], (int(n),), generator=g).tolist()
+               for n in torch.randint(16, 33, (16,), generator=g)]
+    new = 64
+
+    def time_it(fn):
+        fn(4)  # warm-up
+        sync(device)
+        t0 = time.time()
+        n = fn(new)
+        sync(device)
+        return n / (time.time() - t0)
+
+    def ours_sample(n):
+        out = sample(ours, prompts, max_new_tokens=n, temperature=1.0, seeds=list(range(len(prompts))))
+        return int(out.lengths.sum())
+
+    L = max(map(len, prompts))
+    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=device)
+    att = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
+
+    def theirs_sample(n):
+        theirs.eval()
+        with torch.no_grad():
+            out = theirs.generate(ids, attention_mask=att, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                  max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+        return (out.size(1) - L) * out.size(0)
+
+    ours_rate, theirs_rate = time_it(ours_sample), time_it(theirs_sample)
+    print(f"  training (batch {batch} x {seq} tokens, AdamW): ours {ours_train:,.0f} tokens/s, transformers "
+          f"{theirs_train:,.0f} tokens/s, {ours_train / theirs_train:.2f}x")
+    print(f"  sampling (16 prompts of 16-32 tokens, {new} new, temperature 1): ours {ours_rate:,.0f} tokens/s, "
+          f"transformers generate {theirs_rate:,.0f} tokens/s, {ours_rate / theirs_rate:.2f}x")
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def main(argv=None):
     p = common.ArgumentParser(description=__doc__)
     p.add_argument("--ckpt", default=None, help="a language-model checkpoint (default: a fresh default model)")
@@ -101,11 +194,22 @@ def main(argv=None):
     p.add_argument("--train_steps", type=common.COUNT, default=20)
     p.add_argument("--questions", type=common.COUNT, default=32, help="prompts for the sampling benchmark")
     p.add_argument("--k", type=common.COUNT, default=4, help="samples per prompt (fan-out)")
+    p.add_argument("--hf_compare", default=None, choices=["all", *HF_SHAPES],
+                   help="only compare with transformers at a pretrained model's shape (needs transformers)")
+    p.add_argument("--hf_layers", type=common.COUNT, default=None, help="fewer layers than the real model (CPU)")
+    p.add_argument("--hf_batch", type=common.COUNT, default=4, help="training batch of the comparison")
+    p.add_argument("--hf_seq", type=common.COUNT, default=128, help="training sequence length of the comparison")
+    p.add_argument("--hf_train_steps", type=common.COUNT, default=3, help="timed training steps of the comparison")
     common.add_runtime_args(p)
     args = p.parse_args(argv)
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     torch.set_grad_enabled(True)
+    if args.hf_compare:
+        for name in (HF_SHAPES if args.hf_compare == "all" else [args.hf_compare]):
+            hf_compare(name, args.hf_layers, rt.device, args.hf_train_steps, args.hf_batch,
+                       args.hf_seq, args.seed)
+        return
 
     if args.ckpt:
         model, _ = load_checkpoint(args.ckpt, kind="lm", device=rt.device)

@@ -8,7 +8,9 @@ A small GPT, written out by hand, plus everything SML needs from a model:
   cache is fanned out to N samples; prompts of different lengths share a batch through
   left padding with correct positions and attention masks. It returns the sampled tokens
   and their log-probs (PPO needs them).
-- Self-contained checkpoints (config, weights, tokenizer, provenance), written atomically.
+- Self-contained checkpoints (config, weights, tokenizer, provenance), written atomically;
+  load_checkpoint also reads a Hugging Face folder or hub id (from_pretrained /
+  save_pretrained: GPT-2, Llama, Mistral, Qwen2, Qwen3; the format itself lives in hf.py).
 - configure_optimizer(): AdamW with decay / no-decay parameter groups.
 """
 
@@ -34,47 +36,157 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     kind: str = "lm"  # "lm": next-token logits; "scalar": one score per position
+    # The switches a pretrained GPT-2, Llama, Mistral or Qwen checkpoint needs (see hf.py).
+    # The defaults are today's from-scratch GPT, bit for bit.
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama, Qwen)
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # "gelu" (exact), "gelu_tanh" (GPT-2's approximation), "swiglu" (Llama, Qwen)
+    mlp_hidden: int = None  # the MLP's inner width; None: 4 * n_embd
+    pos_emb: str = "learned"  # "learned" (a table, GPT-2) or "rope" (rotary, Llama, Qwen)
+    rope_theta: float = 10000.0
+    rope_scaling: dict = None  # Llama 3's frequency scaling: {"rope_type": "llama3", "factor", ...}
+    n_kv_head: int = None  # grouped-query attention: heads of keys / values; None: n_head
+    head_dim: int = None  # None: n_embd // n_head (Qwen3 sets it)
+    bias: bool = True  # biases of the output projection, the MLP and the layer norms
+    qkv_bias: bool = None  # biases of q, k, v; None: as `bias` (Qwen2: on while `bias` is off)
+    qk_norm: bool = False  # RMSNorm of each head's q and k before RoPE (Qwen3)
+    tie_embeddings: bool = True  # the output layer shares the token embedding's weights
+    # Special tokens of a pretrained checkpoint (None for ours: they use <|endoftext|>).
+    bos_id: int = None
+    eos_id: object = None  # an id, or a list of ids as the checkpoint gives them (sample() takes one)
+    pad_id: int = None
+
+    def __post_init__(self):
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.head_dim = self.head_dim or self.n_embd // self.n_head
+        self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
+        if self.qkv_bias is None:
+            self.qkv_bias = self.bias
 
 
 # -----------------------------------------------------------------------------
 # The transformer
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight (Llama, Qwen). Computed in float32 and cast back, as the
+    reference implementation does, so that bf16 models give the same numbers."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def make_norm(config, dim):
+    if config.norm == "rmsnorm":
+        return RMSNorm(dim, config.norm_eps)
+    assert config.norm == "layernorm", f"unknown norm {config.norm!r}"
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_inv_freq(config, device):
+    """Rotary frequencies theta^(-2i/d), i < d/2, with Llama 3's scaling of the long
+    wavelengths when the config asks for it (low frequencies slowed down by `factor`,
+    a smooth blend between low_freq_factor and high_freq_factor)."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, device=device).float() / d))
+    s = config.rope_scaling
+    if s:
+        assert s.get("rope_type") == "llama3", f"unsupported rope scaling {s!r}"
+        old_len = s["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_len / s["low_freq_factor"], old_len / s["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / s["factor"], inv_freq)
+        smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+        blended = (1 - smooth) * scaled / s["factor"] + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = torch.where(medium, blended, scaled)
+    return inv_freq
+
+
+def rope_cos_sin(config, positions, dtype):
+    """cos and sin of every (position, frequency), (B or 1, 1, T, head_dim), for per-row
+    positions (B, T) or shared ones (T,). Angles in float32 whatever the model's dtype."""
+    pos = positions if positions.dim() == 2 else positions.unsqueeze(0)
+    freqs = pos.float().unsqueeze(-1) * rope_inv_freq(config, positions.device)  # (B, T, d/2)
+    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # halves, not interleaved pairs
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each pair (x[i], x[i + d/2]) by its angle (the "rotate half" layout of the
+    Hugging Face Llama weights, whose q / k rows are permuted for it)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        assert self.n_head % self.n_kv_head == 0
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.c_attn = nn.Linear(config.n_embd, q_dim + 2 * kv_dim, bias=config.qkv_bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(q_dim, config.n_embd, bias=config.bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
+        self.qk_norm = config.qk_norm
         self.dropout = config.dropout
 
-    def forward(self, x, attn_mask=None, kv_cache=None):
+    def forward(self, x, attn_mask=None, kv_cache=None, rope=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        hd = self.head_dim
+        q, k, v = self.c_attn(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=2)
+        q = q.view(B, T, self.n_head, hd)
+        k = k.view(B, T, self.n_kv_head, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, self.n_kv_head, hd).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             # The cache holds keys/values of earlier positions; append this step's and
             # attend over all of them (attn_mask says which cached slots are real).
             k, v = kv_cache.append(k, v)
+        if self.n_kv_head != self.n_head:
+            # grouped-query attention: query head h reads key / value head h // group
+            group = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         dropout_p = self.dropout if self.training else 0.0
         if attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hd)
         return self.c_proj(y)
 
 
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.act = config.mlp
+        assert self.act in ("gelu", "gelu_tanh", "swiglu"), f"unknown mlp {self.act!r}"
+        # SwiGLU's gate and up projections are one matmul: c_fc = [gate; up]
+        fc_out = 2 * config.mlp_hidden if self.act == "swiglu" else config.mlp_hidden
+        self.c_fc = nn.Linear(config.n_embd, fc_out, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.act == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh" if self.act == "gelu_tanh" else "none")
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -82,13 +194,13 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache)
+    def forward(self, x, attn_mask=None, kv_cache=None, rope=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -98,13 +210,17 @@ class GPT(nn.Module):
         assert config.kind in ("lm", "scalar"), f"unknown model kind {config.kind!r}"
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if config.pos_emb == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:  # rotary: positions turn q and k inside attention, no table here
+            assert config.pos_emb == "rope", f"unknown position embedding {config.pos_emb!r}"
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.ln_f = make_norm(config, config.n_embd)
         if config.kind == "lm":
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-            self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
+            if config.tie_embeddings:
+                self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
         else:
             self.score_head = nn.Linear(config.n_embd, 1)
         # GPT-2 init: N(0, 0.02), and residual projections scaled by 1/sqrt(2 * n_layer)
@@ -125,13 +241,15 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, pad_mask=None, positions=None, kv_cache=None):
+    def forward(self, idx, targets=None, pad_mask=None, positions=None, kv_cache=None, last_only=False):
         """
         idx: (B, T) token ids. targets: (B, T) next-token targets (IGNORE_INDEX = no loss).
         pad_mask: (B, T) bool, True at real tokens. Without it every token is real and the
           plain causal mask is used. With it (left padding), each row's positions count
           real tokens only and no query attends to a padding key.
         kv_cache: a KVCache for incremental decoding (see sample()).
+        last_only: logits at the last position only (a prefill needs no more; with a large
+          vocabulary the output layer is most of the prefill's work).
         Returns (out, loss): out is logits (B, T, V) for kind "lm", scores (B, T) for "scalar".
         """
         B, T = idx.shape
@@ -146,16 +264,22 @@ class GPT(nn.Module):
         if kv_cache is None and T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than the model's context of "
                              f"{self.config.block_size}")
-        x = self.drop(self.wte(idx) + self.wpe(positions))
+        x = self.wte(idx)
+        rope = None
+        if self.config.pos_emb == "rope":
+            rope = rope_cos_sin(self.config, positions, x.dtype)
+        else:
+            x = x + self.wpe(positions)
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, kv_cache.layer(i) if kv_cache is not None else None)
+            x = block(x, attn_mask, kv_cache.layer(i) if kv_cache is not None else None, rope)
         x = self.ln_f(x)
         if kv_cache is not None:
             kv_cache.advance(T)
 
         if self.config.kind == "scalar":
             return self.score_head(x).squeeze(-1), None
-        logits = self.lm_head(x)
+        logits = self.lm_head(x[:, -1:] if last_only else x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
@@ -337,7 +461,7 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
         idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long)
         pad_mask[i, T0 - len(p):] = True
     cache = KVCache(model.config, P, T0 + steps, device)
-    logits, _ = model(idx, pad_mask=pad_mask, kv_cache=cache)
+    logits, _ = model(idx, pad_mask=pad_mask, kv_cache=cache, last_only=True)
     logits = logits[:, -1, :].repeat_interleave(N, dim=0)  # (R, V)
     cache.fan_out(N)  # ... and share it among the prompt's N samples
 
@@ -399,6 +523,9 @@ def save_checkpoint(path, model, tokenizer_json, provenance, extra=None):
     """
     raw = model.module if hasattr(model, "module") else model  # unwrap DDP
     raw = getattr(raw, "_orig_mod", raw)  # unwrap torch.compile
+    if getattr(raw, "pretrained_from", None) and "pretrained_from" not in provenance:
+        # the pretrained checkpoint this line of models started from (source, revision, hashes)
+        provenance = {**provenance, "pretrained_from": raw.pretrained_from}
     ckpt = {
         "kind": raw.config.kind,
         "config": asdict(raw.config),
@@ -414,24 +541,62 @@ def save_checkpoint(path, model, tokenizer_json, provenance, extra=None):
 
 def load_checkpoint(path, kind=None, tokenizer_json=None, device="cpu"):
     """Load a checkpoint -> (model, ckpt dict). Checks the kind ("lm" / "scalar") and, if
-    tokenizer_json is given, that the checkpoint was trained with that tokenizer."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch's own message would suggest unsafe loading: never do that here
-        raise CheckpointError(f"{path}: not a checkpoint of this project (unreadable)") from None
-    if not isinstance(ckpt, dict) or "kind" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a checkpoint of this project")
+    tokenizer_json is given, that the checkpoint was trained with that tokenizer.
+
+    `path` is one of our .pt files, or a Hugging Face folder or hub id (a language model;
+    its ckpt dict has kind, config, tokenizer and provenance, no "model" weights)."""
+    if os.path.isdir(path) or (not os.path.exists(path) and _looks_like_hub_id(path)):
+        model, _, info = from_pretrained(path, return_info=True)
+        ckpt = {"kind": "lm", "config": asdict(model.config), **info}
+    else:
+        if not os.path.exists(path):
+            raise CheckpointError(f"{path}: no such checkpoint")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # torch's own message would suggest unsafe loading: never do that here
+            raise CheckpointError(f"{path}: not a checkpoint of this project (unreadable)") from None
+        if not isinstance(ckpt, dict) or "kind" not in ckpt or "model" not in ckpt:
+            raise CheckpointError(f"{path}: not a checkpoint of this project")
+        model = None
     if kind is not None and ckpt["kind"] != kind:
         what = {"lm": "a language model", "scalar": "a scalar-head model (reward model / critic)"}
         raise CheckpointError(f"{path}: is {what[ckpt['kind']]}, but {what[kind]} is needed here")
     if tokenizer_json is not None and ckpt["tokenizer"] != tokenizer_json:
         raise CheckpointError(f"{path}: was trained with a different tokenizer than the data's "
                               f"tokenizer.json")
-    model = GPT(GPTConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
+    if model is None:
+        model = GPT(GPTConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+        model.pretrained_from = (ckpt.get("provenance") or {}).get("pretrained_from")
     return model.to(device), ckpt
+
+
+def _looks_like_hub_id(s):
+    from hf import is_hub_id
+    return is_hub_id(s)
+
+
+def from_pretrained(name_or_path, block_size=None, dtype=torch.float32, revision="main", return_info=False):
+    """A Hugging Face checkpoint -> (model, tokenizer): a local folder (config.json,
+    model.safetensors or shards + index, tokenizer.json, generation_config.json) or a hub id,
+    downloaded into the HF cache. Families: gpt2, llama, mistral, qwen2, qwen3. block_size
+    caps the context (default: the model's max_position_embeddings). The special-token ids
+    are in model.config (bos_id, eos_id, pad_id). See hf.py."""
+    import hf
+    model, tokenizer, info = hf.load_pretrained(name_or_path, block_size, dtype, revision)
+    model.pretrained_from = info["provenance"]
+    return (model, tokenizer, info) if return_info else (model, tokenizer)
+
+
+def save_pretrained(model, tokenizer, out_dir):
+    """Write a Hugging Face folder (config.json, model.safetensors, tokenizer.json, ...) that
+    transformers loads as the matching family; today's from-scratch GPT is written as gpt2.
+    tokenizer: a tokenizers.Tokenizer or its JSON string."""
+    import hf
+    if isinstance(tokenizer, str):
+        from tokenizers import Tokenizer
+        tokenizer = Tokenizer.from_str(tokenizer)
+    hf.save_pretrained(model, tokenizer, out_dir)
 
 
 def lm_to_scalar(lm_model):
@@ -442,6 +607,7 @@ def lm_to_scalar(lm_model):
     trunk = {k: v for k, v in lm_model.state_dict().items() if not k.startswith("lm_head")}
     missing, unexpected = model.load_state_dict(trunk, strict=False)
     assert set(missing) == {"score_head.weight", "score_head.bias"} and not unexpected
+    model.pretrained_from = getattr(lm_model, "pretrained_from", None)
     p = next(lm_model.parameters())
     return model.to(device=p.device, dtype=p.dtype)
 

@@ -167,7 +167,7 @@ def test_checkpoint_round_trip_and_wrong_kind(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(str(tmp_path / "missing.pt"))
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
         load_checkpoint(str(tmp_path / "junk.pt"))
 
 
