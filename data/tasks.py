@@ -12,6 +12,9 @@ The built-in reasoning tasks. Each task owns, in one place, everything the scrip
 - step_errors():         an oracle for measuring only: how many steps of a rationale are wrong
 
 A rationale is a list of steps, one sentence each, ending in "So the answer is X."
+
+At the end: the paper's datasets (read from files by data/datasets.py), one task class per
+answer type (number, choice, yes/no, letters), registered in TASKS after the built-in ones.
 """
 
 import random
@@ -343,11 +346,12 @@ OPENING = r"^[\s:*\"'“(]*"  # what may stand before an answer at the start of 
 
 
 class DatasetTask(Task):
-    """A task read from a dataset file. extract_answer reads the answer a model states the way
-    real pretrained models state it (the rule of Kojima et al. 2022 and Fine-tune-CoT): after
-    the LAST "answer is" / "answer:" / "####", the first answer in the rest of that sentence; an
-    answer stated there that cannot be read is None (never the next best thing in the text). Where no answer
-    is stated at all, the answer type's fallback (read_unstated) decides, or None."""
+    """A task read from a dataset file. extract_answer reads the answer the way real pretrained
+    models state it (the rule of Kojima et al. 2022 and Fine-tune-CoT): after the LAST "answer
+    is" / "answer:" / "####", the first answer in the rest of that sentence. An answer stated
+    there that cannot be read is None, never the next best thing in the text. Where no answer
+    is stated at all, the answer type's fallback (read_unstated) decides, or None. (The
+    built-in tasks above are stricter: two different statements are None there.)"""
     answer_kind = "text"
 
     def extract_answer(self, text):
