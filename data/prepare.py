@@ -17,8 +17,15 @@ Writes into --out_dir:
 
 The corpus never holds a question of the train or the test split, so neither the test
 questions nor the gold rationales of the train split are ever seen in pretraining.
+
+The paper's datasets (--task gsm8k, aqua, commonsense_qa, ...; data/datasets.py) are converted,
+not made: train.jsonl, test.jsonl and meta.json from the public files in --source, or
+downloaded and verified into a cache when --source is not given. No corpus, no tokenizer.
+
+    python data/prepare.py --task gsm8k --source ../shared/datasets/gsm8k --out_dir runs/gsm8k/data
 """
 
+import argparse
 import os
 import random
 import sys
@@ -27,6 +34,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common
+from data import datasets
 from data.jsonl import write_jsonl
 from data.tasks import TASKS, get_task
 from data.tokenizer import train_tokenizer
@@ -73,7 +81,22 @@ def get_args(argv=None):
     g.add_argument("--max_steps", type=common.COUNT, default=None, help="most steps")
     g.add_argument("--max_operand", type=int, default=None,
                    help="arithmetic: the largest start value and change (3 unless told)")
+    g = p.add_argument_group("the paper's datasets (--task gsm8k, aqua, ...: converted, not made)")
+    # Defaults suppressed: absent unless given, so the built-in world's meta.json (which
+    # records every argument) is what it was before these flags existed.
+    g.add_argument("--source", default=argparse.SUPPRESS,
+                   help="a folder with the dataset in its public layout (see data/datasets.py); "
+                        "without it the public files are downloaded and verified into --cache_dir")
+    g.add_argument("--cache_dir", default=argparse.SUPPRESS,
+                   help=f"download cache (default: ${datasets.CACHE_ENV}/datasets or ~/.cache/sml/datasets)")
+    g.add_argument("--test_only", action="store_true", default=argparse.SUPPRESS,
+                   help="write the test split alone (AQuA's large train file is not needed)")
     args = p.parse_args(argv)
+    if args.task in datasets.DATASETS:
+        return args
+    for k in ("source", "cache_dir", "test_only"):
+        if hasattr(args, k):
+            p.error(f"--{k} is for the paper's datasets ({', '.join(datasets.DATASETS)})")
     common.apply_preset(p, args, argv, PRESETS)
     # bad numbers get one clear line, not a traceback from deep inside a generator
     for k in ("n_train", "n_val", "n_test", "n_corpus"):
@@ -141,8 +164,23 @@ def corpus_document(task, prob, rng, args):
     return f"{task.prompt(prob['question'], hint)} {text}"
 
 
+def prepare_dataset(args):
+    """One of the paper's datasets, converted into --out_dir (data/datasets.py does the work)."""
+    outputs = ["train.jsonl", "test.jsonl", "meta.json"]
+    present = [f for f in outputs if os.path.exists(os.path.join(args.out_dir, f))]
+    if present and not args.overwrite:
+        raise common.UserError(f"{args.out_dir} already holds {', '.join(present)}; pass --overwrite to replace them")
+    meta = datasets.prepare(args.task, args.out_dir, getattr(args, "source", None),
+                            getattr(args, "cache_dir", None), getattr(args, "test_only", False))
+    train = "no train (--test_only)" if meta["test_only"] else f"{meta['counts']['train']} train"
+    print(f"{args.task}: {train}, {meta['counts']['test']} test ({meta['answer_type']} answers) "
+          f"-> {args.out_dir}")
+
+
 def main(argv=None):
     args = get_args(argv)
+    if args.task in datasets.DATASETS:
+        return prepare_dataset(args)
     task = get_task(args.task, **task_knobs(args))
     present = [f for f in OUTPUTS if os.path.exists(os.path.join(args.out_dir, f))]
     if present and not args.overwrite:

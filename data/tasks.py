@@ -13,10 +13,14 @@ The built-in reasoning tasks. Each task owns, in one place, everything the scrip
 - step_errors():         an oracle for measuring only: how many steps of a rationale are wrong
 
 A rationale is a list of steps, one sentence each, ending in "So the answer is X."
+
+At the end: the paper's datasets (read from files by data/datasets.py), one task class per
+answer type (number, choice, yes/no, letters), registered in TASKS after the built-in ones.
 """
 
 import random
 import re
+from decimal import Decimal
 
 ANSWER_RE = re.compile(r"the answer is\s+(-?[a-z0-9]+)", re.IGNORECASE)
 
@@ -335,7 +339,182 @@ class LastLetter(Task):
         return sorted(out)
 
 
+# -----------------------------------------------------------------------------
+# The paper's datasets (the Fine-tune-CoT collection; files read by data/datasets.py).
+# Their questions come from files, not a generator, so these tasks have no make_problem,
+# corpus or step checker: only the prompt (the same template as above), one extractor per
+# answer type, and the wrong answers to give as hints.
+
+# Where a model states its final answer: "The answer is 18", "the final answer is (B)",
+# "Answer: yes", GSM8K's "#### 18". The last statement counts (a model that corrects itself
+# means the later one).
+ANSWER_STATED_RE = re.compile(r"answer\s+is\b|answer\s*:|####", re.IGNORECASE)
+# A number as models write it: -3, 42.0, 1,234.50, $1,234.50, 18 dollars, 50%. Not a piece of
+# another token (v2, 3.4.5, 1,23) and not a fraction (1/2 would read as 1): those are unreadable.
+NUMBER_RE = re.compile(r"(?<![\w.,/])(-?)\$?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\d/]|,\d)")
+OPENING = r"^[\s:*\"'“(]*"  # what may stand before an answer at the start of a line
+
+
+class DatasetTask(Task):
+    """A task read from a dataset file. extract_answer reads the answer the way real pretrained
+    models state it (the rule of Kojima et al. 2022 and Fine-tune-CoT): after the LAST "answer
+    is" / "answer:" / "####", the first answer in the rest of that sentence. An answer stated
+    there that cannot be read is None, never the next best thing in the text. Where no answer
+    is stated at all, the answer type's fallback (read_unstated) decides, or None. (The
+    built-in tasks above are stricter: two different statements are None there.)"""
+    answer_kind = "text"
+
+    def extract_answer(self, text):
+        stated = list(ANSWER_STATED_RE.finditer(text))
+        if stated:
+            # the rest of that sentence: "The answer is unclear. 5 ..." states nothing readable
+            rest = text[stated[-1].end():].lstrip()
+            return self.read_stated(re.split(r"\n|[.!?](?=\s|$)", rest, maxsplit=1)[0])
+        return self.read_unstated(text)
+
+    def stated_answers(self, text):
+        """Every distinct answer the text states, each read as extract_answer reads the last.
+        SML step 2 keeps a rationale only if this is exactly one answer: one that argues for
+        two answers, or states none (whatever the fallback would guess), is discarded."""
+        found = set()
+        for m in ANSWER_STATED_RE.finditer(text):
+            rest = text[m.end():].lstrip()
+            answer = self.read_stated(re.split(r"\n|[.!?](?=\s|$)", rest, maxsplit=1)[0])
+            if answer is not None:
+                found.add(answer)
+        return found
+
+    def read_stated(self, line):
+        raise NotImplementedError
+
+    def read_unstated(self, text):
+        return None
+
+
+def canonical_number(sign, digits, fraction):
+    """'1,234' '.50' -> '1234.5': one spelling per value, so numbers compare as numbers."""
+    value = Decimal(sign + digits.replace(",", "") + (fraction or ""))
+    text = format(value.normalize(), "f")
+    return "0" if text == "-0" else text
+
+
+class NumberTask(DatasetTask):
+    """A number: "The answer is $1,234.50." -> "1234.5", "18 dollars" -> "18", "42.0" -> "42".
+    Unstated: the last number of the text (Kojima et al.'s fallback)."""
+    answer_kind = "number"
+
+    def normalize(self, answer):
+        m = NUMBER_RE.fullmatch(answer.strip().rstrip("."))
+        return canonical_number(*m.groups()) if m else super().normalize(answer)
+
+    def read_stated(self, line):
+        m = NUMBER_RE.search(line)
+        return canonical_number(*m.groups()) if m else None
+
+    def read_unstated(self, text):
+        found = NUMBER_RE.findall(text)
+        return canonical_number(*found[-1]) if found else None
+
+    def _wrong_answers(self, answer, m, rng):
+        """The paper's rule: random integers in 0-100 other than the gold answer. A gold answer
+        outside 0-100 (GSM8K has answers in the thousands) would stand out among those, so
+        there: random integers of its own sign and number of digits (1234 -> 1000-9999)."""
+        gold = Decimal(self.normalize(answer))
+        if 0 <= gold <= 100:
+            low, high = 0, 100
+        else:
+            digits = len(str(int(abs(gold))))
+            low, high = 10 ** (digits - 1) if digits > 1 else 1, 10 ** digits - 1
+            if gold < 0:
+                low, high = -high, -low
+        m = min(m, high - low + 1 - (low <= gold <= high and gold == int(gold)))
+        out = set()
+        while len(out) < m:  # draw until m distinct ones: the ranges are large, m is small
+            v = rng.randint(low, high)
+            if v != gold:
+                out.add(v)
+        return [str(v) for v in sorted(out)]
+
+
+class ChoiceTask(DatasetTask):
+    """A letter among the answer choices: "(B)", "b", "The answer is (c) dog." -> "C". A bare
+    letter counts only where nothing follows it but punctuation ("The answer is a cat" is not
+    "A"). Unstated: the text opens or ends with a choice ("(B) 21, because ...", "... is (B)."),
+    and both agree. The row's "choices" are the letters, so the wrong answers are the others."""
+    answer_kind = "choice"
+    LETTERS = "A-Fa-f"  # the collection's options run A-E (Date Understanding: A-F)
+    OPENING_RE = re.compile(rf"{OPENING}(?:option\s+|choice\s+)?([{LETTERS}])(?=\s*(?:[).,;:!?*\"'”]|$))")
+    STATED_RE = re.compile(rf"{OPENING_RE.pattern}|\(([{LETTERS}])\)")  # the first of either
+    ENDING_RE = re.compile(rf"\(([{LETTERS}])\)[\s.!*\"'”]*$")
+
+    def normalize(self, answer):
+        m = re.fullmatch(r"\s*\(?([A-Za-z])\)?\.?\s*", answer)
+        return m.group(1).upper() if m else super().normalize(answer)
+
+    def read_stated(self, line):
+        m = self.STATED_RE.search(line)
+        return (m.group(1) or m.group(2)).upper() if m else None
+
+    def read_unstated(self, text):
+        opening = self.OPENING_RE.match(text)
+        ending = self.ENDING_RE.search(text)
+        found = {m.group(1).upper() for m in (opening, ending) if m}
+        return found.pop() if len(found) == 1 else None
+
+    def _wrong_answers(self, answer, m, rng):
+        raise ValueError("a multiple-choice row needs its 'choices' (the letters) for wrong answers")
+
+
+class YesNoTask(DatasetTask):
+    """yes or no: "Yes," -> "yes". Unstated: the text opens with "Yes,"/"No." (a word of its
+    own, not "No one ...") or ends with yes/no, and both agree."""
+    answer_kind = "yesno"
+    WORD = r"(yes|no)(?![\w'-])"
+
+    def read_stated(self, line):
+        m = re.match(OPENING + self.WORD, line, re.IGNORECASE)
+        return m.group(1).lower() if m else None
+
+    def read_unstated(self, text):
+        opening = re.match(OPENING + self.WORD + r"(?=\s*[,.;:!]|\s*$)", text, re.IGNORECASE)
+        ending = re.search(r"(?<![\w'-])" + self.WORD + r"[\s.!*\"'”]*$", text, re.IGNORECASE)
+        found = {m.group(1).lower() for m in (opening, ending) if m}
+        return found.pop() if len(found) == 1 else None
+
+    _wrong_answers = CoinFlip._wrong_answers  # the other side
+
+
+class LettersTask(DatasetTask):
+    """A string of letters (Last Letter Concatenation): 'The answer is "yajo".' -> "yajo".
+    Unstated: only a text that is that one word."""
+    answer_kind = "letters"
+    LETTERS = LastLetter.LETTERS
+    WORD = r"([^\W\d_]+)"  # letters of any alphabet: one answer of the collection is "méyl"
+    WORD_RE = re.compile(OPENING + WORD + r"(?=[\s\"'”.,;!*]|$)")
+
+    def read_stated(self, line):
+        m = self.WORD_RE.match(line)
+        return m.group(1).lower() if m else None
+
+    def read_unstated(self, text):
+        m = re.fullmatch(r"[\s\"'“]*" + self.WORD + r"[\s\"'”.!]*", text)
+        return m.group(1).lower() if m else None
+
+    _wrong_answers = LastLetter._wrong_answers  # one-letter changes
+
+
+# The collection's keys, and the answer type of each (data/datasets.py has where they come from)
+DATASET_TASKS = {key: type(key, (answer_type,), {"name": key}) for key, answer_type in {
+    "single_eq": NumberTask, "addsub": NumberTask, "multiarith": NumberTask, "gsm8k": NumberTask,
+    "aqua": ChoiceTask, "svamp": NumberTask, "date_understanding": ChoiceTask,
+    "tracking_shuffled_objects": ChoiceTask, "last_letter_concatenation": LettersTask,
+    "coin_flip": YesNoTask, "commonsense_qa": ChoiceTask, "strategy_qa": YesNoTask,
+}.items()}  # one class per key, so that task.name says which dataset
+
+
 TASKS = {"arithmetic": Arithmetic, "coinflip": CoinFlip, "lastletter": LastLetter}
+WORLD_TASKS = tuple(TASKS)  # the built-in world: generated, with a corpus and a step checker
+TASKS.update(DATASET_TASKS)
 
 
 def get_task(name, **knobs):

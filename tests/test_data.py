@@ -10,7 +10,7 @@ import pytest
 
 from data.jsonl import DataError, load_dataset, load_pairs, read_jsonl
 from data.prepare import main as prepare_main
-from data.tasks import TASKS, get_task
+from data.tasks import WORLD_TASKS, get_task
 from data.tokenizer import EOT, load_tokenizer, train_tokenizer
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
@@ -35,7 +35,7 @@ def test_generators_deterministic_by_seed(world):
     for f in ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json"]:
         assert (world["a"] / f).read_text() == (world["b"] / f).read_text(), f
     assert lines(world["a"] / "test.jsonl") != lines(world["c"] / "test.jsonl")
-    for name in TASKS:
+    for name in WORLD_TASKS:
         task = get_task(name)
         a = [task.make_problem(random.Random(5)) for _ in range(3)]
         b = [task.make_problem(random.Random(5)) for _ in range(3)]
@@ -132,7 +132,7 @@ def wrong_sums(steps):
 def test_rationalizations_and_careless_solutions():
     rng = random.Random(0)
     slip_steps = set()
-    for name in TASKS:
+    for name in WORLD_TASKS:
         task = get_task(name)
         for _ in range(50):
             prob = task.make_problem(rng)
@@ -190,7 +190,7 @@ def test_careless_rationalizers_reach_the_given_answer():
 
 def test_step_checker_sees_slips_the_answer_check_cannot():
     rng = random.Random(2)
-    for name in TASKS:
+    for name in WORLD_TASKS:
         task = get_task(name)
         for _ in range(100):
             prob = task.make_problem(rng)
