@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from results import ROWS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # end to end: CI runs it, -m "not slow" leaves it out
 def test_tiny_pipeline_end_to_end_and_resume(tmp_path):
     run = str(tmp_path / "run")
     # PYTHON: run.sh starts every stage with the interpreter running the tests (a venv need not be active)

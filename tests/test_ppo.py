@@ -208,6 +208,7 @@ def test_rollout_with_ragged_prompts_and_a_moved_policy(tiny_run):
     assert (batch.kl_per_seq.abs() > 1e-3).all()
 
 
+@pytest.mark.slow  # end to end: CI runs it, -m "not slow" leaves it out
 def test_interrupted_then_resumed_run_writes_the_same_log_and_weights(tiny_run, tmp_path, monkeypatch):
     import json
     from model import save_checkpoint

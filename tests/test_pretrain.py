@@ -51,6 +51,7 @@ def test_tiny_pretraining_loss_drops_and_resume_continues(data_dir, tmp_path):
     assert [x["step"] for x in recs][-10:] == list(range(41, 51))
 
 
+@pytest.mark.slow  # end to end: CI runs it, -m "not slow" leaves it out
 def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
     """The same global batch split over 2 processes (gloo on CPU) or 2 micro-batches in one
     process gives the same losses."""
@@ -79,6 +80,7 @@ def test_bad_input(tmp_path):
     assert r.returncode == 0 and "--resume" in r.stdout
 
 
+@pytest.mark.slow  # end to end: CI runs it, -m "not slow" leaves it out
 def test_interrupted_run_resumes_to_the_same_log_and_weights(data_dir, tmp_path, monkeypatch):
     """Killed after step 25 (the .partial checkpoint holds step 20, the log 25 rows), a run
     restarted with --resume drops the log rows after its checkpoint and ends exactly where an

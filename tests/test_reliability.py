@@ -97,3 +97,25 @@ def test_an_interrupted_prepare_is_redone_without_manual_cleanup(tmp_path, monke
     monkeypatch.setattr(prepare, "write_jsonl", real)
     prepare.main(argv)  # no --overwrite needed
     assert sorted(os.listdir(out)) == sorted(prepare.OUTPUTS)
+
+
+def test_reward_model_checkpoint_is_written_last(tiny_run, tmp_path, monkeypatch):
+    """run.sh takes rm.pt as the stage's completion mark: killed after the report but before
+    the checkpoint, the stage is redone, never skipped with its report missing."""
+    import json
+
+    import train_rm
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "Question: a\nAnswer:", "chosen": " yes.",
+                                         "rejected": " no."}) + "\n" for i in range(8)))
+    out, report = tmp_path / "rm.pt", tmp_path / "rm_report.json"
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_rm, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_rm.main(["--init", tiny_run["base"], "--pairs", str(pairs), "--data_dir", tiny_run["data"],
+                       "--out", str(out), "--report", str(report), "--preset", "tiny", "--max_steps", "2",
+                       "--auc_questions", "2", "--device", "cpu"])
+    assert report.exists() and not out.exists()
+    assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == []
