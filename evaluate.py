@@ -54,11 +54,6 @@ def get_args(argv=None):
             check_sampling_args(args.top_k, args.top_p)
         except ValueError as e:
             s.error(str(e))
-        for name, low in (("k", 1), ("limit", 0), ("max_new_tokens", 1), ("batch_prompts", 1)):
-            if getattr(args, name) < low:
-                s.error(f"--{name} must be at least {low}, got {getattr(args, name)}")
-        if args.temperature < 0:
-            s.error(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     return args
 
 

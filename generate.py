@@ -62,12 +62,6 @@ def get_args(argv=None):
         check_sampling_args(args.top_k, args.top_p)
     except ValueError as e:
         p.error(str(e))
-    for name, low in (("k", 1), ("m", 1), ("k_unhinted", 0), ("limit", 0), ("max_new_tokens", 1),
-                      ("batch_prompts", 1), ("max_pairs_per_question", 0)):
-        if getattr(args, name) < low:
-            p.error(f"--{name} must be at least {low}, got {getattr(args, name)}")
-    if not args.temperature > 0:
-        p.error(f"--temperature must be > 0: rationales are sampled, got {args.temperature}")
     return args
 
 

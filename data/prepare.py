@@ -99,9 +99,6 @@ def get_args(argv=None):
             p.error(f"--{k} is for the paper's datasets ({', '.join(datasets.DATASETS)})")
     common.apply_preset(p, args, argv, PRESETS)
     # bad numbers get one clear line, not a traceback from deep inside a generator
-    for k in ("n_train", "n_val", "n_test", "n_corpus"):
-        if getattr(args, k) < 1:
-            p.error(f"--{k} must be at least 1")
     if args.n_val >= args.n_train:
         p.error(f"--n_val ({args.n_val}) must be smaller than --n_train ({args.n_train})")
     for k in ("noise", "hint_frac", "hint_wrong_frac", "ignore_hint_frac", "rationalize_noise",
