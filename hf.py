@@ -31,6 +31,7 @@ from dataclasses import asdict
 
 import torch
 
+from common import atomic_file
 from model import GPT, CheckpointError, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -96,13 +97,11 @@ def write_safetensors(path, tensors, metadata=None):
     header["__metadata__"] = {"format": "pt", **(metadata or {})}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for t in tensors.values():
             f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    os.replace(tmp, path)
 
 
 # -----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+import common
 from data.jsonl import DataError, write_jsonl
 from data.tasks import NUMBER_RE, ChoiceTask, LettersTask, NumberTask, YesNoTask, get_task
 
@@ -392,8 +393,5 @@ def prepare(key, out_dir, source=None, cache_dir=None, test_only=False):
     meta = {"task": key, "answer_type": get_task(key).answer_kind, "source": os.path.abspath(source),
             "downloaded": downloaded, "test_only": test_only,
             "counts": {"train": len(train), "test": len(test)}}
-    tmp = os.path.join(out_dir, f"meta.json.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "meta.json"))
+    common.write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta
