@@ -32,6 +32,9 @@ def get_args(argv=None):
     g = p.add_argument_group("input / output")
     g.add_argument("--data_dir", required=True, help="folder with corpus.jsonl and tokenizer.json")
     g.add_argument("--out", required=True, help="checkpoint to write (e.g. runs/default/base.pt)")
+    g.add_argument("--init", default=None,
+                   help="continue pretraining this checkpoint (ours, or a Hugging Face folder or hub id) "
+                        "instead of a fresh model; the model flags below are then ignored")
     g.add_argument("--resume", action="store_true", help="continue from --out's .partial checkpoint if there is one")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
@@ -75,7 +78,6 @@ def main(argv=None):
     docs = read_jsonl(corpus_path, {"text": str})
     eot_id = tok.token_to_id(EOT)
     examples = tokenize_docs(tok, [d["text"] for d in docs], eot_id)
-    check_lengths(examples, args.block_size, corpus_path + " document")
     # Hold out a few documents for the eval loss (corpus order is already shuffled).
     n_val = min(args.eval_docs, len(examples) // 10)
     train_examples, val_examples = examples[n_val:], examples[:n_val]
@@ -83,11 +85,12 @@ def main(argv=None):
     config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=args.block_size,
                        n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     model, start_step, opt_state = start_or_resume(args.out, args.resume, args.overwrite,
-                                                   lambda: GPT(config), tok.to_str())
+                                                   args.init or (lambda: GPT(config)), tok.to_str())
+    check_lengths(examples, model.config.block_size, corpus_path + " document")
     common.print0(rt, f"{model.num_params() / 1e6:.2f}M parameters, {len(train_examples)} documents, "
                       f"{sum(len(e[0]) for e in train_examples) / len(train_examples):.1f} tokens each")
     train_lm(model, rt, train_examples, val_examples, eot_id, args.out, tok.to_str(),
-             {"script": "pretrain.py", "args": vars(args), "parent": None},
+             {"script": "pretrain.py", "args": vars(args), "parent": args.init},
              max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
              weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,
              seed=args.seed, grad_accum=args.grad_accum, compile=args.compile, start_step=start_step,

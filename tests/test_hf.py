@@ -367,6 +367,8 @@ def _data_dir(path, tokenizer):
     with open(os.path.join(path, "sft.jsonl"), "w") as f:
         f.writelines(json.dumps({"id": r["id"], "prompt": f"Q: {r['question']}", "completion": " 1 + 1 = 2."}) + "\n"
                      for r in rows)
+    with open(os.path.join(path, "corpus.jsonl"), "w") as f:
+        f.writelines(json.dumps({"text": f"Question: {r['question']}\nAnswer: {r['answer']}."}) + "\n" for r in rows * 4)
     return str(path)
 
 
@@ -388,7 +390,7 @@ def test_offline_says_so_in_one_line(hub, monkeypatch, tmp_path, tokenizer):
 
 
 def test_scripts_take_a_hugging_face_folder(tokenizer, tmp_path):
-    """evaluate.py and train_sft.py start from an HF folder as from one of our checkpoints, and
+    """evaluate.py, train_sft.py and pretrain.py start from an HF folder as from one of our checkpoints, and
     the checkpoint they write remembers where it came from."""
     folder = str(tmp_path / "hf")
     _tiny("qwen3").save_pretrained(folder)
@@ -404,6 +406,13 @@ def test_scripts_take_a_hugging_face_folder(tokenizer, tmp_path):
     _, ckpt = load_checkpoint(out, kind="lm")
     src = ckpt["provenance"]["pretrained_from"]
     assert src["source"] == folder and set(src["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
+    # continued pretraining from the same folder
+    out = str(tmp_path / "base.pt")
+    r = _run("pretrain.py", "--init", folder, "--data_dir", data, "--out", out, "--max_steps", "2",
+             "--batch_size", "2", "--eval_interval", "2", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    model, ckpt = load_checkpoint(out, kind="lm")
+    assert ckpt["provenance"]["parent"] == folder and model.config.pos_emb == "rope"
 
 
 # -----------------------------------------------------------------------------
