@@ -38,7 +38,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import common
-from data.jsonl import DataError, write_jsonl
+from data.jsonl import DataError, iter_jsonl, write_jsonl
 from data.tasks import NUMBER_RE, ChoiceTask, LettersTask, NumberTask, YesNoTask, get_task
 
 # Download sources, pinned to commits so that the recorded sizes and hashes stay true.
@@ -141,21 +141,12 @@ def read_json(path):
 
 def read_json_lines(path, fields):
     """[(line number, row)] of a JSON-lines file whose rows have `fields`."""
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            missing = [k for k in fields if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing field '{missing[0]}'")
-            rows.append((lineno, row))
+    for lineno, row in iter_jsonl(path):
+        missing = [k for k in fields if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing field '{missing[0]}'")
+        rows.append((lineno, row))
     return rows
 
 

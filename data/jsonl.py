@@ -18,38 +18,44 @@ def _is(value, typ):
     return isinstance(value, typ)
 
 
+def iter_jsonl(path):
+    """(line number, parsed value) for every non-blank line; a missing file or a line that is
+    not JSON is a DataError naming the file and line."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
 def read_jsonl(path, required, optional=None, unique=None):
     """Rows of a JSONL file; every row must be an object with the `required` fields (name ->
     type, e.g. str or list[str]) and may have the `optional` ones (which may also be null).
     `unique` names a field no two rows may share. Blank lines are skipped."""
     optional = optional or {}
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
     rows, first_seen = [], {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for name, typ in {**required, **optional}.items():
-                if name not in row:
-                    if name in required:
-                        raise DataError(f"{path}:{lineno}: missing field '{name}'")
-                elif not _is(row[name], typ) and not (name in optional and row[name] is None):
-                    raise DataError(f"{path}:{lineno}: field '{name}' should be "
-                                    f"{typ if hasattr(typ, '__origin__') else typ.__name__}, got {type(row[name]).__name__}")
-            if unique is not None:
-                key = row[unique]
-                if key in first_seen:
-                    raise DataError(f"{path}:{lineno}: duplicate {unique} {key!r} "
-                                    f"(first on line {first_seen[key]})")
-                first_seen[key] = lineno
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for name, typ in {**required, **optional}.items():
+            if name not in row:
+                if name in required:
+                    raise DataError(f"{path}:{lineno}: missing field '{name}'")
+            elif not _is(row[name], typ) and not (name in optional and row[name] is None):
+                raise DataError(f"{path}:{lineno}: field '{name}' should be "
+                                f"{typ if hasattr(typ, '__origin__') else typ.__name__}, got {type(row[name]).__name__}")
+        if unique is not None:
+            key = row[unique]
+            if key in first_seen:
+                raise DataError(f"{path}:{lineno}: duplicate {unique} {key!r} "
+                                f"(first on line {first_seen[key]})")
+            first_seen[key] = lineno
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
