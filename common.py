@@ -59,6 +59,15 @@ def _fsync_folder(folder):
         os.close(fd)
 
 
+def _sweep_stale_temporaries(path):
+    """Remove `path`.tmpPID files or folders whose process is gone (killed mid-write)."""
+    import shutil
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):
+        pid = stale.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale) if os.path.isdir(stale) else os.remove(stale)
+
+
 @contextmanager
 def atomic_file(path, mode="w"):
     """Open a temporary file beside `path` for writing; on success it is flushed, fsynced
@@ -68,10 +77,7 @@ def atomic_file(path, mode="w"):
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    for stale in glob.glob(glob.escape(path) + ".tmp*"):
-        pid = stale.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            os.remove(stale)
+    _sweep_stale_temporaries(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, mode) as f:
@@ -93,10 +99,7 @@ def atomic_folder(path):
     import shutil
     path = os.path.abspath(path.rstrip("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    for stale in glob.glob(glob.escape(path) + ".tmp*"):
-        pid = stale.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale)
+    _sweep_stale_temporaries(path)
     tmp = f"{path}.tmp{os.getpid()}"
     os.makedirs(tmp)
     try:

@@ -65,6 +65,7 @@ import rationales
 from data import load_world
 from data.jsonl import DataError, load_dataset
 from data.tokenizer import EOT
+from lm_training import read_log
 from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint, sample, \
     save_checkpoint, sequence_scores
 
@@ -383,11 +384,7 @@ class Run:
 def read_log_until(path, update):
     """The log rows up to and including `update`: what a resumed run keeps of an interrupted
     one's log, so that the two logs end up the same."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if r["update"] <= update]
+    return [r for r in read_log(path) if r["update"] <= update]
 
 
 def setup(args, rt, last_path, log_path):
