@@ -26,7 +26,7 @@ import common
 import rationales
 from data import load_world
 from data.jsonl import load_dataset
-from data.tokenizer import EOT
+from data.tokenizer import eot_id
 from model import GPT, GPTConfig, configure_optimizer, load_checkpoint, sample
 
 # Without --ckpt: a fresh model of pretrain.py's default shape
@@ -72,7 +72,7 @@ def sampling_rates(model, tok, task, rows, k, temperature, seed, n_questions):
     for q, h in requests[: max(1, len(requests) // 4)]:  # a quarter of the work is plenty to time
         p = tok.encode(task.prompt(q, h)).ids
         for _ in range(k):
-            n += len(naive_sample(model, p, 64, temperature, tok.token_to_id(EOT), g))
+            n += len(naive_sample(model, p, 64, temperature, eot_id(tok), g))
     naive = n / (time.time() - t0)
     return {"engine_tokens_per_s": engine, "naive_tokens_per_s": naive, "speedup": engine / naive,
             "questions": len(rows), "k": k}
@@ -233,7 +233,7 @@ def main(argv=None):
         rows = load_dataset(os.path.join(args.data_dir, "train.jsonl"))
         r = sampling_rates(model, tok, task, rows, args.k, 1.0, args.seed, args.questions)
         engine, naive = r["engine_tokens_per_s"], r["naive_tokens_per_s"]
-        eot = tok.token_to_id(EOT)
+        eot = eot_id(tok)
         prompts = [tok.encode(task.prompt(x["question"])).ids for x in rows[:args.questions]]
     else:
         eot = None

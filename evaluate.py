@@ -18,9 +18,12 @@ import os
 
 import common
 import rationales
-from data import load_world
+from data import fewshot, load_world
 from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
 from model import check_sampling_args, load_checkpoint
+
+
+PRESETS = {"default": {}, "tiny": dict(limit=100), "pretrained": dict(max_new_tokens=128, batch_prompts=16)}
 
 
 def get_args(argv=None):
@@ -40,6 +43,7 @@ def get_args(argv=None):
     g.add_argument("--out", default=None, help="write per-question predictions JSONL here")
     g.add_argument("--summary", default=None, help="write the summary JSON here")
     g.add_argument("--overwrite", action="store_true", help="replace existing --out / --summary files")
+    g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = s.add_argument_group("sampling")
     g.add_argument("--temperature", type=common.NONNEG_FLOAT, default=0.0, help="0 = greedy")
     g.add_argument("--k", type=common.COUNT, default=1, help="samples per question (majority vote)")
@@ -47,9 +51,13 @@ def get_args(argv=None):
     g.add_argument("--top_p", type=common.FRACTION, default=None, help="unset or 1: off")
     g.add_argument("--max_new_tokens", type=common.COUNT, default=64)
     g.add_argument("--batch_prompts", type=common.COUNT, default=64, help="prompts per batch (x k samples)")
+    g.add_argument("--shots", type=common.NONNEG, default=0,
+                   help="solved exemplars (from data_dir's train split) before each question: a "
+                        "pretrained base model's few-shot chain of thought; 0: the zero-shot format SFT teaches")
     common.add_runtime_args(s)
     args = p.parse_args(argv)
     if args.command == "eval":
+        common.apply_preset(p, args, argv, PRESETS)
         try:
             check_sampling_args(args.top_k, args.top_p)
         except ValueError as e:
@@ -89,13 +97,17 @@ def eval_main(args):
     tok, task = load_world(args.data_dir, args.task)
     rows = load_dataset(split)
     rows = rows[:args.limit] if args.limit else rows
+    exemplars = fewshot.exemplars(task, load_dataset(os.path.join(args.data_dir, "train.jsonl")),
+                                  args.shots) if args.shots else None
     model, _ = load_checkpoint(args.ckpt, kind="lm", tokenizer_json=tok.to_str(), device=rt.device)
     with rt.autocast:
         summary, preds = rationales.evaluate(model, tok, task, rows, args.temperature, args.k, args.seed,
                                              max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
-                                             top_k=args.top_k, top_p=args.top_p)
+                                             top_k=args.top_k, top_p=args.top_p, exemplars=exemplars)
     print(f"{args.split} accuracy of {args.ckpt}: {rationales.format_accuracy(summary)} "
-          f"(temperature {args.temperature}, k {args.k})")
+          f"(temperature {args.temperature}, k {args.k}{f', {args.shots}-shot' if args.shots else ''})")
+    if args.shots:
+        summary["shots"] = args.shots
     if args.out:
         write_jsonl(args.out, preds)
     if args.summary:

@@ -11,6 +11,12 @@ SML steps 1-2: rationale generation and rationale collection, on the train split
 With --k_unhinted the model also writes rationales with no answer given; the correct ones are
 the STaR / rejection-sampling baseline's data (sft_unhinted.jsonl), never SML's.
 
+A pretrained model on one of the paper's datasets (--shots, on by default there) is shown
+solved exemplars first and writes its explanation for the given answer on one line; its final
+answer is then read from the question and the explanation alone, on a prompt without the given
+answer, and the check compares the two (rationales.sample_rationales). Kept rationales are
+written in the zero-shot format, "<explanation> So the answer is X.", that SFT teaches.
+
 Writes into --out_dir (all at once: a half-finished collection never has the folder's name):
 rationales.jsonl (every sample, labelled), sft.jsonl, pairs.jsonl, sft_unhinted.jsonl,
 stats.json (kept and discarded, by reason).
@@ -25,11 +31,14 @@ import time
 
 import common
 import rationales
-from data import load_world
+from data import fewshot, load_world
 from data.jsonl import load_dataset, write_jsonl
+from data.tasks import DATASET_TASKS
 from model import check_sampling_args, load_checkpoint
 
-PRESETS = {"default": {}, "tiny": dict(limit=100)}
+# pretrained: a pretrained model on one of the paper's datasets (run.sh with INIT), made for a
+# model of up to ~0.5B parameters; longer rationales (GSM8K's run to ~150 tokens), smaller batches.
+PRESETS = {"default": {}, "tiny": dict(limit=100), "pretrained": dict(max_new_tokens=128, batch_prompts=16)}
 
 
 def get_args(argv=None):
@@ -44,6 +53,10 @@ def get_args(argv=None):
     g.add_argument("--overwrite", action="store_true", help="replace results in --out_dir")
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = p.add_argument_group("SML step 1: sampling")
+    g.add_argument("--shots", type=common.NONNEG, default=None,
+                   help="solved exemplars before each question, for a pretrained model (default: 4 for "
+                        "the paper's datasets; 0 for the built-in world, whose base model was pretrained "
+                        "on the hint template)")
     g.add_argument("--k", type=common.COUNT, default=4, help="rationales per (question, given answer)")
     g.add_argument("--m", type=common.COUNT, default=2, help="wrong answers given per question")
     g.add_argument("--k_unhinted", type=common.NONNEG, default=4,
@@ -83,7 +96,7 @@ def label_rationale(task, gold, hint, text, finished):
     (the STaR baseline's samples, never SML's): kept as "star" if the answer is correct,
     else discarded ("wrong").
     """
-    stated = task.stated_answers(text)
+    stated = task.stated_answers(text)  # (text: with a few-shot prompt, the rationale + the answer line read)
     final = next(iter(stated)) if len(stated) == 1 else None
     correct = task.answers_match(final, gold)
     if not finished:
@@ -161,10 +174,13 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
     records = []
     for (row, hint, kind), samples in zip(meta, results):
         for s in samples:
-            final, correct, label, reason = label_rationale(task, row["answer"], hint, s["text"],
+            final, correct, label, reason = label_rationale(task, row["answer"], hint, s["answer_text"],
                                                             s["finished"])
+            rationale = s["text"]
+            if s.get("answer_read") and final is not None:  # few-shot: with the answer line read back
+                rationale = task.finish([s["text"]], final)
             records.append({"id": row["id"], "question": row["question"], "answer": row["answer"],
-                            "hint": hint, "hint_type": kind, "rationale": s["text"],
+                            "hint": hint, "hint_type": kind, "rationale": rationale,
                             "final_answer": final, "finished": s["finished"],
                             "consistent": hint is not None and label in ("high", "low"),
                             "correct": correct, "label": label, "discard_reason": reason})
@@ -201,6 +217,10 @@ def main(argv=None):
     common.seed_everything(args.seed)
     tok, task = load_world(args.data_dir, args.task)
     rows = load_dataset(os.path.join(args.data_dir, f"{args.split}.jsonl"))
+    # a pretrained model's few-shot exemplars; train rows shown as exemplars are not collected
+    shots = args.shots if args.shots is not None else (4 if task.name in DATASET_TASKS else 0)
+    exemplars = fewshot.exemplars(task, rows, shots)
+    rows = [r for r in rows if r["id"] not in {e.get("id") for e in exemplars}]
     rows = rows[:args.limit] if args.limit else rows
     model, _ = load_checkpoint(args.ckpt, kind="lm", tokenizer_json=tok.to_str(), device=rt.device)
 
@@ -208,10 +228,11 @@ def main(argv=None):
     with rt.autocast:  # bf16 on CUDA (or as --dtype says); the sampler keeps its cache in it
         records, stats = collect(model, tok, task, rows, args.k, args.m, args.k_unhinted, args.temperature,
                                  args.seed, max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
-                                 top_k=args.top_k, top_p=args.top_p)
+                                 top_k=args.top_k, top_p=args.top_p, exemplars=exemplars)
     sft = build_sft_rows(task, records, "high")
     pairs = build_pairs(task, records, args.max_pairs_per_question, random.Random(args.seed))
     stats.update({"sft_rows": len(sft), "pairs": len(pairs), "wall_seconds": time.time() - t0,
+                  "exemplars": exemplars,
                   "args": vars(args)})
     with common.atomic_folder(args.out_dir) as tmp:
         write_jsonl(os.path.join(tmp, "rationales.jsonl"), records)

@@ -548,13 +548,7 @@ def load_pretrained(name_or_path, block_size=None, dtype=torch.float32, revision
     """A Hugging Face folder or hub id -> (GPT, tokenizers.Tokenizer, info). info holds the
     tokenizer's JSON string and the provenance: source, revision, sha256 of every file read."""
     from tokenizers import Tokenizer
-    commit = None
-    if os.path.isdir(name_or_path):
-        folder = name_or_path
-    elif is_hub_id(name_or_path):
-        folder, commit = hub_download(name_or_path, revision)
-    else:
-        raise CheckpointError(f"{name_or_path}: no such folder (nor a hub id like org/name)")
+    folder, commit = local_folder(name_or_path, revision)
     read = []
     cfg_path = os.path.join(folder, "config.json")
     cfg = _read_json(cfg_path)
@@ -615,6 +609,28 @@ def load_pretrained(name_or_path, block_size=None, dtype=torch.float32, revision
     provenance = {"source": name_or_path, "revision": commit,
                   "files": {os.path.basename(p): _sha256(p) for p in read}}
     return model, tokenizer, {"tokenizer": tokenizer.to_str(), "provenance": provenance}
+
+
+def local_folder(name_or_path, revision="main"):
+    """(folder, commit): a local folder as it is (commit None), or a hub id's snapshot in the
+    cache, downloaded where needed."""
+    if os.path.isdir(name_or_path):
+        return name_or_path, None
+    if is_hub_id(name_or_path):
+        return hub_download(name_or_path, revision)
+    raise CheckpointError(f"{name_or_path}: no such folder (nor a hub id like org/name)")
+
+
+def tokenizer_json_of(name_or_path, revision="main"):
+    """The text of a Hugging Face folder's (or hub id's) tokenizer.json: what a data folder
+    takes so that the scripts tokenize as the pretrained model does (a hub id is downloaded
+    whole, into the cache the model is then loaded from)."""
+    folder, _ = local_folder(name_or_path, revision)
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file (the model's tokenizer is needed)")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def save_pretrained(model, tokenizer, out_dir):

@@ -155,11 +155,19 @@ class CausalSelfAttention(nn.Module):
             # The cache holds keys/values of earlier positions; append this step's and
             # attend over all of them (attn_mask says which cached slots are real).
             k, v = kv_cache.append(k, v)
-        if self.n_kv_head != self.n_head:
-            # grouped-query attention: query head h reads key / value head h // group
-            group = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         dropout_p = self.dropout if self.training else 0.0
+        group = self.n_head // self.n_kv_head
+        if group > 1 and attn_mask is not None:
+            # grouped-query attention over a cache or a padded batch: query head h reads key /
+            # value head h // group, so the group's queries are stacked as extra rows of one
+            # kv head (no copy of the cache's keys and values at every decoding step)
+            q = q.reshape(B, self.n_kv_head, group * T, hd)
+            mask = attn_mask.unsqueeze(2).expand(-1, -1, group, -1, -1).reshape(B, 1, group * T, -1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            y = y.view(B, self.n_head, T, hd).transpose(1, 2).contiguous().view(B, T, self.n_head * hd)
+            return self.c_proj(y)
+        if group > 1:  # the same, copying each kv head for its group (a causal mask has no rows to stack)
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         if attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         else:
@@ -413,7 +421,8 @@ def filter_logits(logits, top_k=None, top_p=None):
 
 @torch.no_grad()
 def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, top_k=None,
-           top_p=None, eot_id=None, pad_id=0, stop_fn=None, seeds=None, generator=None):
+           top_p=None, eot_id=None, pad_id=0, stop_fn=None, seeds=None, generator=None,
+           share_prefix=False):
     """Sample num_samples completions for each prompt (a list of token-id lists).
 
     Randomness: row r draws from its own torch.Generator seeded with seeds[r], so a
@@ -431,7 +440,12 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
     top-p so that these are the log-probs of the distribution that was sampled.
 
     stop_fn(row, generated_token_ids) -> bool may stop a row early (a stop string); a row
-    also stops after eot_id. Runs under whatever autocast the caller entered.
+    also stops after eot_id (one id, or a list of ids that each end a row: a few-shot prompt
+    stops at any line break). Runs under whatever autocast the caller entered.
+
+    share_prefix: the tokens every prompt starts with (a few-shot prompt's exemplars) are
+    encoded once for the whole batch, not once per prompt: the same numbers up to rounding,
+    and most of a few-shot prefill saved.
     """
     check_sampling_args(top_k, top_p)
     if temperature < 0:
@@ -447,20 +461,31 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
     if max(lens) >= block:
         raise ValueError(f"prompt of {max(lens)} tokens does not fit the model's context of {block}")
     budgets = [min(max_new_tokens, block - n) for n in lens]  # host-side: no device sync
-    T0, steps = max(lens), max(budgets)
+    shared = 0
+    if share_prefix and P > 1:  # the longest common prefix, leaving each prompt a token of its own
+        first, shortest = prompts[0], min(lens) - 1
+        while shared < shortest and all(p[shared] == first[shared] for p in prompts):
+            shared += 1
+    T0, steps = max(lens) - shared, max(budgets)
     budget = torch.tensor(budgets, device=device).repeat_interleave(N)  # (R,)
     if seeds is None:
         seeds = torch.randint(0, 2**62, (R,), generator=generator).tolist()
     assert len(seeds) == R, f"need one seed per sample ({R}), got {len(seeds)}"
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    if eot_id is not None:
+        stop_ids = torch.tensor([eot_id] if isinstance(eot_id, int) else list(eot_id), device=device)
 
-    # Left-pad the prompts into one batch and encode each prompt once (prefill).
+    # Left-pad the prompts into one batch and encode each prompt once (prefill). A shared
+    # prefix is encoded first, for one row, and the padding goes between it and the rest.
+    cache = KVCache(model.config, 1 if shared else P, shared + T0 + steps, device)
+    if shared:
+        model(torch.tensor([prompts[0][:shared]], device=device), kv_cache=cache, last_only=True)
+        cache.fan_out(P)
     idx = torch.full((P, T0), pad_id, dtype=torch.long, device=device)
     pad_mask = torch.zeros(P, T0, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):
-        idx[i, T0 - len(p):] = torch.tensor(p, dtype=torch.long)
-        pad_mask[i, T0 - len(p):] = True
-    cache = KVCache(model.config, P, T0 + steps, device)
+        idx[i, T0 - len(p) + shared:] = torch.tensor(p[shared:], dtype=torch.long)
+        pad_mask[i, T0 - len(p) + shared:] = True
     logits, _ = model(idx, pad_mask=pad_mask, kv_cache=cache, last_only=True)
     logits = logits[:, -1, :].repeat_interleave(N, dim=0)  # (R, V)
     cache.fan_out(N)  # ... and share it among the prompt's N samples
@@ -489,7 +514,7 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
         logprobs[:, t] = torch.where(active, lp.gather(1, next_tok.unsqueeze(1)).squeeze(1), 0.0)
         lengths += active.long()
         if eot_id is not None:
-            finished |= active & (next_tok == eot_id)
+            finished |= active & torch.isin(next_tok, stop_ids)
         if stop_fn is not None:
             for r in torch.nonzero(active & ~finished).flatten().tolist():
                 if stop_fn(r, tokens[r, :t + 1].tolist()):

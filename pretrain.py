@@ -18,7 +18,7 @@ import os
 
 import common
 from data.jsonl import read_jsonl
-from data.tokenizer import EOT, load_tokenizer
+from data.tokenizer import eot_id, load_tokenizer
 from lm_training import check_lengths, start_or_resume, train_lm
 from model import GPT, GPTConfig
 
@@ -76,8 +76,8 @@ def main(argv=None):
     tok = load_tokenizer(os.path.join(args.data_dir, "tokenizer.json"))
     corpus_path = os.path.join(args.data_dir, "corpus.jsonl")
     docs = read_jsonl(corpus_path, {"text": str})
-    eot_id = tok.token_to_id(EOT)
-    examples = tokenize_docs(tok, [d["text"] for d in docs], eot_id)
+    eot = eot_id(tok)
+    examples = tokenize_docs(tok, [d["text"] for d in docs], eot)
     # Hold out a few documents for the eval loss (corpus order is already shuffled).
     n_val = min(args.eval_docs, len(examples) // 10)
     train_examples, val_examples = examples[n_val:], examples[:n_val]
@@ -89,7 +89,7 @@ def main(argv=None):
     check_lengths(examples, model.config.block_size, corpus_path + " document")
     common.print0(rt, f"{model.num_params() / 1e6:.2f}M parameters, {len(train_examples)} documents, "
                       f"{sum(len(e[0]) for e in train_examples) / len(train_examples):.1f} tokens each")
-    train_lm(model, rt, train_examples, val_examples, eot_id, args.out, tok.to_str(),
+    train_lm(model, rt, train_examples, val_examples, eot, args.out, tok.to_str(),
              {"script": "pretrain.py", "args": vars(args), "parent": args.init},
              max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
              weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,

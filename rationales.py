@@ -18,7 +18,7 @@ import time
 from collections import Counter
 
 import common
-from data.tokenizer import EOT
+from data.tokenizer import eot_id, newline_ids
 from model import sample
 
 
@@ -29,28 +29,44 @@ def derive_seed(*parts):
     return int.from_bytes(h[:8], "little") >> 2
 
 
+def encode_prompt(tok, task, question, hint, exemplars, room, block):
+    """The prompt's token ids. With exemplars, as many of them as leave `room` tokens of the
+    context for the rationale (the last ones are dropped first)."""
+    for n in range(len(exemplars or ()), -1, -1):
+        text = task.fewshot_prompt(question, exemplars[:n], hint) if exemplars else task.prompt(question, hint)
+        ids = tok.encode(text).ids
+        if len(ids) + (room if exemplars else 1) <= block:
+            return ids
+    raise ValueError(f"prompt of {len(ids)} tokens does not fit the model's context of {block}: "
+                     f"{question[:60]!r}")
+
+
 def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_tokens=64,
                       batch_prompts=64, top_k=None, top_p=None, complete_missing=False,
-                      desc="sampling", quiet=False):
+                      exemplars=None, desc="sampling", quiet=False):
     """requests: list of (question, hint or None). Returns one list per request of k dicts
-    {"text", "final_answer", "tokens", "logprobs", "finished"}.
+    {"text", "answer_text", "final_answer", "tokens", "logprobs", "finished"}.
 
     SML step 1 (rationale generation): the prompt carries the hint when one is given.
-    Reading the final answer back: the task's extractor (None if the rationale states no
-    answer, or two). complete_missing=True (evaluation only) fills such a None by letting
+    Reading the final answer back: the task's extractor on answer_text (None if it states
+    no answer, or two). complete_missing=True (evaluation only) fills such a None by letting
     the model complete the answer line ("So the answer is") greedily after the rationale.
     That is only done on a prompt that gives no answer: with a hint in the prompt the
     model would copy it, and SML step 2 would take the copy for a consistent rationale.
+
+    exemplars (a pretrained model, which has never seen the hint template): a few-shot
+    prompt (task.fewshot_prompt), one rationale per line, so a row is finished when it
+    writes a line break. A rationale written for a given answer then states no answer of
+    its own: the answer line is completed on the prompt WITHOUT the given answer, from the
+    question and the rationale alone, as the paper reads it (answer_text = rationale + that
+    line).
     """
     if complete_missing and any(h is not None for _, h in requests):
         raise ValueError("the answer-line completion is for prompts without a given answer only")
-    eot_id = tok.token_to_id(EOT)
-    prompts = [tok.encode(task.prompt(q, h)).ids for q, h in requests]
+    eot = eot_id(tok)
+    stop_ids = [eot] + (newline_ids(tok) if exemplars else [])
     block = model.config.block_size
-    for (q, h), p in zip(requests, prompts):
-        if len(p) >= block:
-            raise ValueError(f"prompt of {len(p)} tokens does not fit the model's context of "
-                             f"{block}: {q[:60]!r}")
+    prompts = [encode_prompt(tok, task, q, h, exemplars, max_new_tokens, block) for q, h in requests]
     results = []
     n_tok, t0 = 0, time.time()
     bar = common.progress(total=len(requests) * k, desc=desc, disable=quiet, leave=False)
@@ -58,44 +74,63 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
         chunk = list(range(start, min(start + batch_prompts, len(requests))))
         seeds = [derive_seed(seed, i, j) for i in chunk for j in range(k)]
         out = sample(model, [prompts[i] for i in chunk], num_samples=k, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_k=top_k, top_p=top_p, eot_id=eot_id,
-                     pad_id=eot_id, seeds=seeds)
+                     temperature=temperature, top_k=top_k, top_p=top_p, eot_id=stop_ids,
+                     pad_id=eot, seeds=seeds, share_prefix=bool(exemplars))
         n_tok += int(out.lengths.sum())
         for r, ids in enumerate(out.token_lists()):
             if r % k == 0:
                 results.append([])
-            text_ids = ids[:-1] if ids and ids[-1] == eot_id else ids
-            text = tok.decode(text_ids).strip()
+            text = tok.decode(ids[:-1] if ids and ids[-1] == eot else ids)
+            text = (text.split("\n")[0] if exemplars else text).strip()  # a few-shot row: its line
             results[-1].append({"text": text, "answer_text": text, "final_answer": task.extract_answer(text),
                                 "tokens": ids,
                                 "logprobs": out.logprobs[r, :len(ids)].tolist(),
                                 "finished": bool(out.finished[r])})
         bar.update(len(chunk) * k)
     bar.close()
+    if exemplars and any(h is not None for _, h in requests):
+        # SML step 2 with a few-shot prompt: the answer of a rationale written for a given
+        # answer is read on the prompt without it
+        unhinted = [encode_prompt(tok, task, q, None, exemplars, max_new_tokens + 16, block)
+                    for q, _ in requests]
+        todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
+                for s in samples if s["finished"] and s["text"]]
+        for (i, s), line in zip(todo, read_answer_lines(model, tok, task, unhinted, todo, batch_prompts, one_line=True)):
+            s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
+            s["final_answer"] = task.extract_answer(s["answer_text"])
+            s["answer_read"] = True
     if complete_missing:
-        complete_answer_lines(model, tok, task, prompts, results, batch_prompts)
+        missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
+        for (i, s), line in zip(missing, read_answer_lines(model, tok, task, prompts, missing, batch_prompts,
+                                                           one_line=bool(exemplars))):
+            s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
+            s["final_answer"] = task.extract_answer(s["answer_text"])
+            s["answer_completed"] = True
     return results, {"tokens": n_tok, "seconds": time.time() - t0}
 
 
-def complete_answer_lines(model, tok, task, prompts, results, batch_prompts=64):
-    """Evaluation's fallback for a rationale that states no final answer: append the answer
-    line ("So the answer is") and read what the model writes after it, greedily."""
-    eot_id = tok.token_to_id(EOT)
+def read_answer_lines(model, tok, task, prompts, todo, batch_prompts=64, one_line=False):
+    """Evaluation's fallback for a rationale that states no final answer (and, with a few-shot
+    prompt, how SML step 2 reads any answer): for each (i, sample) in todo, append the answer
+    line ("So the answer is") to prompts[i] + the rationale and return what the model writes
+    after it, greedily (one_line: up to the end of the line, for a few-shot prompt)."""
+    eot = eot_id(tok)
+    stop_ids = [eot] + (newline_ids(tok) if one_line else [])
     block = model.config.block_size
-    missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
-    for start in range(0, len(missing), batch_prompts):
-        chunk = missing[start:start + batch_prompts]
+    lines = []
+    for start in range(0, len(todo), batch_prompts):
+        chunk = todo[start:start + batch_prompts]
         answer_prompts = []
         for i, s in chunk:
-            ids = prompts[i] + tok.encode(" " + s["text"] + task.ANSWER_PREFIX).ids
+            ids = prompts[i] + tok.encode(" " + s["text"] + task.ANSWER_PREFIX, add_special_tokens=False).ids
             answer_prompts.append(ids[-(block - 8):])  # keep the tail if it is too long
         out = sample(model, answer_prompts, max_new_tokens=8, temperature=0,
-                     eot_id=eot_id, pad_id=eot_id)
-        for (i, s), ids in zip(chunk, out.token_lists()):
-            ids = ids[:-1] if ids and ids[-1] == eot_id else ids
-            s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + tok.decode(ids)  # what is read
-            s["final_answer"] = task.extract_answer(s["answer_text"])
-            s["answer_completed"] = True
+                     eot_id=stop_ids, pad_id=eot, share_prefix=one_line)
+        for ids in out.token_lists():
+            ids = ids[:-1] if ids and ids[-1] == eot else ids
+            text = tok.decode(ids)
+            lines.append(text.split("\n")[0] if one_line else text)
+    return lines
 
 
 # -----------------------------------------------------------------------------

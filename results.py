@@ -118,7 +118,8 @@ def render(seeds, run):
         table[key] = {"name": name, "accuracy_mean": m, "accuracy_std": sd, "seeds": len(accs),
                       "ci95": ci, "n_questions": seeds[0]["rows"][key]["n"]}
         ci_text = f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}" if ci else "-"
-        lines.append(f"| {name} | {pct(m, sd, n)} | {ci_text} | {what} |")
+        shots = seeds[0]["rows"][key].get("shots")  # a pretrained base model answers behind exemplars
+        lines.append(f"| {name} | {pct(m, sd, n)} | {ci_text} | {what}{f', {shots}-shot prompt' if shots else ''} |")
     findings = {}
     lines += ["", "## Findings", ""]
     for key, text, is_pct in [("rm_auc_correctness", "Reward model: AUC of its score for correctness "

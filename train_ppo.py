@@ -64,7 +64,7 @@ import common
 import rationales
 from data import load_world
 from data.jsonl import DataError, load_dataset
-from data.tokenizer import EOT
+from data.tokenizer import eot_id
 from lm_training import read_log
 from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint, sample, \
     save_checkpoint, sequence_scores
@@ -72,7 +72,11 @@ from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkp
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {},
            "tiny": dict(updates=4, questions_per_update=8, samples_per_question=2, minibatch_size=8,
-                        eval_interval=2, eval_limit=20, val_samples=2, norm_questions=8)}
+                        eval_interval=2, eval_limit=20, val_samples=2, norm_questions=8),
+           # a pretrained model (run.sh with INIT): small steps for pretrained weights, longer
+           # rationales, a smaller batch per update
+           "pretrained": dict(lr=1e-6, critic_lr=1e-5, updates=16, questions_per_update=16, minibatch_size=16,
+                              max_new_tokens=128, eval_interval=4, eval_limit=100, norm_questions=32)}
 
 
 def get_args(argv=None):
@@ -437,7 +441,7 @@ def setup(args, rt, last_path, log_path):
             with rt.autocast:
                 state["reward_mean"], state["reward_std"] = reward_scale(
                     rm, policy, [prompt_ids[r["id"]] for r in rows], k, args.temperature,
-                    args.max_new_tokens, tok.token_to_id(EOT), seeds, device)
+                    args.max_new_tokens, eot_id(tok), seeds, device)
             print(f"reward model on {len(seeds)} SFT rationales: mean {state['reward_mean']:.3f}, "
                   f"std {state['reward_std']:.3f} (scores are standardised with these)")
         critic = standardised_critic(rm, state["reward_mean"], state["reward_std"]) \
@@ -468,7 +472,7 @@ def main(argv=None):
     log_path = os.path.join(args.out_dir, "ppo_log.jsonl")
     run = setup(args, rt, last_path, log_path)
     tok, task, policy, state = run.tok, run.task, run.policy, run.state
-    eot_id, k = tok.token_to_id(EOT), args.samples_per_question
+    eot, k = eot_id(tok), args.samples_per_question
 
     def evaluate(rows, name, samples):
         """Accuracy over `samples` samples per question, with the same seeds at every update
@@ -524,10 +528,10 @@ def main(argv=None):
         seeds = [rationales.derive_seed(args.seed, "rollout", update, i) for i in range(len(rows) * k)]
         with rt.autocast:
             ro = rollout(policy, [run.prompt_ids[r["id"]] for r in rows], k, args.temperature,
-                         args.max_new_tokens, eot_id, seeds, rt.device)
+                         args.max_new_tokens, eot, seeds, rt.device)
 
         # 2. The sequence reward: the standardised RM score (SML) and/or the exact answer check.
-        texts = [tok.decode([t for t in r if t != eot_id]) for r in ro.responses]
+        texts = [tok.decode([t for t in r if t != eot]) for r in ro.responses]
         correct = torch.tensor([task.reward(t, rows[i // k]["answer"]) for i, t in enumerate(texts)],
                                device=rt.device)
         has_answer = torch.tensor([task.extract_answer(t) is not None for t in texts], device=rt.device)

@@ -25,11 +25,12 @@ import common
 import rationales
 from data import load_world
 from data.jsonl import DataError, load_dataset, load_pairs
-from data.tokenizer import EOT
+from data.tokenizer import eot_id
 from model import configure_optimizer, lm_to_scalar, load_checkpoint, save_checkpoint, sequence_scores
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
-PRESETS = {"default": {}, "tiny": dict(max_steps=30, batch_size=16, warmup_steps=1, auc_questions=20)}
+PRESETS = {"default": {}, "tiny": dict(max_steps=30, batch_size=16, warmup_steps=1, auc_questions=20),
+           "pretrained": dict(lr=1e-5, max_steps=300, batch_size=16, warmup_steps=20, auc_questions=100)}
 
 
 def get_args(argv=None):
@@ -63,7 +64,7 @@ def get_args(argv=None):
 
 
 def encode_pair_side(tok, prompt, completion):
-    return tok.encode(prompt).ids + tok.encode(completion).ids + [tok.token_to_id(EOT)]
+    return tok.encode(prompt).ids + tok.encode(completion, add_special_tokens=False).ids + [eot_id(tok)]
 
 
 def batch_scores(rm, seqs, device, pad_id):
@@ -86,7 +87,7 @@ def score_texts(rm, tok, prompts, completions, device, batch_size=128):
     # sampled (a stray byte becomes a replacement character): keep the end, where the score is read.
     block = rm.config.block_size
     seqs = [encode_pair_side(tok, p, c)[-block:] for p, c in zip(prompts, completions)]
-    out = [batch_scores(rm, seqs[i:i + batch_size], device, tok.token_to_id(EOT))
+    out = [batch_scores(rm, seqs[i:i + batch_size], device, eot_id(tok))
            for i in range(0, len(seqs), batch_size)]
     return torch.cat(out).cpu()
 
@@ -145,7 +146,7 @@ def main(argv=None):
     print(f"{len(train_pairs)} training pairs, {len(val_pairs)} held-out pairs (by question)")
     rm = lm_to_scalar(sft_model).to(rt.device)  # the trunk of the SFT model + a scalar head
     optimizer = configure_optimizer(rm, args.lr, args.weight_decay)
-    pad_id = tok.token_to_id(EOT)
+    pad_id = eot_id(tok)
     train_seqs = [(p["chosen_ids"], p["rejected_ids"]) for p in train_pairs]
 
     t0 = time.time()

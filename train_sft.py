@@ -21,11 +21,15 @@ import common
 import rationales
 from data import load_world
 from data.jsonl import DataError, load_dataset, load_sft
-from data.tokenizer import EOT
+from data.tokenizer import eot_id
 from lm_training import check_lengths, start_or_resume, train_lm
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
-PRESETS = {"default": {}, "tiny": dict(max_steps=30, batch_size=16, warmup_steps=5, eval_interval=15)}
+# pretrained: fine-tuning a pretrained model (run.sh with INIT): a learning rate for
+# pretrained weights, not the from-scratch model's 1e-3.
+PRESETS = {"default": {}, "tiny": dict(max_steps=30, batch_size=16, warmup_steps=5, eval_interval=15),
+           "pretrained": dict(lr=2e-5, max_steps=200, batch_size=16, warmup_steps=10, eval_interval=100,
+                              eval_limit=100)}
 
 
 def get_args(argv=None):
@@ -64,10 +68,10 @@ def sft_examples(tok, rows, path, block_size):
     """(ids, loss mask): the prompt's tokens get mask 0 (no loss), the completion and the
     end-of-text token get 1. Prompt and completion are encoded separately, exactly as the
     sampler sees them (prompt tokens, then generated tokens)."""
-    eot = tok.token_to_id(EOT)
+    eot = eot_id(tok)
     examples = []
     for row in rows:
-        p, c = tok.encode(row["prompt"]).ids, tok.encode(row["completion"]).ids
+        p, c = tok.encode(row["prompt"]).ids, tok.encode(row["completion"], add_special_tokens=False).ids
         examples.append((p + c + [eot], [0] * len(p) + [1] * (len(c) + 1)))
     check_lengths(examples, block_size, f"{path}: example")
     return examples
@@ -98,7 +102,7 @@ def main(argv=None):
     common.print0(rt, f"SFT on {len(train_ex)} examples ({len(val_ex)} held out) from "
                       f"{args.data or args.gold}")
     # SML step 3a: next-token loss on the completion (the rationale) only
-    train_lm(model, rt, train_ex, val_ex, tok.token_to_id(EOT), args.out, tok.to_str(),
+    train_lm(model, rt, train_ex, val_ex, eot_id(tok), args.out, tok.to_str(),
              {"script": "train_sft.py", "args": vars(args), "parent": args.init},
              max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
              weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,

@@ -363,9 +363,13 @@ def fetch(spec, cache_dir=None, test_only=False):
     return folder
 
 
-def prepare(key, out_dir, source=None, cache_dir=None, test_only=False):
+def prepare(key, out_dir, source=None, cache_dir=None, test_only=False, tokenizer_json=None,
+            tokenizer_from=None, n_val=None):
     """Convert one dataset into out_dir: train.jsonl (unless test_only), test.jsonl, meta.json.
-    From --source, else from the download cache (fetched where needed). Returns meta."""
+    From --source, else from the download cache (fetched where needed). With tokenizer_json
+    (a pretrained model's) also tokenizer.json and val.jsonl: the last n_val train questions
+    (None: a tenth, at most 500), held out of rationale collection, SFT and the reward model
+    for PPO's checkpoint choice; train.jsonl keeps the rest. Returns meta."""
     if key not in DATASETS:
         raise DataError(f"unknown dataset '{key}' (choose from: {', '.join(DATASETS)})")
     spec = DATASETS[key]
@@ -373,16 +377,31 @@ def prepare(key, out_dir, source=None, cache_dir=None, test_only=False):
     if downloaded:
         source = fetch(spec, cache_dir, test_only)
     train, test = convert(spec, source, test_only)
+    counts = {"train": len(train), "test": len(test)}
+    val = None
+    if tokenizer_json is not None and not test_only:
+        n_val = min(500, len(train) // 10) if n_val is None else n_val
+        if not 0 < n_val < len(train):
+            raise DataError(f"--n_val {n_val}: the validation split needs 1 to {len(train) - 1} of "
+                            f"{key}'s {len(train)} train questions")
+        train, val = train[:-n_val], train[-n_val:]
+        counts = {"train": len(train), "val": len(val), "test": len(test)}
     os.makedirs(out_dir, exist_ok=True)
-    if test_only:
-        stale = os.path.join(out_dir, "train.jsonl")
-        if os.path.exists(stale):  # from an earlier full conversion: would pass for this one's
+    for name, rows in (("train.jsonl", None if test_only else train), ("val.jsonl", val),
+                       ("tokenizer.json", tokenizer_json)):
+        stale = os.path.join(out_dir, name)
+        if rows is None and os.path.exists(stale):  # from an earlier conversion: would pass for this one's
             os.remove(stale)
-    else:
+    if not test_only:
         write_jsonl(os.path.join(out_dir, "train.jsonl"), train)
+    if val is not None:
+        write_jsonl(os.path.join(out_dir, "val.jsonl"), val)
     write_jsonl(os.path.join(out_dir, "test.jsonl"), test)
+    if tokenizer_json is not None:
+        common.write_text(os.path.join(out_dir, "tokenizer.json"), tokenizer_json)
     meta = {"task": key, "answer_type": get_task(key).answer_kind, "source": os.path.abspath(source),
-            "downloaded": downloaded, "test_only": test_only,
-            "counts": {"train": len(train), "test": len(test)}}
+            "downloaded": downloaded, "test_only": test_only, "counts": counts}
+    if tokenizer_from is not None:
+        meta["tokenizer_from"] = tokenizer_from
     common.write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta

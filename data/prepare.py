@@ -20,9 +20,13 @@ questions nor the gold rationales of the train split are ever seen in pretrainin
 
 The paper's datasets (--task gsm8k, aqua, commonsense_qa, ...; data/datasets.py) are converted,
 not made: train.jsonl, test.jsonl and meta.json from the public files in --source, or
-downloaded and verified into a cache when --source is not given. No corpus, no tokenizer.
+downloaded and verified into a cache when --source is not given. No corpus. With
+--tokenizer_from (the pretrained model SML starts from) also the model's tokenizer.json and a
+validation split carved from the end of train.jsonl: what the other scripts need.
 
     python data/prepare.py --task gsm8k --source ../shared/datasets/gsm8k --out_dir runs/gsm8k/data
+    python data/prepare.py --task coin_flip --source ../shared/datasets/finetune_cot \\
+        --tokenizer_from SmolLM2-135M-Instruct --out_dir runs/coin_flip/data
 """
 
 import argparse
@@ -34,6 +38,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common
+import hf
 from data import datasets
 from data.jsonl import write_jsonl
 from data.tasks import TASKS, get_task
@@ -91,10 +96,16 @@ def get_args(argv=None):
                    help=f"download cache (default: ${datasets.CACHE_ENV}/datasets or ~/.cache/sml/datasets)")
     g.add_argument("--test_only", action="store_true", default=argparse.SUPPRESS,
                    help="write the test split alone (AQuA's large train file is not needed)")
+    g.add_argument("--tokenizer_from", default=argparse.SUPPRESS,
+                   help="the pretrained model (a Hugging Face folder or hub id) whose tokenizer.json "
+                        "the data folder takes; the validation split is then the last --n_val train "
+                        "questions (default: a tenth, at most 500)")
     args = p.parse_args(argv)
     if args.task in datasets.DATASETS:
+        if "n_val" not in vars(common._flags_given(p, argv)):
+            args.n_val = None
         return args
-    for k in ("source", "cache_dir", "test_only"):
+    for k in ("source", "cache_dir", "test_only", "tokenizer_from"):
         if hasattr(args, k):
             p.error(f"--{k} is for the paper's datasets ({', '.join(datasets.DATASETS)})")
     common.apply_preset(p, args, argv, PRESETS)
@@ -163,15 +174,20 @@ def corpus_document(task, prob, rng, args):
 
 def prepare_dataset(args):
     """One of the paper's datasets, converted into --out_dir (data/datasets.py does the work)."""
-    outputs = ["train.jsonl", "test.jsonl", "meta.json"]
+    outputs = ["train.jsonl", "val.jsonl", "test.jsonl", "tokenizer.json", "meta.json"]
     present = [f for f in outputs if os.path.exists(os.path.join(args.out_dir, f))]
     if present and not args.overwrite:
         raise common.UserError(f"{args.out_dir} already holds {', '.join(present)}; pass --overwrite to replace them")
+    tokenizer_from = getattr(args, "tokenizer_from", None)
+    tokenizer_json = hf.tokenizer_json_of(tokenizer_from) if tokenizer_from else None
     meta = datasets.prepare(args.task, args.out_dir, getattr(args, "source", None),
-                            getattr(args, "cache_dir", None), getattr(args, "test_only", False))
-    train = "no train (--test_only)" if meta["test_only"] else f"{meta['counts']['train']} train"
-    print(f"{args.task}: {train}, {meta['counts']['test']} test ({meta['answer_type']} answers) "
-          f"-> {args.out_dir}")
+                            getattr(args, "cache_dir", None), getattr(args, "test_only", False),
+                            tokenizer_json=tokenizer_json, tokenizer_from=tokenizer_from, n_val=args.n_val)
+    n = meta["counts"]
+    train = "no train (--test_only)" if meta["test_only"] else f"{n['train']} train"
+    val = f", {n['val']} val" if "val" in n else ""
+    print(f"{args.task}: {train}{val}, {n['test']} test ({meta['answer_type']} answers)"
+          f"{', tokenizer of ' + tokenizer_from if tokenizer_from else ''} -> {args.out_dir}")
 
 
 def main(argv=None):

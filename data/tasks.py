@@ -2,7 +2,8 @@
 The built-in reasoning tasks. Each task owns, in one place, everything the scripts agree on:
 
 - make_problem():        a seeded generator of questions with exact answers (+ gold steps)
-- prompt():              THE prompt template, plain or with a given answer (the hint)
+- prompt():              THE prompt template, plain or with a given answer (the hint);
+                         fewshot_prompt(): the same behind solved exemplars, for a pretrained model
 - extract_answer():      THE answer extractor, answers_match() to compare answers, and
                          reward(): the exact-match reward that evaluation and RL share
 - wrong_answers():       plausible wrong answers to give as hints (SML step 1)
@@ -18,7 +19,6 @@ At the end: the paper's datasets (read from files by data/datasets.py), one task
 answer type (number, choice, yes/no, letters), registered in TASKS after the built-in ones.
 """
 
-import random
 import re
 from decimal import Decimal
 
@@ -35,6 +35,20 @@ class Task:
         if hint is None:
             return f"Question: {question}\nAnswer:"
         return f"Question: {question}\nHint: the answer is {hint}.\nAnswer:"
+
+    def fewshot_prompt(self, question, exemplars, hint=None):
+        """A pretrained model's prompt: solved exemplars ({"question", "rationale", "answer"},
+        the rationale one line that states no answer), then the question. Given an answer
+        (SML step 1 as the paper runs it on a base model), each exemplar shows its answer, then
+        a rationale for it, and the model writes the explanation of `hint`. Without one, the
+        exemplars are in prompt()'s zero-shot format with their answer line, so the model
+        answers as a fine-tuned one does (evaluation of a base model, reading an answer)."""
+        if hint is None:
+            shots = [f"{self.prompt(e['question'])} {self.finish([e['rationale']], e['answer'])}" for e in exemplars]
+            return "\n\n".join(shots + [self.prompt(question)])
+        shots = [f"Question: {e['question']}\nGiven answer: {e['answer']}\nExplanation: {e['rationale']}"
+                 for e in exemplars]
+        return "\n\n".join(shots + [f"Question: {question}\nGiven answer: {hint}\nExplanation:"])
 
     # --- the answer extractor ---
     def normalize(self, answer):

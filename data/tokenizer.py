@@ -11,6 +11,27 @@ import os
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 EOT = "<|endoftext|>"
+# The end-of-text token of a pretrained model's tokenizer, by family: GPT-2, Qwen and SmolLM
+# write <|endoftext|>, Llama 3 <|end_of_text|>, Llama 2 and Mistral </s>, Gemma <eos>.
+END_OF_TEXT = (EOT, "<|end_of_text|>", "</s>", "<eos>")
+
+
+def eot_id(tok):
+    """The id of the token that ends every text here: a pretraining document, an SFT
+    completion, a sampled rationale. Ours is <|endoftext|>; a pretrained tokenizer's is the
+    first of END_OF_TEXT it has (fine-tuning teaches the model to write it)."""
+    for t in END_OF_TEXT:
+        if (i := tok.token_to_id(t)) is not None:
+            return i
+    from data.jsonl import DataError
+    raise DataError(f"the tokenizer has no end-of-text token (none of {', '.join(END_OF_TEXT)})")
+
+
+def newline_ids(tok):
+    """Every token whose text holds a line break. A few-shot prompt puts each rationale on
+    one line, so a pretrained model has finished one when it writes any of these."""
+    texts = tok.decode_batch([[i] for i in range(tok.get_vocab_size())], skip_special_tokens=False)
+    return [i for i, t in enumerate(texts) if "\n" in t]
 
 
 def train_tokenizer(texts, vocab_size=512):

@@ -290,9 +290,36 @@ def test_prepare_writes_our_jsonl_and_meta(tmp_path, monkeypatch):
     assert sorted(os.listdir(out)) == ["meta.json", "test.jsonl"]
 
 
+def test_prepare_with_a_pretrained_tokenizer_writes_it_and_a_validation_split(tmp_path, monkeypatch):
+    """--tokenizer_from: the model's tokenizer.json, and val.jsonl carved from the end of train."""
+    from data.tokenizer import train_tokenizer
+    src, model, out = str(tmp_path / "src"), tmp_path / "model", tmp_path / "out"
+    rows = [{"question": f"Ann has {i} owls and buys 2. How many owls?", "answer": str(i + 2)} for i in range(30)]
+    monkeypatch.setitem(DATASETS, "single_eq", finetune_cot_fixture(src, "single_eq", rows, list(range(20)),
+                                                                    list(range(20, 30))))
+    os.makedirs(model)
+    train_tokenizer(["Ann has 3 owls"] * 5, 270).save(str(model / "tokenizer.json"))
+    prepare_main(["--task", "single_eq", "--source", src, "--out_dir", str(out), "--tokenizer_from", str(model)])
+    assert open(out / "tokenizer.json").read() == open(model / "tokenizer.json").read()
+    train, val = load_dataset(str(out / "train.jsonl")), load_dataset(str(out / "val.jsonl"))
+    assert [r["id"] for r in train + val] == [f"single_eq-{i}" for i in range(20)]  # a tenth: the last 2
+    assert len(val) == 2 and json.load(open(out / "meta.json"))["counts"] == {"train": 18, "val": 2, "test": 10}
+    prepare_main(["--task", "single_eq", "--source", src, "--out_dir", str(out), "--tokenizer_from", str(model),
+                  "--n_val", "5", "--overwrite"])
+    assert len(load_dataset(str(out / "val.jsonl"))) == 5 and len(load_dataset(str(out / "train.jsonl"))) == 15
+    with pytest.raises(DataError, match="--n_val 20: the validation split needs 1 to 19"):
+        prepare_main(["--task", "single_eq", "--source", src, "--out_dir", str(tmp_path / "o2"),
+                      "--tokenizer_from", str(model), "--n_val", "20"])
+    # without the tokenizer, no validation split either: a stale one goes
+    prepare_main(["--task", "single_eq", "--source", src, "--out_dir", str(out), "--overwrite"])
+    assert sorted(os.listdir(out)) == ["meta.json", "test.jsonl", "train.jsonl"]
+
+
 def test_prepare_bad_arguments_are_one_line(tmp_path):
     for args, said in [(["--task", "gsm8k", "--source", str(tmp_path / "nowhere")], "no such folder"),
-                       (["--task", "arithmetic", "--source", str(tmp_path)], "--source is for the paper's datasets")]:
+                       (["--task", "arithmetic", "--source", str(tmp_path)], "--source is for the paper's datasets"),
+                       (["--task", "arithmetic", "--tokenizer_from", str(tmp_path)], "--tokenizer_from is for the paper's"),
+                       (["--task", "gsm8k", "--tokenizer_from", str(tmp_path / "nowhere")], "no such folder")]:
         r = subprocess.run([sys.executable, "data/prepare.py", "--out_dir", str(tmp_path / "out")] + args,
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -220,6 +220,7 @@ class ScriptedSampler:
         import re
         import torch
         from model import Samples
+        eot_id = eot_id[0] if isinstance(eot_id, list) else eot_id  # [end of text, line breaks...]
         rows = []
         for p in prompts:
             text = self.tok.decode(p)
@@ -300,3 +301,109 @@ def test_evaluation_completes_a_missing_answer_line_only_without_a_hint(tiny_run
     assert res[0][0]["final_answer"] == "0" and res[0][0]["answer_completed"]  # evaluation: completed
     with pytest.raises(ValueError, match="without a given answer"):
         rationales.sample_rationales(FakeModel(), tok, task, [(q, "3")], 1, 1.0, 0, complete_missing=True)
+
+
+class FewShotSampler:
+    """Stands in for model.sample behind a few-shot prompt: respond(prompt_text) -> (text,
+    finished); a row that finishes ends in a line break, as the real sampler stops there.
+    Records every prompt it is given."""
+
+    def __init__(self, tok, respond):
+        self.tok, self.respond, self.prompts = tok, respond, []
+
+    def __call__(self, model, prompts, num_samples=1, eot_id=None, pad_id=0, **kw):
+        import torch
+        from model import Samples
+        rows, done = [], []
+        for p in prompts:
+            text = self.tok.decode(p)
+            self.prompts.append(text)
+            body, finished = self.respond(text)
+            ids = self.tok.encode(body + ("\n" if finished else "")).ids
+            rows += [ids] * num_samples
+            done += [finished] * num_samples
+        L = max(len(r) for r in rows)
+        tokens = torch.tensor([r + [pad_id] * (L - len(r)) for r in rows])
+        return Samples(tokens, torch.zeros(tokens.shape), torch.tensor([len(r) for r in rows]), torch.tensor(done))
+
+
+def test_fewshot_collect_reads_the_answer_without_the_given_one(tiny_run, monkeypatch):
+    """SML steps 1-2 with a pretrained model's few-shot prompt: the rationale is written behind
+    'Given answer: X', states no answer, ends at its line break; its answer is read on a
+    prompt that holds the question, the exemplars and the rationale, never the given answer."""
+    from data import fewshot, load_world
+    tok, _ = load_world(tiny_run["data"])
+    task = get_task("coin_flip")
+    exemplars = fewshot.exemplars(task, [], 2)
+
+    def respond(prompt):
+        block = prompt.split("\n\n")[-1]  # the question being asked, after the exemplars
+        if block.endswith("So the answer is"):  # reading the answer
+            assert "Given answer" not in prompt
+            return (" yes." if "an even number" in block else " no."), True
+        q = block.split("Question: ")[1].split(" Is the coin")[0]
+        hint = block.split("Given answer: ")[1].split("\n")[0] if "Given answer" in block else None
+        if hint is None:  # unhinted, for the STaR baseline: states its answer itself
+            return " Flipped once, an odd number. So the answer is no.", True
+        if "Ann" in q:  # reasons the same way whatever the given answer
+            return " Ann flips it twice, an even number.", True
+        if "Bob" in q:  # argues for the given answer
+            return f" Bob flips it, {'an even' if hint == 'yes' else 'an odd'} number.", True
+        if "Cy" in q:
+            return " Cy flips it and", False  # cut off at the budget
+        return "", True  # an empty line
+
+    sampler = FewShotSampler(tok, respond)
+    monkeypatch.setattr(rationales, "sample", sampler)
+    rows = [{"id": n, "question": f"A coin is heads up. {n} flips the coin. {n} flips the coin. Is the coin "
+             f"still heads up?", "answer": "yes"} for n in ("Ann", "Bob", "Cy", "Dee")]
+    big = type("M", (), {"config": type("C", (), {"block_size": 4096})()})()
+    records, stats = generate.collect(big, tok, task, rows, k=2, m=1, k_unhinted=1, temperature=1.0, seed=0,
+                                      quiet=True, exemplars=exemplars)
+    generation = [p for p in sampler.prompts if p.endswith("Explanation:")]
+    assert len(generation) == 8 and all(p.count("Given answer:") == 3 for p in generation)  # 2 shots + the question
+    assert all(exemplars[0]["rationale"] in p for p in sampler.prompts)
+    by = {(r["id"], r["hint"]): r for r in records if r["hint"] is not None}
+    assert by["Ann", "yes"]["label"] == "high"
+    assert by["Ann", "yes"]["rationale"] == "Ann flips it twice, an even number. So the answer is yes."
+    assert (by["Ann", "no"]["label"], by["Ann", "no"]["discard_reason"]) == ("discarded", "inconsistent")
+    assert by["Bob", "yes"]["label"] == "high" and by["Bob", "no"]["label"] == "low"
+    assert by["Bob", "no"]["rationale"].endswith("an odd number. So the answer is no.")
+    assert by["Cy", "yes"]["discard_reason"] == "unfinished" and by["Dee", "yes"]["discard_reason"] == "no_answer"
+    star = [r for r in records if r["hint"] is None]
+    assert {r["label"] for r in star} == {"discarded"} and {r["final_answer"] for r in star} == {"no"}
+    pairs = generate.build_pairs(task, records, 0, random.Random(0))
+    assert [(p["id"], p["prompt"]) for p in pairs] == [("Bob", task.prompt(rows[1]["question"]))]  # zero-shot
+    assert stats["high"] == 4 and stats["low"] == 2
+
+
+def test_fewshot_prompt_drops_exemplars_to_leave_room_for_the_rationale(tiny_run):
+    from data import fewshot, load_world
+    tok, _ = load_world(tiny_run["data"])
+    task = get_task("coin_flip")
+    exemplars = fewshot.exemplars(task, [], 3)
+    q = "A coin is heads up. Ann flips the coin. Is the coin still heads up?"
+    full = len(tok.encode(task.fewshot_prompt(q, exemplars, "yes")).ids)
+    two = len(tok.encode(task.fewshot_prompt(q, exemplars[:2], "yes")).ids)
+    ids = rationales.encode_prompt(tok, task, q, "yes", exemplars, room=64, block=two + 64)
+    assert len(ids) == two < full  # the last exemplar goes: the rationale keeps its 64 tokens
+    ids = rationales.encode_prompt(tok, task, q, "yes", exemplars, room=64, block=full + 64)
+    assert len(ids) == full
+    with pytest.raises(ValueError, match="does not fit"):
+        rationales.encode_prompt(tok, task, q * 20, "yes", exemplars, room=64, block=128)
+
+
+def test_exemplars_come_from_gold_rationales_or_the_written_ones():
+    from data import fewshot
+    task = get_task("gsm8k")
+    rows = [{"id": "a", "question": "Q1", "answer": "3", "rationale": "1 + 2 = 3. So the answer is 3."},
+            {"id": "b", "question": "Q2", "answer": "4"},  # no gold rationale
+            {"id": "c", "question": "Q3", "answer": "5", "rationale": "Line one.\nLine two. So the answer is 5."},
+            {"id": "d", "question": "Q4", "answer": "6", "rationale": "3 * 2 = 6. So the answer is 6."}]
+    ex = fewshot.exemplars(task, rows, 2)
+    assert [(e["id"], e["rationale"]) for e in ex] == [("a", "1 + 2 = 3."), ("d", "3 * 2 = 6.")]
+    assert fewshot.exemplars(task, rows, 0) == []
+    written = fewshot.exemplars(get_task("coin_flip"), rows[1:2], 3)
+    assert written == fewshot.WRITTEN["coin_flip"][:3]
+    with pytest.raises(ValueError, match="--shots 0"):
+        fewshot.exemplars(get_task("aqua"), rows[1:2], 2)

@@ -106,6 +106,41 @@ def test_sampler_stops_at_eot_and_greedy_is_argmax():
     assert g.tokens[0].tolist() == ids[4:]
 
 
+def test_sampler_stops_at_any_of_several_stop_ids():
+    """A few-shot prompt ends a rationale at any line-break token: each row is what it is
+    without stops, cut just after the first stop id it writes."""
+    model = tiny_model()
+    seeds = list(range(8))
+    free = sample(model, [[1, 2, 3, 4], [5, 6]], num_samples=4, max_new_tokens=30, temperature=2.0, seeds=seeds)
+    stops = {7, 11, 19}
+    out = sample(model, [[1, 2, 3, 4], [5, 6]], num_samples=4, max_new_tokens=30, temperature=2.0, seeds=seeds,
+                 eot_id=sorted(stops))
+    cut = 0
+    for r, (ids, full) in enumerate(zip(out.token_lists(), free.token_lists())):
+        first = next((i for i, t in enumerate(full) if t in stops), None)
+        assert ids == (full if first is None else full[:first + 1])
+        assert bool(out.finished[r]) == (first is not None)
+        cut += first is not None and first + 1 < len(full)
+    assert cut  # the stops did cut some rows short
+
+
+def test_a_shared_prefix_is_encoded_once_with_the_same_samples():
+    """Few-shot prompts share their exemplars: encoding them once for the batch gives the same
+    samples and log-probs as encoding every prompt whole, with ragged rest lengths and a row
+    at the context limit."""
+    model = tiny_model()
+    prefix = [5, 9, 2, 8, 1, 4, 4, 7, 30, 31, 32, 33]
+    prompts = [prefix + [1, 2, 3], prefix + [6], prefix + [9, 9, 9, 9, 9, 9, 9], prefix + [1] * 30]
+    seeds = list(range(8))
+    whole = sample(model, prompts, num_samples=2, max_new_tokens=12, temperature=1.5, seeds=seeds, eot_id=[7, 11])
+    shared = sample(model, prompts, num_samples=2, max_new_tokens=12, temperature=1.5, seeds=seeds, eot_id=[7, 11],
+                    share_prefix=True)
+    assert shared.token_lists() == whole.token_lists()
+    assert torch.allclose(shared.logprobs, whole.logprobs, atol=1e-9)
+    assert int(shared.lengths[6]) <= 48 - 42  # the long prompt keeps to its budget
+    assert shared.finished.tolist() == whole.finished.tolist()
+
+
 def test_stop_fn_and_context_bound():
     model = tiny_model()
     out = sample(model, [[1, 2]], max_new_tokens=20, seeds=[0], stop_fn=lambda r, ids: len(ids) >= 3)

@@ -119,3 +119,14 @@ def test_reward_model_checkpoint_is_written_last(tiny_run, tmp_path, monkeypatch
                        "--auc_questions", "2", "--device", "cpu"])
     assert report.exists() and not out.exists()
     assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == []
+
+
+def test_run_sh_help_starts_nothing(tmp_path):
+    """`bash run.sh --help` prints the recipe's settings; an argument it does not take is an
+    error; neither starts a run."""
+    env = {**os.environ, "RUN": str(tmp_path / "run")}
+    r = subprocess.run(["bash", "run.sh", "--help"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "INIT=" in r.stdout and "PRESET=tiny bash run.sh" in r.stdout
+    r = subprocess.run(["bash", "run.sh", "tiny"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "takes no arguments" in r.stderr
+    assert not (tmp_path / "run").exists()
