@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import threading
-from decimal import Decimal
 
 import pytest
 
