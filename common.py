@@ -225,7 +225,7 @@ def preset_help(presets):
 def apply_preset(parser, args, argv, presets):
     """Set the chosen preset's values on every flag the command line did not give. The
     defaults in --help are the default preset; another preset is printed when it applies."""
-    given = set(vars(_flags_given(parser, argv)))
+    given = set(vars(flags_given(parser, argv)))
     chosen = {k: v for k, v in presets[args.preset].items() if k not in given}
     for k, v in chosen.items():
         setattr(args, k, v)
@@ -234,7 +234,7 @@ def apply_preset(parser, args, argv, presets):
     return args
 
 
-def _flags_given(parser, argv):
+def flags_given(parser, argv):
     """The flags present on the command line (a copy of the parser with no defaults)."""
     quiet = copy.deepcopy(parser)
     stack = [quiet]

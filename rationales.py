@@ -95,27 +95,28 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
                     for q, _ in requests]
         todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
                 for s in samples if s["finished"] and s["text"]]
-        for (i, s), line in zip(todo, read_answer_lines(model, tok, task, unhinted, todo, batch_prompts, one_line=True)):
+        for (i, s), line in zip(todo, read_answer_lines(model, tok, task, unhinted, todo, batch_prompts, stop_ids)):
             s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
             s["final_answer"] = task.extract_answer(s["answer_text"])
             s["answer_read"] = True
     if complete_missing:
         missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
         for (i, s), line in zip(missing, read_answer_lines(model, tok, task, prompts, missing, batch_prompts,
-                                                           one_line=bool(exemplars))):
+                                                           stop_ids)):
             s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
             s["final_answer"] = task.extract_answer(s["answer_text"])
             s["answer_completed"] = True
     return results, {"tokens": n_tok, "seconds": time.time() - t0}
 
 
-def read_answer_lines(model, tok, task, prompts, todo, batch_prompts=64, one_line=False):
+def read_answer_lines(model, tok, task, prompts, todo, batch_prompts, stop_ids):
     """Evaluation's fallback for a rationale that states no final answer (and, with a few-shot
     prompt, how SML step 2 reads any answer): for each (i, sample) in todo, append the answer
     line ("So the answer is") to prompts[i] + the rationale and return what the model writes
-    after it, greedily (one_line: up to the end of the line, for a few-shot prompt)."""
+    after it, greedily, up to a stop id (with a few-shot prompt: end of text or a line break,
+    whose line is then what is read)."""
     eot = eot_id(tok)
-    stop_ids = [eot] + (newline_ids(tok) if one_line else [])
+    one_line = len(stop_ids) > 1
     block = model.config.block_size
     lines = []
     for start in range(0, len(todo), batch_prompts):

@@ -102,7 +102,7 @@ def get_args(argv=None):
                         "questions (default: a tenth, at most 500)")
     args = p.parse_args(argv)
     if args.task in datasets.DATASETS:
-        if "n_val" not in vars(common._flags_given(p, argv)):
+        if "n_val" not in vars(common.flags_given(p, argv)):
             args.n_val = None
         return args
     for k in ("source", "cache_dir", "test_only", "tokenizer_from"):
