@@ -95,30 +95,35 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
                     for q, _ in requests]
         todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
                 for s in samples if s["finished"] and s["text"]]
-        for (i, s), line in zip(todo, read_answer_lines(model, tok, task, unhinted, todo, batch_prompts, stop_ids)):
+        lines = read_answer_lines(model, tok, task, unhinted, todo, batch_prompts, stop_ids, one_line=True,
+                                  desc=f"{desc}: reading answers", quiet=quiet)
+        for (i, s), line in zip(todo, lines):
             s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
             s["final_answer"] = task.extract_answer(s["answer_text"])
             s["answer_read"] = True
     if complete_missing:
         missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
-        for (i, s), line in zip(missing, read_answer_lines(model, tok, task, prompts, missing, batch_prompts,
-                                                           stop_ids)):
+        lines = read_answer_lines(model, tok, task, prompts, missing, batch_prompts, stop_ids,
+                                  one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
+        for (i, s), line in zip(missing, lines):
             s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
             s["final_answer"] = task.extract_answer(s["answer_text"])
             s["answer_completed"] = True
     return results, {"tokens": n_tok, "seconds": time.time() - t0}
 
 
-def read_answer_lines(model, tok, task, prompts, todo, batch_prompts, stop_ids):
+def read_answer_lines(model, tok, task, prompts, todo, batch_prompts, stop_ids, one_line,
+                      desc="reading answers", quiet=False):
     """Evaluation's fallback for a rationale that states no final answer (and, with a few-shot
     prompt, how SML step 2 reads any answer): for each (i, sample) in todo, append the answer
     line ("So the answer is") to prompts[i] + the rationale and return what the model writes
-    after it, greedily, up to a stop id (with a few-shot prompt: end of text or a line break,
-    whose line is then what is read)."""
+    after it, greedily, up to a stop id. one_line (a few-shot prompt, whose stop ids include
+    the line breaks): the prompts share the exemplars as a prefix, and what is read is the
+    first line."""
     eot = eot_id(tok)
-    one_line = len(stop_ids) > 1
     block = model.config.block_size
     lines = []
+    bar = common.progress(total=len(todo), desc=desc, disable=quiet or not todo, leave=False)
     for start in range(0, len(todo), batch_prompts):
         chunk = todo[start:start + batch_prompts]
         answer_prompts = []
@@ -131,6 +136,8 @@ def read_answer_lines(model, tok, task, prompts, todo, batch_prompts, stop_ids):
             ids = ids[:-1] if ids and ids[-1] == eot else ids
             text = tok.decode(ids)
             lines.append(text.split("\n")[0] if one_line else text)
+        bar.update(len(chunk))
+    bar.close()
     return lines
 
 
