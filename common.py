@@ -269,7 +269,8 @@ class _LogLines:
 
 def progress(iterable=None, desc=None, total=None, disable=False, **kw):
     """tqdm, the same everywhere: on a terminal a live bar; when stderr is a file (run.sh's
-    log), one line every 30 seconds instead of one per step."""
+    log), one line every 30 seconds instead of one per step. (set_postfix redraws at once
+    unless given refresh=False: a per-step postfix must pass it.)"""
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True, **kw)
     return tqdm(iterable, desc=desc, total=total, disable=disable, file=_LogLines(sys.stderr),

@@ -196,7 +196,7 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
             log.write(json.dumps(rec) + "\n")
             log.flush()
         records.append(rec)
-        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)  # shown at the next redraw
     bar.close()
     if rt.master:
         log.close()

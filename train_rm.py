@@ -168,7 +168,8 @@ def main(argv=None):
         torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(r_chosen > r_rejected).float().mean():.2f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(r_chosen > r_rejected).float().mean():.2f}",
+                        refresh=False)  # a redraw here would write a log line every step
     train_seconds = time.time() - t0
 
     # Reports (written before the checkpoint: rm.pt, written last, says the stage is done).

@@ -130,3 +130,24 @@ def test_run_sh_help_starts_nothing(tmp_path):
     r = subprocess.run(["bash", "run.sh", "tiny"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "takes no arguments" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_progress_bars_in_a_log_file_write_a_few_lines_not_one_per_step(tiny_run, tmp_path):
+    """run.sh sends stderr to a log: there a bar is one line every 30 s. A per-step postfix
+    (the loss) that redraws the bar at once wrote a line for every training step."""
+    import json
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "Question: a\nAnswer:", "completion": " 2."}) + "\n"
+                           for i in range(8)))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "Question: a\nAnswer:", "chosen": " yes.",
+                                         "rejected": " no."}) + "\n" for i in range(8)))
+    common_flags = ["--data_dir", tiny_run["data"], "--preset", "tiny", "--max_steps", "60", "--device", "cpu"]
+    for argv in (["train_sft.py", "--init", tiny_run["base"], "--data", str(sft), "--out", str(tmp_path / "sft.pt"),
+                  "--eval_interval", "1000", "--eval_limit", "1"],
+                 ["train_rm.py", "--init", tiny_run["base"], "--pairs", str(pairs), "--out", str(tmp_path / "rm.pt"),
+                  "--report", str(tmp_path / "rm.json"), "--auc_questions", "2"]):
+        r = subprocess.run([sys.executable, *argv, *common_flags], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        bar_lines = [x for x in r.stderr.splitlines() if "/60 [" in x]
+        assert 1 <= len(bar_lines) <= 5, (argv[0], bar_lines[:8])
