@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Self-motivated Learning from scratch, as a recipe: each stage is one command.
 #
-#   bash run.sh                      # the default preset (about 13 minutes on a 2-core CPU)
+#   bash run.sh                      # the default preset (about 14 minutes on a 2-core CPU)
 #   PRESET=tiny bash run.sh          # a smoke test (a couple of minutes)
 #   BASELINES=1 bash run.sh          # also STaR, SFT on gold rationales, PPO on exact match
 #   SEEDS=3 bash run.sh              # the whole loop for seeds 1337, 1338, 1339: mean +- std
