@@ -241,6 +241,7 @@ def test_jsonl_errors(tmp_path):
         load_tokenizer(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.slow  # through the CLI, a process per case: CI runs it, -m "not slow" leaves it out
 def test_unknown_task_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         get_task("nope")

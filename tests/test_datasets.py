@@ -314,6 +314,7 @@ def test_prepare_with_a_pretrained_tokenizer_writes_it_and_a_validation_split(tm
     assert sorted(os.listdir(out)) == ["meta.json", "test.jsonl", "train.jsonl"]
 
 
+@pytest.mark.slow  # through the CLI, a process per case: CI runs it, -m "not slow" leaves it out
 def test_prepare_bad_arguments_are_one_line(tmp_path):
     for args, said in [(["--task", "gsm8k", "--source", str(tmp_path / "nowhere")], "no such folder"),
                        (["--task", "arithmetic", "--source", str(tmp_path)], "--source is for the paper's datasets"),

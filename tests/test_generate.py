@@ -176,6 +176,7 @@ def test_eval_same_seed_same_numbers(tiny_run, tmp_path):
     assert summaries[0] == summaries[1]
 
 
+@pytest.mark.slow  # through the CLI, a process per case: CI runs it, -m "not slow" leaves it out
 def test_bad_input(tiny_run, tmp_path):
     base, data = tiny_run["base"], tiny_run["data"]
     r = gen("eval", "--ckpt", base, "--data_dir", data, "--task", "nope", "--device", "cpu")

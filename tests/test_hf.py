@@ -389,6 +389,7 @@ def test_offline_says_so_in_one_line(hub, monkeypatch, tmp_path, tokenizer):
     assert "cannot download tiny-org/tiny-llama" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # through the CLI, a process per case: CI runs it, -m "not slow" leaves it out
 def test_scripts_take_a_hugging_face_folder(tokenizer, tmp_path):
     """evaluate.py, train_sft.py and pretrain.py start from an HF folder as from one of our checkpoints, and
     the checkpoint they write remembers where it came from."""

@@ -118,6 +118,7 @@ def test_ppo_raises_a_trivial_reward(tiny_run):
     assert final.mean().item() > rates[0] + 0.3, (rates, final.mean().item())
 
 
+@pytest.mark.slow  # through the CLI, a process per case: CI runs it, -m "not slow" leaves it out
 def test_cli_bad_input(tiny_run, tmp_path):
     base, data = tiny_run["base"], tiny_run["data"]
 

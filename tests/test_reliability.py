@@ -50,6 +50,7 @@ def test_an_unreadable_checkpoint_is_one_line_with_no_unsafe_advice(tiny_run, tm
     assert "weights_only" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # through the CLI, a process per case: CI runs it, -m "not slow" leaves it out
 def test_outputs_are_checked_before_any_work(tiny_run, tmp_path):
     data, base = tiny_run["data"], tiny_run["base"]
     # an output that is one of the inputs (the test split), or an existing file
@@ -132,6 +133,7 @@ def test_run_sh_help_starts_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # through the CLI, a process per case: CI runs it, -m "not slow" leaves it out
 def test_progress_bars_in_a_log_file_write_a_few_lines_not_one_per_step(tiny_run, tmp_path):
     """run.sh sends stderr to a log: there a bar is one line every 30 s. A per-step postfix
     (the loss) that redraws the bar at once wrote a line for every training step."""

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import train_rm
@@ -124,6 +125,7 @@ def test_auc():
     assert train_rm.auc([1.0], [1.0]) == 0.5
 
 
+@pytest.mark.slow  # through the CLI, a process per case: CI runs it, -m "not slow" leaves it out
 def test_bad_input(tiny_run, tmp_path):
     base, data = tiny_run["base"], tiny_run["data"]
     # a malformed line in sft.jsonl: file and line
