@@ -18,7 +18,7 @@ import time
 from collections import Counter
 
 import common
-from data.tokenizer import eot_id, newline_ids
+from data.tokenizer import encode_after, eot_id, newline_ids
 from model import sample
 
 
@@ -95,16 +95,16 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
                     for q, _ in requests]
         todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
                 for s in samples if s["finished"] and s["text"]]
-        lines = read_answer_lines(model, tok, task, unhinted, todo, batch_prompts, stop_ids, one_line=True,
-                                  desc=f"{desc}: reading answers", quiet=quiet)
+        lines = read_answer_lines(model, tok, task, unhinted, [q for q, _ in requests], todo, batch_prompts,
+                                  stop_ids, one_line=True, desc=f"{desc}: reading answers", quiet=quiet)
         for (i, s), line in zip(todo, lines):
             s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
             s["final_answer"] = task.extract_answer(s["answer_text"])
             s["answer_read"] = True
     if complete_missing:
         missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
-        lines = read_answer_lines(model, tok, task, prompts, missing, batch_prompts, stop_ids,
-                                  one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
+        lines = read_answer_lines(model, tok, task, prompts, [q for q, _ in requests], missing, batch_prompts,
+                                  stop_ids, one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
         for (i, s), line in zip(missing, lines):
             s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
             s["final_answer"] = task.extract_answer(s["answer_text"])
@@ -112,12 +112,13 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
     return results, {"tokens": n_tok, "seconds": time.time() - t0}
 
 
-def read_answer_lines(model, tok, task, prompts, todo, batch_prompts, stop_ids, one_line,
+def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts, stop_ids, one_line,
                       desc="reading answers", quiet=False):
     """Evaluation's fallback for a rationale that states no final answer (and, with a few-shot
     prompt, how SML step 2 reads any answer): for each (i, sample) in todo, append the answer
     line ("So the answer is") to prompts[i] + the rationale and return what the model writes
-    after it, greedily, up to a stop id. one_line (a few-shot prompt, whose stop ids include
+    after it, greedily, up to a stop id. prompts[i] is an unhinted prompt for questions[i],
+    so its text ends with task.prompt(questions[i]). one_line (a few-shot prompt, whose stop ids include
     the line breaks): the prompts share the exemplars as a prefix, and what is read is the
     first line."""
     eot = eot_id(tok)
@@ -128,7 +129,7 @@ def read_answer_lines(model, tok, task, prompts, todo, batch_prompts, stop_ids, 
         chunk = todo[start:start + batch_prompts]
         answer_prompts = []
         for i, s in chunk:
-            ids = prompts[i] + tok.encode(" " + s["text"] + task.ANSWER_PREFIX, add_special_tokens=False).ids
+            ids = prompts[i] + encode_after(tok, task.prompt(questions[i]), " " + s["text"] + task.ANSWER_PREFIX)
             answer_prompts.append(ids[-(block - 8):])  # keep the tail if it is too long
         out = sample(model, answer_prompts, max_new_tokens=8, temperature=0,
                      eot_id=stop_ids, pad_id=eot, share_prefix=one_line)

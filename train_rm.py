@@ -25,7 +25,7 @@ import common
 import rationales
 from data import load_world
 from data.jsonl import DataError, load_dataset, load_pairs
-from data.tokenizer import eot_id
+from data.tokenizer import encode_after, eot_id
 from model import configure_optimizer, lm_to_scalar, load_checkpoint, save_checkpoint, sequence_scores
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
@@ -64,7 +64,7 @@ def get_args(argv=None):
 
 
 def encode_pair_side(tok, prompt, completion):
-    return tok.encode(prompt).ids + tok.encode(completion, add_special_tokens=False).ids + [eot_id(tok)]
+    return tok.encode(prompt).ids + encode_after(tok, prompt, completion) + [eot_id(tok)]
 
 
 def batch_scores(rm, seqs, device, pad_id):

@@ -21,7 +21,7 @@ import common
 import rationales
 from data import load_world
 from data.jsonl import DataError, load_dataset, load_sft
-from data.tokenizer import eot_id
+from data.tokenizer import encode_after, eot_id
 from lm_training import check_lengths, start_or_resume, train_lm
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
@@ -71,7 +71,7 @@ def sft_examples(tok, rows, path, block_size):
     eot = eot_id(tok)
     examples = []
     for row in rows:
-        p, c = tok.encode(row["prompt"]).ids, tok.encode(row["completion"], add_special_tokens=False).ids
+        p, c = tok.encode(row["prompt"]).ids, encode_after(tok, row["prompt"], row["completion"])
         examples.append((p + c + [eot], [0] * len(p) + [1] * (len(c) + 1)))
     check_lengths(examples, block_size, f"{path}: example")
     return examples

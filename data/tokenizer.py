@@ -27,6 +27,20 @@ def eot_id(tok):
     raise DataError(f"the tokenizer has no end-of-text token (none of {', '.join(END_OF_TEXT)})")
 
 
+def encode_after(tok, before, text):
+    """The ids of `text` as the tokenizer writes it after `before` in one string: the tokens a
+    model given `before` should go on with (an SFT target, a pair's side, a rationale before
+    its answer line). Encoding `text` alone is not always the same: a SentencePiece-style
+    tokenizer (Llama 2, Mistral, TinyLlama) starts every string it encodes with a word
+    marker, so " It is" alone is "▁", "▁It", "▁is", where after "Answer:" it is "▁It", "▁is".
+    Where the two strings' tokens merge across the boundary, `text` alone is the best there is."""
+    head = tok.encode(before, add_special_tokens=False).ids
+    whole = tok.encode(before + text, add_special_tokens=False).ids
+    if whole[:len(head)] == head:
+        return whole[len(head):]
+    return tok.encode(text, add_special_tokens=False).ids
+
+
 def newline_ids(tok):
     """Every token whose text holds a line break. A few-shot prompt puts each rationale on
     one line, so a pretrained model has finished one when it writes any of these."""

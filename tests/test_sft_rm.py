@@ -168,3 +168,57 @@ def test_bad_input(tiny_run, tmp_path):
     before = open(rm_out, "rb").read()
     r = run("train_rm.py", "--init", base, "--pairs", pairs, "--data_dir", data, "--out", rm_out, "--device", "cpu")
     assert r.returncode != 0 and "--overwrite" in r.stderr and open(rm_out, "rb").read() == before
+
+
+def sentencepiece_style_tokenizer():
+    """A tokenizer in the format of Llama 2's, Mistral's and TinyLlama's tokenizer.json: a
+    normalizer puts a word marker "▁" before the text and in place of every space, and a
+    beginning-of-sequence token starts every encoding."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    rng = random.Random(0)
+    words = "Ann Bob has figs buys more How many It is So the answer Question Answer".split()
+    texts = [" ".join(rng.choice(words) + rng.choice(["", ":", ".", "?"]) for _ in range(12)) for _ in range(2000)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.train_from_iterator(texts + ["0 1 2 3 4 5 6 7 8 9\n"], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tok
+
+
+def test_a_completion_is_encoded_as_it_follows_its_prompt_with_a_sentencepiece_tokenizer(monkeypatch):
+    """SFT targets, reward-model pairs and the rationale before an answer line must be the
+    tokens the model writes after the prompt. Encoded on its own, a completion gets an extra
+    word marker from a SentencePiece-style tokenizer, which SFT would then teach."""
+    import rationales
+    from data.tasks import get_task
+    from model import Samples
+    tok = sentencepiece_style_tokenizer()
+    prompt, completion = "Question: Ann has 3 figs. How many?\nAnswer:", " It is 3. So the answer is 3."
+    whole, eos = tok.encode(prompt + completion).ids, tok.token_to_id("</s>")
+    alone = tok.encode(completion, add_special_tokens=False).ids
+    assert len(tok.encode(prompt).ids) + len(alone) != len(whole)  # the trap is there: an extra "▁"
+
+    (ids, mask), = train_sft.sft_examples(tok, [{"id": "a", "prompt": prompt, "completion": completion}], "x", 256)
+    n_prompt = len(tok.encode(prompt).ids)
+    assert ids == whole + [eos] and mask == [0] * n_prompt + [1] * (len(whole) - n_prompt + 1)
+    assert train_rm.encode_pair_side(tok, prompt, completion) == whole + [eos]
+
+    # the answer-reading pass appends the rationale and the answer line to the prompt
+    task, seen = get_task("arithmetic"), []
+
+    def sampler(model, prompts, **kw):
+        seen.extend(prompts)
+        return Samples(torch.tensor([[eos]] * len(prompts)), torch.zeros(len(prompts), 1),
+                       torch.ones(len(prompts), dtype=torch.long), torch.ones(len(prompts), dtype=torch.bool))
+    monkeypatch.setattr(rationales, "sample", sampler)
+    model = type("M", (), {"config": type("C", (), {"block_size": 256})()})()
+    question = "Ann has 3 figs. How many?"
+    prompt_ids = tok.encode(task.prompt(question)).ids
+    rationales.read_answer_lines(model, tok, task, [prompt_ids], [question], [(0, {"text": "It is 3."})], 8, [eos],
+                                 one_line=False, quiet=True)
+    assert seen == [tok.encode(task.prompt(question) + " It is 3." + task.ANSWER_PREFIX).ids]
