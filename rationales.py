@@ -118,9 +118,9 @@ def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts,
     prompt, how SML step 2 reads any answer): for each (i, sample) in todo, append the answer
     line ("So the answer is") to prompts[i] + the rationale and return what the model writes
     after it, greedily, up to a stop id. prompts[i] is an unhinted prompt for questions[i],
-    so its text ends with task.prompt(questions[i]). one_line (a few-shot prompt, whose stop ids include
-    the line breaks): the prompts share the exemplars as a prefix, and what is read is the
-    first line."""
+    so its text ends with task.prompt(questions[i]). one_line (a few-shot prompt, whose stop
+    ids include the line breaks): the prompts share the exemplars as a prefix, and what is
+    read is the first line."""
     eot = eot_id(tok)
     block = model.config.block_size
     lines = []
