@@ -23,7 +23,7 @@ from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
 from model import check_sampling_args, load_checkpoint
 
 
-PRESETS = {"default": {}, "tiny": dict(limit=100), "pretrained": dict(max_new_tokens=128, batch_prompts=16)}
+PRESETS = rationales.SAMPLING_PRESETS
 
 
 def get_args(argv=None):

@@ -36,9 +36,7 @@ from data.jsonl import load_dataset, write_jsonl
 from data.tasks import DATASET_TASKS
 from model import check_sampling_args, load_checkpoint
 
-# pretrained: a pretrained model on one of the paper's datasets (run.sh with INIT), made for a
-# model of up to ~0.5B parameters; longer rationales (GSM8K's run to ~150 tokens), smaller batches.
-PRESETS = {"default": {}, "tiny": dict(limit=100), "pretrained": dict(max_new_tokens=128, batch_prompts=16)}
+PRESETS = rationales.SAMPLING_PRESETS
 
 
 def get_args(argv=None):
@@ -220,7 +218,8 @@ def main(argv=None):
     # a pretrained model's few-shot exemplars; train rows shown as exemplars are not collected
     shots = args.shots if args.shots is not None else (4 if task.name in DATASET_TASKS else 0)
     exemplars = fewshot.exemplars(task, rows, shots)
-    rows = [r for r in rows if r["id"] not in {e.get("id") for e in exemplars}]
+    exemplar_ids = {e.get("id") for e in exemplars}
+    rows = [r for r in rows if r["id"] not in exemplar_ids]
     rows = rows[:args.limit] if args.limit else rows
     model, _ = load_checkpoint(args.ckpt, kind="lm", tokenizer_json=tok.to_str(), device=rt.device)
 

@@ -21,6 +21,12 @@ import common
 from data.tokenizer import encode_after, eot_id, newline_ids
 from model import sample
 
+# The presets of the two scripts that sample rationales, generate.py and evaluate.py eval:
+# tiny looks at 100 questions; pretrained (run.sh with INIT: a pretrained model of up to ~0.5B
+# parameters on one of the paper's datasets) writes longer rationales (GSM8K's run to ~150
+# tokens) in smaller batches.
+SAMPLING_PRESETS = {"default": {}, "tiny": dict(limit=100), "pretrained": dict(max_new_tokens=128, batch_prompts=16)}
+
 
 def derive_seed(*parts):
     """A 62-bit seed from any parts: the sample for (request i, draw j) gets the same

@@ -387,10 +387,10 @@ def prepare(key, out_dir, source=None, cache_dir=None, test_only=False, tokenize
         train, val = train[:-n_val], train[-n_val:]
         counts = {"train": len(train), "val": len(val), "test": len(test)}
     os.makedirs(out_dir, exist_ok=True)
-    for name, rows in (("train.jsonl", None if test_only else train), ("val.jsonl", val),
-                       ("tokenizer.json", tokenizer_json)):
+    for name, content in (("train.jsonl", None if test_only else train), ("val.jsonl", val),
+                          ("tokenizer.json", tokenizer_json)):
         stale = os.path.join(out_dir, name)
-        if rows is None and os.path.exists(stale):  # from an earlier conversion: would pass for this one's
+        if content is None and os.path.exists(stale):  # from an earlier conversion: would pass for this one's
             os.remove(stale)
     if not test_only:
         write_jsonl(os.path.join(out_dir, "train.jsonl"), train)
