@@ -290,6 +290,7 @@ class Runtime:
     local_rank: int
     world_size: int
     autocast: object  # a context manager: bf16 autocast on CUDA, nothing elsewhere
+    dtype: torch.dtype  # what the autocast computes in (float32 when it is off)
 
     @property
     def master(self):
@@ -323,7 +324,8 @@ def setup_runtime(device="auto", dtype="auto"):
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device_type == "cuda")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    return Runtime(device, device_type, ddp, rank, local_rank, world_size, autocast)
+    return Runtime(device, device_type, ddp, rank, local_rank, world_size, autocast,
+                   torch.bfloat16 if use_bf16 else torch.float32)
 
 
 def cleanup_runtime(rt):
@@ -344,11 +346,40 @@ def print0(rt, *args, **kwargs):
 
 
 def cosine_lr(step, max_steps, lr, warmup_steps, min_lr_frac=0.1):
-    """Linear warmup, then cosine decay to min_lr_frac * lr."""
+    """Linear warmup, then cosine decay to min_lr_frac * lr (min_lr_frac 1: constant). The
+    warmup matters most for pretrained weights: AdamW's first step moves every parameter by
+    about the learning rate, whatever its gradient's size."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
     return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def split_by_question(rows, val_frac, seed):
+    """(train, held out): a share val_frac of the questions (at least one, and at least one left
+    for training, where there are two) and all their rows held out, so that no question is on
+    both sides. A row's question is its "id" (or its prompt, for files without ids)."""
+    qids = sorted({r.get("id", r.get("prompt")) for r in rows})
+    n_val = min(len(qids) - 1, max(1, int(len(qids) * val_frac))) if val_frac > 0 else 0
+    val_q = set(random.Random(seed).sample(qids, n_val))
+    train = [r for r in rows if r.get("id", r.get("prompt")) not in val_q]
+    val = [r for r in rows if r.get("id", r.get("prompt")) in val_q]
+    return train, val
+
+
+def add_budget_args(group):
+    """The sampling budget every script that samples rationales shares, so that no stage judges
+    a rationale cut off where another let it finish."""
+    group.add_argument("--max_new_tokens", type=COUNT, default=None,
+                       help="tokens a rationale may take (default: the task's budget, Task.rationale_tokens: "
+                            "64 in the built-in world, 256 for GSM8K and AQuA, 128 for the other datasets)")
+    group.add_argument("--batch_prompts", type=COUNT, default=None,
+                       help="prompts sampled at once (x samples each; default: as many as fit)")
 
 
 def add_runtime_args(parser):

@@ -62,8 +62,7 @@ def get_args(argv=None):
     g.add_argument("--temperature", type=common.POSITIVE, default=1.0)
     g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")
     g.add_argument("--top_p", type=common.FRACTION, default=None, help="unset or 1: off")
-    g.add_argument("--max_new_tokens", type=common.COUNT, default=64)
-    g.add_argument("--batch_prompts", type=common.COUNT, default=64, help="prompts per batch (x k samples)")
+    common.add_budget_args(g)
     g = p.add_argument_group("SML step 2: the reward model's pairs")
     g.add_argument("--max_pairs_per_question", type=common.NONNEG, default=8, help="0 = all pairs")
     common.add_runtime_args(p)
@@ -219,19 +218,26 @@ def main(argv=None):
     shots = args.shots if args.shots is not None else (4 if task.name in DATASET_TASKS else 0)
     exemplars = fewshot.exemplars(task, rows, shots)
     exemplar_ids = {e.get("id") for e in exemplars}
+    n_split = len(rows)
     rows = [r for r in rows if r["id"] not in exemplar_ids]
+    available = len(rows)
     rows = rows[:args.limit] if args.limit else rows
+    budget = args.max_new_tokens or task.rationale_tokens
+    print(f"collecting on {len(rows)} of the {n_split} {args.split} questions"
+          + (f" ({n_split - available} are the exemplars)" if n_split > available else "")
+          + f": {args.k} rationales for the correct answer and for each of {args.m} wrong ones, "
+          f"{args.k_unhinted} with no answer given; up to {budget} tokens each", flush=True)
     model, _ = load_checkpoint(args.ckpt, kind="lm", tokenizer_json=tok.to_str(), device=rt.device)
 
     t0 = time.time()
     with rt.autocast:  # bf16 on CUDA (or as --dtype says); the sampler keeps its cache in it
         records, stats = collect(model, tok, task, rows, args.k, args.m, args.k_unhinted, args.temperature,
-                                 args.seed, max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
+                                 args.seed, max_new_tokens=budget, batch_prompts=args.batch_prompts,
                                  top_k=args.top_k, top_p=args.top_p, exemplars=exemplars)
     sft = build_sft_rows(task, records, "high")
     pairs = build_pairs(task, records, args.max_pairs_per_question, random.Random(args.seed))
     stats.update({"sft_rows": len(sft), "pairs": len(pairs), "wall_seconds": time.time() - t0,
-                  "exemplars": exemplars,
+                  "exemplars": exemplars, "max_new_tokens": budget,
                   "args": vars(args)})
     with common.atomic_folder(args.out_dir) as tmp:
         write_jsonl(os.path.join(tmp, "rationales.jsonl"), records)

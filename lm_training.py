@@ -5,7 +5,9 @@ rationales) share, with the checkpoint convention of both:
 
   `out`.partial   the unfinished checkpoint, written atomically every eval_interval steps
                   with the optimizer state; --resume continues it
-  `out`           the finished checkpoint (the .partial file renamed at the last step)
+  `out`.best      with select_best: the weights of the evaluation with the lowest held-out loss
+  `out`           the finished checkpoint, weights only (the last step's, or the best one's);
+                  the .partial file is removed then
   `out` - .pt + .log.jsonl   one row per step
 """
 
@@ -33,17 +35,19 @@ def read_log(path):
 
 
 def start_or_resume(out, resume, overwrite, init, tokenizer_json, device="cpu"):
-    """(model, start_step, optimizer_state): with --resume from `out`.partial (or a finished
-    `out`), else from the checkpoint `init` (or the model init() returns). A finished `out`
-    is never replaced without --resume or --overwrite."""
+    """(model, start_step, resume_state): with --resume from `out`.partial (or a finished
+    `out`, weights only), else from the checkpoint `init` (or the model init() returns). A
+    finished `out` is never replaced without --resume or --overwrite. resume_state holds the
+    optimizer state and the best held-out loss so far (None: start them afresh)."""
     common.check_output(out, overwrite=True, inputs=[] if callable(init) else [init])
     partial = out + ".partial"
     if resume:  # the unfinished checkpoint, or a finished one to train further (a larger --max_steps)
         source = partial if os.path.exists(partial) else out if os.path.exists(out) else None
         if source:
             model, ckpt = load_checkpoint(source, kind="lm", tokenizer_json=tokenizer_json, device=device)
-            print(f"resuming {source} from step {ckpt['provenance']['step']}", flush=True)
-            return model, ckpt["provenance"]["step"], ckpt["optimizer"]
+            print(f"resuming {source} from step {ckpt['provenance']['step']}"
+                  + ("" if "optimizer" in ckpt else " (a finished checkpoint: a fresh optimizer)"), flush=True)
+            return model, ckpt["provenance"]["step"], ckpt.get("resume")
     if os.path.exists(out) and not overwrite:
         raise common.UserError(f"{out} already exists; pass --resume to continue it or --overwrite "
                                f"to replace it")
@@ -89,7 +93,7 @@ def step_indices(seed, step, n_examples, batch_size):
 
 
 @torch.no_grad()
-def eval_loss(model, examples, pad_id, rt, batch_size=64):
+def eval_loss(model, examples, pad_id, rt, batch_size):
     """Mean next-token loss over the given examples (per token, loss-masked)."""
     model.eval()
     total, ntok = 0.0, 0
@@ -112,17 +116,23 @@ def eval_loss(model, examples, pad_id, rt, batch_size=64):
 
 def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_json, provenance, *,
              max_steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, eval_interval, seed,
-             grad_accum=1, compile=False, start_step=0, optimizer_state=None, desc="train"):
+             grad_accum=1, compile=False, start_step=0, resume_state=None, select_best=False, desc="train"):
     """Next-token training on (ids, loss_mask) examples. Every eval_interval steps the model
     and the optimizer state go to `out`.partial (the unfinished checkpoint, which --resume
-    continues); at the end that file is renamed to `out`. The log, `out` without .pt +
-    .log.jsonl, gets one row per step; a resumed run first drops the rows after its
-    checkpoint, so its log equals an uninterrupted run's. Returns the logged records."""
+    continues). At the end `out` gets the weights alone: the last step's, or with select_best
+    those of the evaluation with the lowest held-out loss (a pretrained model fine-tuned for
+    epochs can overfit a small collection). The log, `out` without .pt + .log.jsonl, gets one
+    row per step; a resumed run first drops the rows after its checkpoint, so its log equals an
+    uninterrupted run's. Returns the logged records."""
+    if select_best and not val_examples:
+        raise common.UserError("choosing the checkpoint on held-out loss needs held-out examples (--val_frac)")
     model.to(rt.device)
     raw_model = model
     optimizer = configure_optimizer(raw_model, lr, weight_decay)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    resume_state = resume_state or {}
+    if resume_state.get("optimizer") is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+    best = resume_state.get("best") or {"step": None, "val_loss": float("inf")}
     if compile:
         model = torch.compile(model)
     if rt.ddp:
@@ -132,13 +142,13 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
         raise common.UserError(f"--batch_size {batch_size} must split evenly over "
                                f"{rt.world_size} processes x {grad_accum} micro-batches")
     micro = per_rank // grad_accum
-    partial, log_path = out + ".partial", log_path_of(out)
+    partial, best_path, log_path = out + ".partial", out + ".best", log_path_of(out)
     records = []
 
     def save(step):
         if rt.master:
             save_checkpoint(partial, raw_model, tokenizer_json, {**provenance, "step": step},
-                            extra={"optimizer": optimizer.state_dict(), "done": step >= max_steps})
+                            extra={"resume": {"optimizer": optimizer.state_dict(), "best": best}})
 
     log = None
     if rt.master:  # the rows up to the checkpoint we start from, then this run's
@@ -187,8 +197,12 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
         rec = {"step": step + 1, "loss": loss, "lr": step_lr, "grad_norm": float(grad_norm)}
         last = step + 1 == max_steps
         if (step + 1) % eval_interval == 0 or last:
-            rec["val_loss"] = eval_loss(raw_model, val_examples, pad_id, rt) if val_examples else None
+            rec["val_loss"] = eval_loss(raw_model, val_examples, pad_id, rt, micro) if val_examples else None
             rec["tokens_per_s"] = tokens_seen / (time.time() - t0)
+            if select_best and rec["val_loss"] < best["val_loss"]:  # ties: the earlier step
+                best = {"step": step + 1, "val_loss": rec["val_loss"]}
+                if rt.master:
+                    save_checkpoint(best_path, raw_model, tokenizer_json, {**provenance, "step": step + 1})
             save(step + 1)
             common.print0(rt, f"\nstep {step + 1}: loss {loss:.4f} val {rec['val_loss'] or 0:.4f} "
                               f"lr {step_lr:.2e} {rec['tokens_per_s']:.0f} tok/s")
@@ -200,6 +214,12 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
     bar.close()
     if rt.master:
         log.close()
+        if select_best:  # finished: the chosen weights get the real name
+            print(f"{out}: step {best['step']} of {max_steps}, the lowest held-out loss "
+                  f"({best['val_loss']:.4f} on {len(val_examples)} examples)", flush=True)
+            os.replace(best_path, out)
+        else:
+            save_checkpoint(out, raw_model, tokenizer_json, {**provenance, "step": max_steps})
         if os.path.exists(partial):
-            os.replace(partial, out)  # finished: the checkpoint gets its real name
+            os.remove(partial)  # our own unfinished checkpoint, now finished
     return records

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from common import UserError, atomic_file
 
@@ -231,6 +232,7 @@ class GPT(nn.Module):
                 self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
         else:
             self.score_head = nn.Linear(config.n_embd, 1)
+        self.grad_checkpointing = False  # set by a training script (--grad_checkpointing)
         # GPT-2 init: N(0, 0.02), and residual projections scaled by 1/sqrt(2 * n_layer)
         # so the residual stream's variance does not grow with depth.
         self.apply(self._init_weights)
@@ -260,6 +262,19 @@ class GPT(nn.Module):
           vocabulary the output layer is most of the prefill's work).
         Returns (out, loss): out is logits (B, T, V) for kind "lm", scores (B, T) for "scalar".
         """
+        x = self.trunk(idx, pad_mask, positions, kv_cache)
+        if self.config.kind == "scalar":
+            return self.score_head(x).squeeze(-1), None
+        logits = self.lm_head(x[:, -1:] if last_only else x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def trunk(self, idx, pad_mask=None, positions=None, kv_cache=None):
+        """The final hidden states (B, T, n_embd), after the last norm: what the heads read.
+        PPO calls it directly to apply the output layer to response positions only."""
         B, T = idx.shape
         attn_mask = None
         if pad_mask is not None or kv_cache is not None:
@@ -280,19 +295,15 @@ class GPT(nn.Module):
             x = x + self.wpe(positions)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, kv_cache.layer(i) if kv_cache is not None else None, rope)
-        x = self.ln_f(x)
+            if self.grad_checkpointing and torch.is_grad_enabled() and kv_cache is None:
+                # keep only each block's input for backward and run the block again there:
+                # activation memory of one block instead of all of them, for a third more compute
+                x = checkpoint(block, x, attn_mask, None, rope, use_reentrant=False)
+            else:
+                x = block(x, attn_mask, kv_cache.layer(i) if kv_cache is not None else None, rope)
         if kv_cache is not None:
             kv_cache.advance(T)
-
-        if self.config.kind == "scalar":
-            return self.score_head(x).squeeze(-1), None
-        logits = self.lm_head(x[:, -1:] if last_only else x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
-        return logits, loss
+        return self.ln_f(x)
 
 
 def _attention_mask_and_positions(idx, pad_mask, positions, kv_cache):

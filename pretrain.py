@@ -84,7 +84,7 @@ def main(argv=None):
 
     config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=args.block_size,
                        n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-    model, start_step, opt_state = start_or_resume(args.out, args.resume, args.overwrite,
+    model, start_step, resume_state = start_or_resume(args.out, args.resume, args.overwrite,
                                                    args.init or (lambda: GPT(config)), tok.to_str())
     check_lengths(examples, model.config.block_size, corpus_path + " document")
     common.print0(rt, f"{model.num_params() / 1e6:.2f}M parameters, {len(train_examples)} documents, "
@@ -94,7 +94,7 @@ def main(argv=None):
              max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
              weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,
              seed=args.seed, grad_accum=args.grad_accum, compile=args.compile, start_step=start_step,
-             optimizer_state=opt_state, desc="pretrain")
+             resume_state=resume_state, desc="pretrain")
     common.cleanup_runtime(rt)
 
 

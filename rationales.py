@@ -22,10 +22,10 @@ from data.tokenizer import encode_after, eot_id, newline_ids
 from model import sample
 
 # The presets of the two scripts that sample rationales, generate.py and evaluate.py eval:
-# tiny looks at 100 questions; pretrained (run.sh with INIT: a pretrained model of up to ~0.5B
-# parameters on one of the paper's datasets) writes longer rationales (GSM8K's run to ~150
-# tokens) in smaller batches.
-SAMPLING_PRESETS = {"default": {}, "tiny": dict(limit=100), "pretrained": dict(max_new_tokens=128, batch_prompts=16)}
+# tiny looks at 100 questions; pretrained (run.sh with INIT: a pretrained model on one of the
+# paper's datasets) collects the whole train split. The rationale budget is the task's own
+# (Task.rationale_tokens: GSM8K's gold rationales need 256 tokens).
+SAMPLING_PRESETS = {"default": {}, "tiny": dict(limit=100), "pretrained": dict(limit=0)}
 
 
 def derive_seed(*parts):
@@ -47,8 +47,8 @@ def encode_prompt(tok, task, question, hint, exemplars, room, block):
                      f"{question[:60]!r}")
 
 
-def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_tokens=64,
-                      batch_prompts=64, top_k=None, top_p=None, complete_missing=False,
+def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_tokens=None,
+                      batch_prompts=None, top_k=None, top_p=None, complete_missing=False,
                       exemplars=None, desc="sampling", quiet=False):
     """requests: list of (question, hint or None). Returns one list per request of k dicts
     {"text", "answer_text", "final_answer", "tokens", "logprobs", "finished"}.
@@ -72,6 +72,8 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
     eot = eot_id(tok)
     stop_ids = [eot] + (newline_ids(tok) if exemplars else [])
     block = model.config.block_size
+    max_new_tokens = max_new_tokens or task.rationale_tokens
+    batch_prompts = batch_prompts or 64
     prompts = [encode_prompt(tok, task, q, h, exemplars, max_new_tokens, block) for q, h in requests]
     results = []
     n_tok, t0 = 0, time.time()
@@ -185,7 +187,7 @@ def evaluate(model, tok, task, rows, temperature=0.0, k=1, seed=0, quiet=False, 
         pred = majority(answers)
         preds.append({"id": row["id"], "answer": row["answer"], "prediction": pred,
                       "correct": task.answers_match(pred, row["answer"]),
-                      "sample_correct": [task.reward(s["answer_text"], row["answer"]) == 1.0 for s in samples],
+                      "sample_correct": [task.answers_match(s["final_answer"], row["answer"]) for s in samples],
                       "rationale": samples[0]["text"],
                       # the built-in tasks' step checker, for measuring rationale quality only
                       "step_errors": task.step_errors(row["question"], samples[0]["text"])})

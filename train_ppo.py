@@ -13,10 +13,12 @@ model was trained on. A critic with a scalar head estimates values for GAE. Each
   3. advantage  old and reference log-probs and values; per-token reward
                 -beta * (log pi - log pi_ref), + the sequence reward at the last token;
                 GAE(gamma, lambda); advantages whitened
-  4. optimise   a few epochs over minibatches: clipped policy ratio, clipped value loss
+  4. optimise   a few epochs over minibatches: clipped policy ratio, clipped value loss;
+                the epochs stop early when the policy's approx KL passes --target_kl
   5. log        RM score and true accuracy side by side, KL, entropy, clip fraction,
-                approx KL, explained variance, response length; every --eval_interval
-                updates, checkpoint selection on the validation split
+                approx KL, ratio max, gradient norm, explained variance, response length;
+                every --eval_interval updates, checkpoint selection on the validation split
+                and a few decoded rollouts
 
     python train_ppo.py --sft runs/default/sft.pt --rm runs/default/rm.pt \\
         --data_dir runs/default/data --out_dir runs/default/ppo
@@ -27,38 +29,57 @@ reward model, standardised, when --rm is given), so that the runs differ in the 
 
 Reward scale: a Bradley-Terry reward model fixes neither the shift nor the scale of its
 scores, so before the first update the RM scores a batch of the SFT model's own rationales
-and every later score is standardised with that mean and std (logged). kl_coef and the
-penalties are therefore in units of "standard deviations of the RM on SFT samples". A
-rollout that never ends gets a fixed penalty instead of a score read at a token the reward
-model never saw (it was trained on finished rationales).
+and every later score is standardised with that mean and std (logged, with the raw range).
+The std has a floor (--reward_std_floor times the spread of the RM's scores on its held-out
+pairs): a reward model that scores every SFT sample alike would otherwise turn its noise into
+rewards of several units. kl_coef and the penalties are in units of "standard deviations of
+the RM on SFT samples". A rollout that never ends gets a fixed penalty instead of a score read
+at a token the reward model never saw (it was trained on finished rationales). PPO refuses a
+reward model whose held-out pair accuracy or fresh-sample AUC (train_rm.py's report, kept in
+rm.pt) is near chance, unless --allow_weak_rm says that is meant.
+
+Step sizes (a pretrained model, PRESET=pretrained): AdamW's first step moves every parameter by
+about the learning rate, and the first minibatch of each update has ratio 1, so the clip
+cannot stop it: --warmup_steps ramps both learning rates up (then --min_lr_frac decays them),
+--critic_warmup_updates trains the critic alone first, and --target_kl ends an update's epochs
+early. The built-in world's defaults leave all three off.
+
+Memory (one GPU): every forward runs on --micro_batch_size rows at a time (gradients accumulate
+over a minibatch), log-probs are computed for response positions only, a chunk at a time, the
+frozen reference and reward model are kept in the compute dtype, and --grad_checkpointing
+recomputes each block's activations in backward. Autocast goes around each forward only: it
+caches the bf16 copy of every weight until its region ends, so an optimizer step inside one
+region would be invisible to the forwards after it.
 
 Checkpoint selection: the validation split (data_dir/val.jsonl, held out of collection, SFT
 and the RM by data/prepare.py) is sampled --val_samples times per question with the same
 seeds for every candidate (common random numbers), at update 0 (the SFT model itself) and
 every --eval_interval updates; the best is ppo_best.pt, and summary.json says which and why.
 
-Writes ppo_last.pt and ppo_best.pt (language-model checkpoints that evaluate.py reads),
+Writes ppo_last.pt (the policy with the critic and both optimizers: what --resume continues,
+exactly), ppo_best.pt (weights only: a language-model checkpoint that evaluate.py reads),
 ppo_log.jsonl (one row per update, update 0 being the SFT model's evaluation) and, last,
-summary.json. --resume continues from ppo_last.pt exactly (the minibatch order's generator
-state is in the checkpoint, and the log is cut back to the checkpoint's update).
+summary.json (a rerun into the same folder removes it first: it says the run is finished).
 
 What this PPO leaves out, to stay small: no entropy bonus (the KL penalty to the SFT model
-already keeps the policy from collapsing), one process only (no DDP; the models are small),
-a separate critic rather than a value head on the policy (so the policy's trunk serves one
-objective), no learning-rate schedule, no early stop on approx KL (it is logged instead), and
-no reward normalisation beyond the one-off standardisation above (running statistics would
-move the reward's meaning during training).
+already keeps the policy from collapsing), one process only (no DDP), a separate critic rather
+than a value head on the policy (so the policy's trunk serves one objective), and no reward
+normalisation beyond the one-off standardisation above (running statistics would move the
+reward's meaning during training).
 """
 
 import copy
 import json
+import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
 import common
 import rationales
@@ -66,17 +87,20 @@ from data import load_world
 from data.jsonl import DataError, load_dataset
 from data.tokenizer import eot_id
 from lm_training import read_log
-from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint, sample, \
-    save_checkpoint, sequence_scores
+from model import (GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint, sample,
+                   save_checkpoint, sequence_scores)
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {},
            "tiny": dict(updates=4, questions_per_update=8, samples_per_question=2, minibatch_size=8,
-                        eval_interval=2, eval_limit=20, val_samples=2, norm_questions=8),
-           # a pretrained model (run.sh with INIT): small steps for pretrained weights, longer
-           # rationales, a smaller batch per update
-           "pretrained": dict(lr=1e-6, critic_lr=1e-5, updates=16, questions_per_update=16, minibatch_size=16,
-                              max_new_tokens=128, eval_interval=4, eval_limit=100, norm_questions=32)}
+                        eval_interval=2, eval_limit=20, val_samples=2, norm_questions=8, allow_weak_rm=True),
+           # a pretrained model (run.sh with INIT): small steps for pretrained weights (peers use
+           # 1e-6 for the policy, 1e-5 for the critic at this size), a warmup, the critic first,
+           # an early stop on the policy's KL, and a smaller batch per update
+           "pretrained": dict(lr=1e-6, critic_lr=1e-5, warmup_steps=4, min_lr_frac=0.1, critic_warmup_updates=1,
+                              target_kl=0.05, updates=16, questions_per_update=16, minibatch_size=16,
+                              micro_batch_size=4, eval_interval=4, eval_limit=100, norm_questions=32)}
+MIN_RM_QUALITY = 0.6  # held-out pair accuracy and fresh-sample AUC below this count as near chance
 
 
 def get_args(argv=None):
@@ -102,19 +126,33 @@ def get_args(argv=None):
                    help="the reward of a rationale that never ends is -this (no RM score)")
     g.add_argument("--norm_questions", type=common.COUNT, default=64,
                    help="train questions whose SFT samples give the RM's mean and std")
+    g.add_argument("--reward_std_floor", type=common.NONNEG_FLOAT, default=0.25,
+                   help="the RM's std on SFT samples is at least this times the std of its scores on "
+                        "its held-out pairs")
     g.add_argument("--reward_clip", type=common.POSITIVE, default=5.0, help="clip the sequence reward to +-this")
+    g.add_argument("--allow_weak_rm", action="store_true",
+                   help=f"train against a reward model whose held-out pair accuracy or fresh-sample AUC is "
+                        f"below {MIN_RM_QUALITY} (near chance), or that carries no report")
     g = p.add_argument_group("rollouts")
     g.add_argument("--updates", type=common.COUNT, default=32)
     g.add_argument("--questions_per_update", type=common.COUNT, default=48)
     g.add_argument("--samples_per_question", type=common.COUNT, default=4)
     g.add_argument("--temperature", type=common.POSITIVE, default=1.0, help="rollouts and log-probs alike")
-    g.add_argument("--max_new_tokens", type=common.COUNT, default=64)
+    common.add_budget_args(g)
     g = p.add_argument_group("optimisation")
     g.add_argument("--ppo_epochs", type=common.COUNT, default=2, help="passes over each rollout batch")
-    g.add_argument("--minibatch_size", type=common.COUNT, default=96)
+    g.add_argument("--minibatch_size", type=common.COUNT, default=96, help="rollouts per optimizer step")
     g.add_argument("--lr", type=common.POSITIVE, default=1.5e-4,
                    help="policy learning rate (at 3e-5 the default run's policy barely moves)")
     g.add_argument("--critic_lr", type=common.POSITIVE, default=1e-4)
+    g.add_argument("--warmup_steps", type=common.NONNEG, default=0,
+                   help="optimizer steps of linear learning-rate warmup (policy and critic)")
+    g.add_argument("--min_lr_frac", type=common.FRACTION, default=1.0,
+                   help="cosine decay of both learning rates to this share by the last update (1: constant)")
+    g.add_argument("--critic_warmup_updates", type=common.NONNEG, default=0,
+                   help="first updates that train the critic only (the policy waits for useful values)")
+    g.add_argument("--target_kl", type=common.POSITIVE, default=None,
+                   help="stop an update's epochs once a minibatch's approx KL passes this (off by default)")
     g.add_argument("--critic_init", default="rm", choices=["rm", "sft"],
                    help="rm: the reward model, standardised (needs --rm, also with --reward exact)")
     g.add_argument("--clip", type=common.POSITIVE, default=0.2, help="policy ratio clip")
@@ -122,21 +160,31 @@ def get_args(argv=None):
     g.add_argument("--gamma", type=common.FRACTION, default=1.0)
     g.add_argument("--lam", type=common.FRACTION, default=0.95)
     g.add_argument("--grad_clip", type=common.POSITIVE, default=1.0)
+    g = p.add_argument_group("memory")
+    g.add_argument("--micro_batch_size", type=common.COUNT, default=None,
+                   help="rollouts per forward pass; gradients accumulate over a minibatch (default: "
+                        "the minibatch)")
+    g.add_argument("--grad_checkpointing", action="store_true",
+                   help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
     g = p.add_argument_group("evaluation and checkpoint selection")
     g.add_argument("--eval_interval", type=common.COUNT, default=8, help="validate and checkpoint every N updates")
     g.add_argument("--eval_limit", type=common.NONNEG, default=0, help="test questions logged at each evaluation (0: all)")
     g.add_argument("--eval_temperature", type=common.NONNEG_FLOAT, default=1.0)
     g.add_argument("--val_samples", type=common.COUNT, default=4,
                    help="samples per validation question for choosing the best checkpoint")
+    g.add_argument("--log_samples", type=common.NONNEG, default=3,
+                   help="decoded rollouts written to the log at each evaluation")
     common.add_runtime_args(p)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
     if args.reward != "exact" and not args.rm:
         p.error(f"--reward {args.reward} needs --rm")
-    if args.temperature <= 0:
-        p.error("--temperature must be > 0: PPO needs a sampling distribution")
+    if args.critic_warmup_updates >= args.updates:
+        p.error(f"--critic_warmup_updates ({args.critic_warmup_updates}) leaves no update for the policy "
+                f"(--updates {args.updates})")
     if args.critic_init == "rm" and not args.rm:
         args.critic_init = "sft"  # exact-match reward and no reward model: SFT's trunk
+    args.micro_batch_size = min(args.micro_batch_size or args.minibatch_size, args.minibatch_size)
     return args
 
 
@@ -154,13 +202,44 @@ def masked_whiten(x, mask, eps=1e-8):
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
-def token_logprobs(model, idx, temperature):
-    """log pi(token t+1 | tokens <= t) and the entropy of that distribution, for every
-    position of idx (B, T) -> (B, T-1). Same temperature as the sampler."""
-    logits, _ = model(idx[:, :-1])
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
-    logp = logp_all.gather(-1, idx[:, 1:].unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
+def mask_padded_vocab(logits, n_vocab):
+    """Rows of the output layer past the tokenizer's vocabulary (Qwen pads 151,665 tokens to
+    151,936) are never sampled and carry no probability."""
+    if n_vocab is None or n_vocab >= logits.size(-1):
+        return logits
+    return logits.index_fill(-1, torch.arange(n_vocab, logits.size(-1), device=logits.device), float("-inf"))
+
+
+def _head_logprobs(head, hidden, targets, temperature, n_vocab):
+    """log-prob of each target and the entropy of its distribution (no graph), for one chunk
+    of hidden states (N, C): the only place a (N, vocabulary) tensor exists."""
+    logp_all = mask_padded_vocab(head(hidden).float() / temperature, n_vocab).log_softmax(-1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all.nan_to_num(neginf=0.0)).sum(-1)
+    return logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
+
+
+def token_logprobs(model, idx, mask, temperature, n_vocab=None, chunk=512):
+    """log pi(token t+1 | tokens <= t) at the response positions of idx (B, T) -> (B, T-1),
+    0 where mask is 0, and the entropy of each of those distributions (no graph). Same
+    temperature as the sampler.
+
+    The output layer runs on response positions only, `chunk` of them at a time, and in
+    training each chunk is recomputed in backward (checkpointed): a full (B, T, vocabulary)
+    float32 tensor, kept for backward, is the largest term of PPO's memory with a real vocabulary."""
+    hidden = model.trunk(idx[:, :-1])
+    where = mask.nonzero(as_tuple=True)
+    h, targets = hidden[where], idx[:, 1:][where]
+    logps, entropies = [], []
+    for s in range(0, h.size(0), chunk):
+        args = (model.lm_head, h[s:s + chunk], targets[s:s + chunk], temperature, n_vocab)
+        lp, ent = checkpoint(_head_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled() \
+            else _head_logprobs(*args)
+        logps.append(lp)
+        entropies.append(ent)
+    zeros = torch.zeros(mask.shape, device=idx.device)
+    logp = zeros.index_put(where, torch.cat(logps)) if logps else zeros
+    entropy = zeros.index_put(where, torch.cat(entropies)) if entropies else zeros
     return logp, entropy
 
 
@@ -223,14 +302,19 @@ def adaptive_kl_coef(kl_coef, kl, target, n_samples, horizon):
 def sequence_rewards(kind, rm_z, correct, has_answer, finished, no_answer_penalty,
                      unfinished_penalty, clip):
     """One reward per rationale (SML step 3c's sequence reward), all tensors (B,).
-    kind: "rm" (the standardised reward-model score, the paper), "exact" (1 if the stated
-    answer is right: RL on a verifiable reward) or "rm+exact". A rationale that states no
+    kind: "rm" (the standardised reward-model score, the paper), "exact" (1 if the one answer
+    it states is right: RL on a verifiable reward) or "rm+exact". A rationale that states no
     answer loses no_answer_penalty; one that never ended gets -unfinished_penalty whatever
     it says (the reward model only ever saw finished rationales)."""
     r = {"rm": rm_z, "exact": correct, "rm+exact": rm_z + correct}[kind]
     r = r - no_answer_penalty * (~has_answer).float()
     r = torch.where(finished, r, torch.full_like(r, -unfinished_penalty))
     return r.clamp(-clip, clip)
+
+
+def micro_batches(rows, size):
+    """Consecutive slices of `rows` (a 1-d tensor of row indices) of at most `size` rows."""
+    return [rows[s:s + size] for s in range(0, len(rows), size)]
 
 
 # -----------------------------------------------------------------------------
@@ -251,9 +335,10 @@ class Rollout:
 
 @dataclass
 class Batch:
-    """A rollout with what the PPO epochs need, all (B, T-1) but kl_per_seq."""
+    """A rollout with what the PPO epochs need, all (B, T-1) but kl_per_seq and seq_lens."""
     idx: torch.Tensor
     mask: torch.Tensor
+    seq_lens: torch.Tensor  # (B,): a micro-batch is cut to its longest row
     old_logp: torch.Tensor  # the policy's log-probs before this update's epochs
     ref_logp: torch.Tensor  # the reference (SFT) model's
     values: torch.Tensor  # the critic's, before the epochs
@@ -264,11 +349,20 @@ class Batch:
 
 
 @torch.no_grad()
-def rollout(policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, device):
-    """k samples per prompt, as a Rollout."""
-    out = sample(policy, prompts, num_samples=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                 eot_id=eot_id, pad_id=eot_id, seeds=seeds)
-    responses = out.token_lists()
+def rollout(policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, device, batch_prompts=None,
+            amp=nullcontext()):
+    """k samples per prompt, as a Rollout (sampled batch_prompts prompts at a time)."""
+    batch_prompts = batch_prompts or len(prompts)
+    responses, sampler_logp, finished = [], [], []
+    for s in range(0, len(prompts), batch_prompts):
+        with amp:
+            out = sample(policy, prompts[s:s + batch_prompts], num_samples=k, max_new_tokens=max_new_tokens,
+                         temperature=temperature, eot_id=eot_id, pad_id=eot_id,
+                         seeds=seeds[s * k:(s + batch_prompts) * k])
+        chunk = out.token_lists()
+        responses += chunk
+        sampler_logp += [out.logprobs[i, :len(r)].tolist() for i, r in enumerate(chunk)]
+        finished.append(out.finished.cpu())
     seqs = [prompts[i // k] + r for i, r in enumerate(responses)]
     T = max(len(s) for s in seqs)
     idx = torch.full((len(seqs), T), eot_id, dtype=torch.long)
@@ -277,31 +371,24 @@ def rollout(policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, devi
         idx[i, :len(s)] = torch.tensor(s)
         n_prompt = len(prompts[i // k])
         mask[i, n_prompt - 1:len(s) - 1] = 1.0  # positions that predict a response token
-    return Rollout(idx.to(device), mask.to(device), responses,
-                   [out.logprobs[i, :len(r)].tolist() for i, r in enumerate(responses)],
-                   torch.tensor([len(s) for s in seqs], device=device), out.finished.to(device),
-                   out.lengths.to(device))
+    return Rollout(idx.to(device), mask.to(device), responses, sampler_logp,
+                   torch.tensor([len(s) for s in seqs], device=device), torch.cat(finished).to(device),
+                   torch.tensor([len(r) for r in responses], device=device))
 
 
 @torch.no_grad()
-def score_sequences(rm, ro):
+def score_sequences(rm, ro, micro_batch_size=None, amp=nullcontext()):
     """The reward model's score at each sequence's last real token (its end-of-text when
     the rationale finished), as the reward model was trained."""
-    real = torch.arange(ro.idx.size(1), device=ro.idx.device).unsqueeze(0) < ro.seq_lens.unsqueeze(1)
-    scores, _ = rm(ro.idx)
-    return sequence_scores(scores.float(), real)
-
-
-@torch.no_grad()
-def reward_scale(rm, policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, device):
-    """The RM's mean and std over finished rationales the SFT model writes: what a score is
-    measured against. Computed once, before the first update."""
-    ro = rollout(policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, device)
-    scores = score_sequences(rm, ro)[ro.finished]
-    if scores.numel() < 2:
-        raise common.UserError("too few of the SFT model's rationales finish to measure the reward "
-                               "model's scale; raise --max_new_tokens or --norm_questions")
-    return float(scores.mean()), float(scores.std())
+    out = []
+    for rows in micro_batches(torch.arange(ro.idx.size(0)), micro_batch_size or ro.idx.size(0)):
+        T = int(ro.seq_lens[rows].max())
+        idx = ro.idx[rows, :T]
+        real = torch.arange(T, device=idx.device).unsqueeze(0) < ro.seq_lens[rows].unsqueeze(1)
+        with amp:
+            scores, _ = rm(idx)
+        out.append(sequence_scores(scores.float(), real))
+    return torch.cat(out)
 
 
 def standardised_critic(rm, mean, std):
@@ -315,86 +402,184 @@ def standardised_critic(rm, mean, std):
 
 
 @torch.no_grad()
-def prepare_batch(policy, ref, critic, ro, seq_reward, kl_coef, temperature, gamma, lam):
-    """Step 3 of an update: old and reference log-probs, values, per-token rewards, GAE."""
+def prepare_batch(policy, ref, critic, ro, seq_reward, kl_coef, temperature, gamma, lam,
+                  micro_batch_size=None, amp=nullcontext(), n_vocab=None):
+    """Step 3 of an update: old and reference log-probs, values, per-token rewards, GAE.
+    The forwards run micro_batch_size rows at a time, each cut to its longest row."""
     policy.eval()
     critic.eval()
-    old_logp, _ = token_logprobs(policy, ro.idx, temperature)
-    ref_logp, _ = token_logprobs(ref, ro.idx, temperature)
-    values = values_of(critic, ro.idx) * ro.mask
+    old_logp, ref_logp, values = (torch.zeros_like(ro.mask) for _ in range(3))
+    for rows in micro_batches(torch.arange(ro.idx.size(0)), micro_batch_size or ro.idx.size(0)):
+        T = int(ro.seq_lens[rows].max())
+        idx, mask = ro.idx[rows, :T], ro.mask[rows, :T - 1]
+        with amp:
+            old_logp[rows, :T - 1] = token_logprobs(policy, idx, mask, temperature, n_vocab)[0]
+            ref_logp[rows, :T - 1] = token_logprobs(ref, idx, mask, temperature, n_vocab)[0]
+            values[rows, :T - 1] = values_of(critic, idx) * mask
     kl = (old_logp - ref_logp) * ro.mask
     rewards = -kl_coef * kl  # the KL penalty to the SFT model, on every response token
     last = ro.mask.cumsum(1).argmax(1)  # position of each row's last response token
     rewards[torch.arange(ro.idx.size(0)), last] += seq_reward
     advantages, returns = compute_gae(rewards, values, ro.mask, gamma, lam)
-    return Batch(ro.idx, ro.mask, old_logp, ref_logp, values, rewards,
+    return Batch(ro.idx, ro.mask, ro.seq_lens, old_logp, ref_logp, values, rewards,
                  masked_whiten(advantages, ro.mask), returns, kl.sum(1))
 
 
 def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, minibatch_size, temperature,
-               clip, value_clip, grad_clip):
+               clip, value_clip, grad_clip, micro_batch_size=None, train_policy=True, target_kl=None,
+               lr_at=None, amp=nullcontext(), n_vocab=None):
     """Step 4 of an update: several epochs of minibatch updates on one batch. Returns the
-    diagnostics, averaged over minibatches."""
+    diagnostics, averaged over minibatches (ratio_max and the gradient norms: their largest).
+
+    A minibatch is one optimizer step; its rows run micro_batch_size at a time, each micro-batch's
+    loss weighted by its share of the minibatch's response tokens, so the accumulated gradient
+    is the whole minibatch's. The policy's forward and backward run before the critic's, so
+    the two graphs are never alive at once. train_policy=False (the critic's warmup) leaves
+    the policy as it is. lr_at(i) -> (policy lr, critic lr) of this update's i-th optimizer step.
+    Both models run in eval mode: dropout would make the log-probs differ from the rollout's
+    even at the first step, where the ratio must be 1."""
     n = b.idx.size(0)
+    micro_batch_size = micro_batch_size or minibatch_size
     stats = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
-    policy.train()
-    critic.train()
+    ratio_max, grad_norm, critic_grad_norm, steps, stopped = 0.0, 0.0, 0.0, 0, False
+    policy.eval()
+    critic.eval()
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, minibatch_size):
-            mb = order[start:start + minibatch_size]
-            idx, mask = b.idx[mb], b.mask[mb]
-            new_logp, entropy = token_logprobs(policy, idx, temperature)
-            pg_loss, approx_kl, clip_frac = policy_loss(new_logp, b.old_logp[mb], b.advantages[mb], mask, clip)
-            new_values = values_of(critic, idx)
-            v_loss = value_loss(new_values, b.values[mb], b.returns[mb], mask, value_clip)
-            opt_policy.zero_grad(set_to_none=True)
-            opt_critic.zero_grad(set_to_none=True)
-            (pg_loss + v_loss).backward()  # separate networks: the sum gives each its own gradient
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)
-            opt_policy.step()
+            mb = order[start:start + minibatch_size].to(b.idx.device)
+            n_tok = b.mask[mb].sum().clamp(min=1)
+            if lr_at is not None:
+                lr_policy, lr_critic = lr_at(steps)
+                common.set_lr(opt_policy, lr_policy)
+                common.set_lr(opt_critic, lr_critic)
+            mb_stats = {k: 0.0 for k in stats}
+            for rows in micro_batches(mb, micro_batch_size):
+                T = int(b.seq_lens[rows].max())
+                idx, mask = b.idx[rows, :T], b.mask[rows, :T - 1]
+                share = mask.sum() / n_tok  # this micro-batch's part of the minibatch's mean
+                if train_policy:
+                    with amp:
+                        new_logp, entropy = token_logprobs(policy, idx, mask, temperature, n_vocab)
+                    pg_loss, approx_kl, clip_frac = policy_loss(new_logp, b.old_logp[rows, :T - 1],
+                                                                b.advantages[rows, :T - 1], mask, clip)
+                    (pg_loss * share).backward()
+                    ratio = torch.exp(new_logp.detach() - b.old_logp[rows, :T - 1])[mask > 0]
+                    ratio_max = max(ratio_max, float(ratio.max()) if ratio.numel() else 0.0)
+                    for k, v in (("policy_loss", pg_loss), ("approx_kl", approx_kl), ("clip_frac", clip_frac),
+                                 ("entropy", masked_mean(entropy, mask))):
+                        mb_stats[k] += float(v.detach() * share)
+                with amp:
+                    new_values = values_of(critic, idx)
+                v_loss = value_loss(new_values, b.values[rows, :T - 1], b.returns[rows, :T - 1], mask, value_clip)
+                (v_loss * share).backward()
+                mb_stats["value_loss"] += float(v_loss.detach() * share)
+            if train_policy:
+                grad_norm = max(grad_norm, float(torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)))
+                opt_policy.step()
+                opt_policy.zero_grad(set_to_none=True)
+            critic_grad_norm = max(critic_grad_norm,
+                                   float(torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)))
             opt_critic.step()
-            for k, v in (("policy_loss", pg_loss), ("value_loss", v_loss), ("approx_kl", approx_kl),
-                         ("clip_frac", clip_frac), ("entropy", masked_mean(entropy.detach(), mask))):
-                stats[k].append(float(v.detach()))
-    return {k: float(np.mean(v)) for k, v in stats.items()}
+            opt_critic.zero_grad(set_to_none=True)
+            steps += 1
+            for k, v in mb_stats.items():
+                if train_policy or k == "value_loss":
+                    stats[k].append(v)
+            if train_policy and target_kl is not None and mb_stats["approx_kl"] > target_kl:
+                stopped = True  # the policy has moved as far as one batch of rollouts should take it
+                break
+        if stopped:
+            break
+    out = {k: float(np.mean(v)) if v else None for k, v in stats.items()}
+    return {**out, "ratio_max": ratio_max if train_policy else None, "grad_norm": grad_norm if train_policy else None,
+            "critic_grad_norm": critic_grad_norm, "optimizer_steps": steps, "kl_stop": stopped}
+
+
+def steps_per_update(args):
+    return args.ppo_epochs * math.ceil(args.questions_per_update * args.samples_per_question / args.minibatch_size)
+
+
+def lr_schedule(args, update):
+    """lr_at(i) for update `update`: warmup and cosine decay over the run's optimizer steps, the
+    policy's counted from the end of the critic's warmup. A function of (update, step) alone,
+    so a resumed run follows the same schedule."""
+    per = steps_per_update(args)
+    policy_total = (args.updates - args.critic_warmup_updates) * per
+    policy_start = (update - args.critic_warmup_updates) * per
+
+    def lr_at(i):
+        return (common.cosine_lr(max(0, policy_start + i), policy_total, args.lr, args.warmup_steps, args.min_lr_frac),
+                common.cosine_lr(update * per + i, args.updates * per, args.critic_lr, args.warmup_steps,
+                                 args.min_lr_frac))
+    return lr_at
 
 
 # -----------------------------------------------------------------------------
-# Setup and resume, in one place
+# The reward model: is it good enough, and what scale are its scores on
+
+
+def check_reward_model(report, path, allow_weak):
+    """train_rm.py's report on the reward model (kept in rm.pt): refuse one that ranks its
+    held-out pairs or fresh samples near chance, unless --allow_weak_rm says it is meant."""
+    if allow_weak:
+        return
+    if not report:
+        raise common.UserError(f"{path}: carries no quality report (made by an older train_rm.py?); "
+                               f"retrain it, or pass --allow_weak_rm to use it anyway")
+    weak = {k: report.get(k) for k in ("val_pair_accuracy", "auc_correctness")}
+    weak = {k: v for k, v in weak.items() if v is not None and not v >= MIN_RM_QUALITY}  # NaN is weak too
+    if weak:
+        said = ", ".join(f"{k} {v:.3f}" for k, v in weak.items())
+        raise common.UserError(f"{path}: the reward model is near chance ({said}; below {MIN_RM_QUALITY}): PPO "
+                               f"against it would optimise noise; pass --allow_weak_rm if that is meant")
+
+
+@torch.no_grad()
+def reward_scale(rm, policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, device,
+                 batch_prompts=None, micro_batch_size=None, amp=nullcontext()):
+    """The RM's raw scores on finished rationales the SFT model writes: mean, std and range,
+    what every later score is measured against. Computed once, before the first update."""
+    ro = rollout(policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, device, batch_prompts, amp)
+    scores = score_sequences(rm, ro, micro_batch_size, amp)[ro.finished].double()
+    if scores.numel() < 2:
+        raise common.UserError("too few of the SFT model's rationales finish to measure the reward "
+                               "model's scale; raise --max_new_tokens or --norm_questions")
+    q = torch.quantile(scores, torch.tensor([0.0, 0.05, 0.5, 0.95, 1.0], dtype=scores.dtype)).tolist()
+    return {"mean": float(scores.mean()), "std": float(scores.std()), "n": scores.numel(),
+            "min": q[0], "p05": q[1], "median": q[2], "p95": q[3], "max": q[4]}
+
+
+# -----------------------------------------------------------------------------
+# Setup: the data, the models, a fresh start or a resumed one
 
 
 @dataclass
-class Run:
-    """Everything the loop works with."""
+class PPOData:
+    """The questions PPO samples from, chooses on and reports on, with what reads them."""
     tok: object
     task: object
     train_rows: list
     val_rows: list
     test_rows: list
     prompt_ids: dict  # question id -> prompt token ids
+    eot: int
+    max_new_tokens: int  # the rationale budget of rollouts and of every evaluation
+
+
+@dataclass
+class PPOModels:
+    """The four models and what trains the two that learn."""
     policy: GPT
-    ref: GPT
-    rm: GPT
+    ref: GPT  # frozen: the SFT model
+    rm: GPT  # frozen; None with --reward exact and no --rm
     critic: GPT
     opt_policy: torch.optim.Optimizer
     opt_critic: torch.optim.Optimizer
     gen: torch.Generator  # minibatch order
-    state: dict  # update, kl_coef, reward scale, best checkpoint so far, validation history
-    log_rows: list  # the log of the run so far (a resumed run: up to its checkpoint)
 
 
-def read_log_until(path, update):
-    """The log rows up to and including `update`: what a resumed run keeps of an interrupted
-    one's log, so that the two logs end up the same."""
-    return [r for r in read_log(path) if r["update"] <= update]
-
-
-def setup(args, rt, last_path, log_path):
-    """Load the data and the models, check every prompt fits, and either start afresh (measure
-    the reward model's scale on SFT samples, build the critic from it) or resume."""
-    device = rt.device
+def load_data(args, policy_config):
     tok, task = load_world(args.data_dir)
     train_rows = load_dataset(os.path.join(args.data_dir, "train.jsonl"))
     val_path = os.path.join(args.data_dir, "val.jsonl")
@@ -404,50 +589,77 @@ def setup(args, rt, last_path, log_path):
     val_rows = load_dataset(val_path)
     test_rows = load_dataset(os.path.join(args.data_dir, "test.jsonl"))
     test_rows = test_rows[:args.eval_limit] if args.eval_limit else test_rows
-    common.check_output(args.out_dir, True, [args.sft, args.rm, args.data_dir], folder=True)
-    if os.path.exists(last_path) and not (args.resume or args.overwrite):
-        raise DataError(f"{args.out_dir} already holds a PPO run; pass --resume or --overwrite")
-    tok_json = tok.to_str()
-    ref, _ = load_checkpoint(args.sft, kind="lm", tokenizer_json=tok_json, device=device)
-    rm = load_checkpoint(args.rm, kind="scalar", tokenizer_json=tok_json, device=device)[0] if args.rm else None
-    resuming = args.resume and os.path.exists(last_path)
-    policy, ckpt = load_checkpoint(last_path if resuming else args.sft, kind="lm", tokenizer_json=tok_json,
-                                   device=device)
     # every prompt PPO will sample from must fit, checked now rather than after an hour
     for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
         for r in rows:
-            if len(tok.encode(task.prompt(r["question"])).ids) >= policy.config.block_size:
+            if len(tok.encode(task.prompt(r["question"])).ids) >= policy_config.block_size:
                 raise DataError(f"{name} question {r['id']!r} does not fit the model's context of "
-                                f"{policy.config.block_size} tokens")
+                                f"{policy_config.block_size} tokens")
+    prompt_ids = {r["id"]: tok.encode(task.prompt(r["question"])).ids for r in train_rows}
+    return PPOData(tok, task, train_rows, val_rows, test_rows, prompt_ids, eot_id(tok),
+                   args.max_new_tokens or task.rationale_tokens)
+
+
+def start(args, rt, data, policy, ref, rm, rm_report):
+    """A fresh run: measure the reward model's scale on SFT samples, build the critic from it."""
+    state = {"update": 0, "kl_coef": args.kl_coef, "reward_mean": 0.0, "reward_std": 1.0, "reward_scale": None,
+             "best_val": -1.0, "best_update": None, "val_history": [], "gen_state": None}
+    if rm is not None:
+        k = args.samples_per_question
+        rng = random.Random(rationales.derive_seed(args.seed, "norm"))
+        rows = rng.sample(data.train_rows, min(args.norm_questions, len(data.train_rows)))
+        seeds = [rationales.derive_seed(args.seed, "norm", i) for i in range(len(rows) * k)]
+        scale = reward_scale(rm, policy, [data.prompt_ids[r["id"]] for r in rows], k, args.temperature,
+                             data.max_new_tokens, data.eot, seeds, rt.device, args.batch_prompts,
+                             args.micro_batch_size, rt.autocast)
+        floor = args.reward_std_floor * (rm_report or {}).get("val_score_std", 0.0)
+        state.update(reward_scale=scale, reward_mean=scale["mean"], reward_std=max(scale["std"], floor))
+        print(f"reward model on {scale['n']} finished SFT rationales: mean {scale['mean']:.3f}, std "
+              f"{scale['std']:.3f} (floor {floor:.3f}: std used {state['reward_std']:.3f}), raw range "
+              f"{scale['min']:.2f} .. {scale['max']:.2f} (5-95%: {scale['p05']:.2f} .. {scale['p95']:.2f})")
+    critic = standardised_critic(rm, state["reward_mean"], state["reward_std"]) \
+        if args.critic_init == "rm" else lm_to_scalar(ref)
+    return critic, state
+
+
+def setup(args, rt, last_path, log_path):
+    """Load the data and the models, check every prompt fits, and either start afresh or resume.
+    Returns (data, models, state, log rows so far)."""
+    common.check_output(args.out_dir, True, [args.sft, args.rm, args.data_dir], folder=True)
+    if os.path.exists(last_path) and not (args.resume or args.overwrite):
+        raise DataError(f"{args.out_dir} already holds a PPO run; pass --resume or --overwrite")
+    tok, _ = load_world(args.data_dir)
+    tok_json = tok.to_str()
+    resuming = args.resume and os.path.exists(last_path)
+    policy, ckpt = load_checkpoint(last_path if resuming else args.sft, kind="lm", tokenizer_json=tok_json,
+                                   device=rt.device)
+    data = load_data(args, policy.config)
+    ref, _ = load_checkpoint(args.sft, kind="lm", tokenizer_json=tok_json, device=rt.device)
+    rm, rm_report = None, None
+    if args.rm:
+        rm, rm_ckpt = load_checkpoint(args.rm, kind="scalar", tokenizer_json=tok_json, device=rt.device)
+        rm_report = rm_ckpt.get("report")
+        if args.reward != "exact":
+            check_reward_model(rm_report, args.rm, args.allow_weak_rm)
+    if resuming:
+        critic = GPT(GPTConfig(**ckpt["critic_config"])).to(rt.device)
+        critic.load_state_dict(ckpt["critic"])
+        state = ckpt["ppo_state"]
+        log_rows = [r for r in read_log(log_path) if r["update"] <= ckpt["provenance"]["step"]]
+    else:
+        if os.path.exists(os.path.join(args.out_dir, "summary.json")):
+            os.remove(os.path.join(args.out_dir, "summary.json"))  # ours, and it says "finished"
+        critic, state = start(args, rt, data, policy, ref, rm, rm_report)
+        log_rows = []
+    # The frozen models in the compute dtype (bf16 on a GPU): half the memory, and what autocast
+    # would compute in anyway. The policy and the critic keep float32 weights for the optimizer.
     for frozen in (ref, rm):
         if frozen is not None:
             frozen.requires_grad_(False)
-            frozen.eval()
-    prompt_ids = {r["id"]: tok.encode(task.prompt(r["question"])).ids for r in train_rows}
-
-    if resuming:
-        critic = GPT(GPTConfig(**ckpt["critic_config"])).to(device)
-        critic.load_state_dict(ckpt["critic"])
-        state = ckpt["ppo_state"]
-        log_rows = read_log_until(log_path, ckpt["provenance"]["step"])
-    else:
-        state = {"update": 0, "kl_coef": args.kl_coef, "reward_mean": 0.0, "reward_std": 1.0,
-                 "best_val": -1.0, "best_update": None, "val_history": [], "gen_state": None}
-        if rm is not None:
-            k = args.samples_per_question
-            rng = random.Random(rationales.derive_seed(args.seed, "norm"))
-            rows = rng.sample(train_rows, min(args.norm_questions, len(train_rows)))
-            seeds = [rationales.derive_seed(args.seed, "norm", i) for i in range(len(rows) * k)]
-            with rt.autocast:
-                state["reward_mean"], state["reward_std"] = reward_scale(
-                    rm, policy, [prompt_ids[r["id"]] for r in rows], k, args.temperature,
-                    args.max_new_tokens, eot_id(tok), seeds, device)
-            print(f"reward model on {len(seeds)} SFT rationales: mean {state['reward_mean']:.3f}, "
-                  f"std {state['reward_std']:.3f} (scores are standardised with these)")
-        critic = standardised_critic(rm, state["reward_mean"], state["reward_std"]) \
-            if args.critic_init == "rm" else lm_to_scalar(ref)
-        log_rows = []
-    critic.requires_grad_(True)
+            frozen.to(rt.dtype).eval()
+    for model in (policy, critic):
+        model.requires_grad_(True)
+        model.grad_checkpointing = args.grad_checkpointing
     opt_policy = configure_optimizer(policy, args.lr, 0.0)
     opt_critic = configure_optimizer(critic, args.critic_lr, 0.0)
     gen = torch.Generator().manual_seed(args.seed)
@@ -455,11 +667,72 @@ def setup(args, rt, last_path, log_path):
         opt_policy.load_state_dict(ckpt["opt_policy"])
         opt_critic.load_state_dict(ckpt["opt_critic"])
         gen.set_state(state["gen_state"])
-    return Run(tok, task, train_rows, val_rows, test_rows, prompt_ids, policy, ref, rm, critic,
-               opt_policy, opt_critic, gen, state, log_rows)
+    return data, PPOModels(policy, ref, rm, critic, opt_policy, opt_critic, gen), state, log_rows
 
 
 # -----------------------------------------------------------------------------
+# Checkpoints and selection
+
+
+def save_resume_point(path, args, data, models, state, update):
+    """ppo_last.pt: the policy, the critic, both optimizers and the loop's state."""
+    state["update"] = update
+    state["gen_state"] = models.gen.get_state()
+    save_checkpoint(path, models.policy, data.tok.to_str(),
+                    {"script": "train_ppo.py", "args": vars(args), "step": update, "parent": args.sft},
+                    extra={"critic": models.critic.state_dict(), "critic_config": asdict(models.critic.config),
+                           "opt_policy": models.opt_policy.state_dict(),
+                           "opt_critic": models.opt_critic.state_dict(), "ppo_state": state})
+
+
+def validate(policy, data, args, rt, rows, name, samples):
+    """Accuracy over `samples` samples per question, with the same seeds at every update
+    (common random numbers: candidates differ by their weights, not by their luck), and its
+    standard error over questions."""
+    with rt.autocast:
+        _, preds = rationales.evaluate(policy, data.tok, data.task, rows, args.eval_temperature, samples,
+                                       rationales.derive_seed(args.seed, name), quiet=True,
+                                       max_new_tokens=data.max_new_tokens, batch_prompts=args.batch_prompts)
+    per_q = torch.tensor([sum(p["sample_correct"]) / samples for p in preds], dtype=torch.float64)
+    se = float(per_q.std() / len(per_q) ** 0.5) if len(per_q) > 1 else float("nan")
+    return float(per_q.mean()), se
+
+
+def choose_checkpoint(args, rt, data, models, state, update, rec, best_path):
+    """Checkpoint selection on the validation split; update 0 (SFT itself) is a candidate. The
+    chosen policy is written as weights only: it is what later stages read, not what resumes."""
+    rec["val_accuracy"], rec["val_se"] = validate(models.policy, data, args, rt, data.val_rows, "val",
+                                                  args.val_samples)
+    rec["test_accuracy"], _ = validate(models.policy, data, args, rt, data.test_rows, "test", 1)
+    state["val_history"].append({"update": update, "accuracy": rec["val_accuracy"], "se": rec["val_se"]})
+    if rec["val_accuracy"] > state["best_val"]:  # ties go to the earlier update
+        state["best_val"], state["best_update"] = rec["val_accuracy"], update
+        save_checkpoint(best_path, models.policy, data.tok.to_str(),
+                        {"script": "train_ppo.py", "args": vars(args), "step": update, "parent": args.sft})
+    print(f"update {update}: validation {100 * rec['val_accuracy']:.1f}% (se {100 * rec['val_se']:.1f}, "
+          f"{len(data.val_rows)} questions x {args.val_samples}), test {100 * rec['test_accuracy']:.1f}%; "
+          f"best so far: update {state['best_update']}")
+
+
+# -----------------------------------------------------------------------------
+# The loop
+
+
+def rollout_rewards(args, rt, data, models, state, rows, ro):
+    """Step 2: the sequence reward of each rollout, and the decoded texts with their reading."""
+    k, task = args.samples_per_question, data.task
+    texts = [data.tok.decode([t for t in r if t != data.eot]) for r in ro.responses]
+    golds = [rows[i // k]["answer"] for i in range(len(texts))]
+    # rewards read answers strictly: only an answer the rationale states counts
+    correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=rt.device)
+    has_answer = torch.tensor([task.stated_answer(t) is not None for t in texts], device=rt.device)
+    rm_z = torch.zeros_like(correct)
+    if models.rm is not None and args.reward != "exact":
+        raw = score_sequences(models.rm, ro, args.micro_batch_size, rt.autocast)
+        rm_z = (raw - state["reward_mean"]) / state["reward_std"]
+    seq_reward = sequence_rewards(args.reward, rm_z, correct, has_answer, ro.finished, args.no_answer_penalty,
+                                  args.unfinished_penalty, args.reward_clip)
+    return seq_reward, rm_z, correct, has_answer, texts
 
 
 def main(argv=None):
@@ -470,50 +743,18 @@ def main(argv=None):
     common.seed_everything(args.seed)
     last_path, best_path = os.path.join(args.out_dir, "ppo_last.pt"), os.path.join(args.out_dir, "ppo_best.pt")
     log_path = os.path.join(args.out_dir, "ppo_log.jsonl")
-    run = setup(args, rt, last_path, log_path)
-    tok, task, policy, state = run.tok, run.task, run.policy, run.state
-    eot, k = eot_id(tok), args.samples_per_question
-
-    def evaluate(rows, name, samples):
-        """Accuracy over `samples` samples per question, with the same seeds at every update
-        (common random numbers: candidates differ by their weights, not by their luck), and
-        its standard error over questions."""
-        with rt.autocast:
-            _, preds = rationales.evaluate(policy, tok, task, rows, args.eval_temperature, samples,
-                                           rationales.derive_seed(args.seed, name), quiet=True)
-        per_q = torch.tensor([sum(p["sample_correct"]) / samples for p in preds], dtype=torch.float64)
-        se = float(per_q.std() / len(per_q) ** 0.5) if len(per_q) > 1 else float("nan")
-        return float(per_q.mean()), se
-
-    def save(path, update):
-        state["update"] = update
-        state["gen_state"] = run.gen.get_state()
-        save_checkpoint(path, policy, tok.to_str(),
-                        {"script": "train_ppo.py", "args": vars(args), "step": update, "parent": args.sft},
-                        extra={"critic": run.critic.state_dict(), "critic_config": asdict(run.critic.config),
-                               "opt_policy": run.opt_policy.state_dict(),
-                               "opt_critic": run.opt_critic.state_dict(), "ppo_state": state})
-
-    def select(update, rec):
-        """Checkpoint selection on the validation split; update 0 (SFT itself) is a candidate."""
-        rec["val_accuracy"], rec["val_se"] = evaluate(run.val_rows, "val", args.val_samples)
-        rec["test_accuracy"], _ = evaluate(run.test_rows, "test", 1)
-        state["val_history"].append({"update": update, "accuracy": rec["val_accuracy"], "se": rec["val_se"]})
-        if rec["val_accuracy"] > state["best_val"]:  # ties go to the earlier update
-            state["best_val"], state["best_update"] = rec["val_accuracy"], update
-            save(best_path, update)
-        print(f"update {update}: validation {100 * rec['val_accuracy']:.1f}% (se {100 * rec['val_se']:.1f}, "
-              f"{len(run.val_rows)} questions x {args.val_samples}), test {100 * rec['test_accuracy']:.1f}%; "
-              f"best so far: update {state['best_update']}")
+    data, models, state, log_rows = setup(args, rt, last_path, log_path)
+    k = args.samples_per_question
 
     os.makedirs(args.out_dir, exist_ok=True)
     with common.atomic_file(log_path) as f:  # a resumed run's log: the rows up to its checkpoint
-        f.writelines(json.dumps(r) + "\n" for r in run.log_rows)
+        f.writelines(json.dumps(r) + "\n" for r in log_rows)
     log = open(log_path, "a")
-    if state["update"] == 0 and not run.log_rows:  # a fresh run: the SFT model is candidate 0
-        rec = {"update": 0, "reward_mean": state["reward_mean"], "reward_std": state["reward_std"]}
-        select(0, rec)
-        save(last_path, 0)
+    if state["update"] == 0 and not log_rows:  # a fresh run: the SFT model is candidate 0
+        rec = {"update": 0, "reward_mean": state["reward_mean"], "reward_std": state["reward_std"],
+               "reward_scale": state["reward_scale"]}
+        choose_checkpoint(args, rt, data, models, state, 0, rec, best_path)
+        save_resume_point(last_path, args, data, models, state, 0)
         log.write(json.dumps(rec) + "\n")
         log.flush()
     cols = ["update", "rm_score", "accuracy", "kl_ref", "entropy", "clip_frac", "approx_kl",
@@ -524,34 +765,23 @@ def main(argv=None):
         t0 = time.time()
         # 1. Rollout: training questions, no answer given (a fresh draw per update, by seed).
         rng = random.Random(rationales.derive_seed(args.seed, "questions", update))
-        rows = rng.sample(run.train_rows, min(args.questions_per_update, len(run.train_rows)))
+        rows = rng.sample(data.train_rows, min(args.questions_per_update, len(data.train_rows)))
         seeds = [rationales.derive_seed(args.seed, "rollout", update, i) for i in range(len(rows) * k)]
-        with rt.autocast:
-            ro = rollout(policy, [run.prompt_ids[r["id"]] for r in rows], k, args.temperature,
-                         args.max_new_tokens, eot, seeds, rt.device)
-
+        ro = rollout(models.policy, [data.prompt_ids[r["id"]] for r in rows], k, args.temperature,
+                     data.max_new_tokens, data.eot, seeds, rt.device, args.batch_prompts, rt.autocast)
         # 2. The sequence reward: the standardised RM score (SML) and/or the exact answer check.
-        texts = [tok.decode([t for t in r if t != eot]) for r in ro.responses]
-        correct = torch.tensor([task.reward(t, rows[i // k]["answer"]) for i, t in enumerate(texts)],
-                               device=rt.device)
-        has_answer = torch.tensor([task.extract_answer(t) is not None for t in texts], device=rt.device)
-        rm_score = torch.zeros_like(correct)
-        if run.rm is not None and args.reward != "exact":
-            with rt.autocast:
-                rm_score = (score_sequences(run.rm, ro) - state["reward_mean"]) / state["reward_std"]
-        seq_reward = sequence_rewards(args.reward, rm_score, correct, has_answer, ro.finished,
-                                      args.no_answer_penalty, args.unfinished_penalty, args.reward_clip)
-
-        with rt.autocast:
-            # 3. Old/ref log-probs, values, per-token KL-penalised rewards, GAE.
-            batch = prepare_batch(policy, run.ref, run.critic, ro, seq_reward, state["kl_coef"],
-                                  args.temperature, args.gamma, args.lam)
-            # 4. PPO epochs over minibatches.
-            stats = ppo_update(policy, run.critic, run.opt_policy, run.opt_critic, batch, run.gen,
-                               epochs=args.ppo_epochs, minibatch_size=args.minibatch_size,
-                               temperature=args.temperature, clip=args.clip, value_clip=args.value_clip,
-                               grad_clip=args.grad_clip)
-        if not all(np.isfinite(v) for v in (stats["policy_loss"], stats["value_loss"])):
+        seq_reward, rm_z, correct, has_answer, texts = rollout_rewards(args, rt, data, models, state, rows, ro)
+        # 3. Old/ref log-probs, values, per-token KL-penalised rewards, GAE.
+        batch = prepare_batch(models.policy, models.ref, models.critic, ro, seq_reward, state["kl_coef"],
+                              args.temperature, args.gamma, args.lam, args.micro_batch_size, rt.autocast)
+        # 4. PPO epochs over minibatches (the critic alone during its warmup).
+        stats = ppo_update(models.policy, models.critic, models.opt_policy, models.opt_critic, batch, models.gen,
+                           epochs=args.ppo_epochs, minibatch_size=args.minibatch_size,
+                           micro_batch_size=args.micro_batch_size, temperature=args.temperature, clip=args.clip,
+                           value_clip=args.value_clip, grad_clip=args.grad_clip, target_kl=args.target_kl,
+                           train_policy=update >= args.critic_warmup_updates, lr_at=lr_schedule(args, update),
+                           amp=rt.autocast)
+        if not all(v is None or np.isfinite(v) for v in (stats["policy_loss"], stats["value_loss"])):
             raise common.UserError(f"loss is not finite at update {update + 1}; try a lower --lr "
                                    f"(the last good checkpoint is {last_path})")
         kl_ref = float(batch.kl_per_seq.mean())
@@ -560,21 +790,25 @@ def main(argv=None):
                                                 args.kl_horizon)
 
         # 5. Log: the RM's view and the truth side by side, and PPO's health.
-        rec = {"update": update + 1, "rm_score": float(rm_score.mean()), "accuracy": float(correct.mean()),
+        rec = {"update": update + 1, "rm_score": float(rm_z.mean()), "accuracy": float(correct.mean()),
                "reward": float(seq_reward.mean()), "kl_ref": kl_ref, **stats,
                "expl_var": explained_variance(batch.values, batch.returns, batch.mask),
                "resp_len": float(ro.lengths.float().mean()),
                "finished": float(ro.finished.float().mean()), "no_answer": float((~has_answer).float().mean()),
-               "kl_coef": state["kl_coef"], "tok/s": int(batch.mask.sum()) / (time.time() - t0),
-               "seconds": time.time() - t_start}
+               "kl_coef": state["kl_coef"], "lr": lr_schedule(args, update)(0)[0],
+               "tok/s": int(batch.mask.sum()) / (time.time() - t0), "seconds": time.time() - t_start}
         if (update + 1) % args.eval_interval == 0 or update + 1 == args.updates:
-            select(update + 1, rec)
-            save(last_path, update + 1)
+            rec["samples"] = [{"question": rows[i // k]["question"], "rationale": texts[i],
+                               "reward": float(seq_reward[i]), "rm_score": float(rm_z[i])}
+                              for i in range(min(args.log_samples, len(texts)))]
+            choose_checkpoint(args, rt, data, models, state, update + 1, rec, best_path)
+            save_resume_point(last_path, args, data, models, state, update + 1)
         log.write(json.dumps(rec) + "\n")
         log.flush()
-        print(" ".join(f"{rec[c]:>9.3f}" if isinstance(rec[c], float) else f"{rec[c]:>9d}" for c in cols))
+        print(" ".join("-".rjust(9) if rec[c] is None else f"{rec[c]:>9.3f}" if isinstance(rec[c], float)
+                       else f"{rec[c]:>9d}" for c in cols))
     log.close()
-    why = (f"highest accuracy on the {len(run.val_rows)} validation questions ({args.val_samples} samples "
+    why = (f"highest accuracy on the {len(data.val_rows)} validation questions ({args.val_samples} samples "
            f"each, the same seeds for every candidate; ties go to the earlier update)")
     print(f"ppo_best.pt is update {state['best_update']}: {why}")
     common.write_json(os.path.join(args.out_dir, "summary.json"),
@@ -582,7 +816,7 @@ def main(argv=None):
                        "critic_init": args.critic_init, "best_update": state["best_update"],
                        "best_val_accuracy": state["best_val"], "chosen_because": why,
                        "val_history": state["val_history"], "reward_mean": state["reward_mean"],
-                       "reward_std": state["reward_std"]})
+                       "reward_std": state["reward_std"], "reward_scale": state["reward_scale"]})
     common.cleanup_runtime(rt)
 
 

@@ -14,21 +14,22 @@ The same script trains the baselines:
         --data_dir runs/default/data --out runs/default/sft.pt
 """
 
+import math
 import os
-import random
 
 import common
 import rationales
 from data import load_world
 from data.jsonl import DataError, load_dataset, load_sft
 from data.tokenizer import encode_after, eot_id
-from lm_training import check_lengths, start_or_resume, train_lm
+from lm_training import start_or_resume, train_lm
+from model import load_checkpoint
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 # pretrained: fine-tuning a pretrained model (run.sh with INIT): a learning rate for
 # pretrained weights, not the from-scratch model's 1e-3.
 PRESETS = {"default": {}, "tiny": dict(max_steps=30, batch_size=16, warmup_steps=5, eval_interval=15),
-           "pretrained": dict(lr=2e-5, max_steps=200, batch_size=16, warmup_steps=10, eval_interval=100,
+           "pretrained": dict(lr=2e-5, epochs=2, keep="best", batch_size=16, warmup_steps=10, eval_interval=25,
                               eval_limit=100)}
 
 
@@ -46,8 +47,14 @@ def get_args(argv=None):
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = p.add_argument_group("optimisation")
     g.add_argument("--max_steps", type=common.COUNT, default=600)
+    g.add_argument("--epochs", type=common.POSITIVE, default=None,
+                   help="train for this many passes over the training examples instead of --max_steps")
+    g.add_argument("--keep", default="last", choices=["last", "best"],
+                   help="the checkpoint written: the last step's, or the evaluation with the lowest held-out loss")
     g.add_argument("--batch_size", type=common.COUNT, default=32, help="examples per optimizer step (global)")
-    g.add_argument("--grad_accum", type=common.COUNT, default=1)
+    g.add_argument("--grad_accum", type=common.COUNT, default=1, help="micro-batches per step and process")
+    g.add_argument("--grad_checkpointing", action="store_true",
+                   help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
     g.add_argument("--lr", type=common.POSITIVE, default=1e-3)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=20)
     g.add_argument("--weight_decay", type=common.NONNEG_FLOAT, default=0.0)
@@ -58,6 +65,7 @@ def get_args(argv=None):
     g.add_argument("--eval_limit", type=common.NONNEG, default=0,
                    help="test questions to evaluate at the end (0: none; run.sh evaluates separately)")
     g.add_argument("--eval_temperature", type=common.NONNEG_FLOAT, default=1.0)
+    common.add_budget_args(g)
     common.add_runtime_args(p)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
@@ -73,7 +81,9 @@ def sft_examples(tok, rows, path, block_size):
     for row in rows:
         p, c = tok.encode(row["prompt"]).ids, encode_after(tok, row["prompt"], row["completion"])
         examples.append((p + c + [eot], [0] * len(p) + [1] * (len(c) + 1)))
-    check_lengths(examples, block_size, f"{path}: example")
+        if len(examples[-1][0]) - 1 > block_size:
+            raise DataError(f"{path}: the example of question {row.get('id', row['prompt'][:40])!r} has "
+                            f"{len(examples[-1][0]) - 1} tokens, longer than the model's context of {block_size}")
     return examples
 
 
@@ -89,31 +99,31 @@ def main(argv=None):
             raise DataError(f"{args.gold}: no row has a gold 'rationale'")
     else:
         rows = load_sft(args.data)
-    model, start_step, opt_state = start_or_resume(args.out, args.resume, args.overwrite, args.init,
+    model, start_step, resume_state = start_or_resume(args.out, args.resume, args.overwrite, args.init,
                                                    tok.to_str())
-    examples = sft_examples(tok, rows, args.data or args.gold, model.config.block_size)
-
     # Hold out a few rows for the eval loss, by question so that no question is on both sides.
-    qids = [r.get("id", str(i)) for i, r in enumerate(rows)]
-    unique = sorted(set(qids))
-    val_ids = set(random.Random(args.seed).sample(unique, int(len(unique) * args.val_frac)))
-    train_ex = [e for e, q in zip(examples, qids) if q not in val_ids]
-    val_ex = [e for e, q in zip(examples, qids) if q in val_ids]
-    common.print0(rt, f"SFT on {len(train_ex)} examples ({len(val_ex)} held out) from "
-                      f"{args.data or args.gold}")
+    model.grad_checkpointing = args.grad_checkpointing
+    train_rows, val_rows = common.split_by_question(rows, args.val_frac, args.seed)
+    what = args.data or args.gold
+    train_ex = sft_examples(tok, train_rows, what, model.config.block_size)
+    val_ex = sft_examples(tok, val_rows, what, model.config.block_size)
+    max_steps = math.ceil(args.epochs * len(train_ex) / args.batch_size) if args.epochs else args.max_steps
+    common.print0(rt, f"SFT on {len(train_ex)} examples ({len(val_ex)} held out) from {what}: {max_steps} steps "
+                      f"of {args.batch_size}" + (f" ({args.epochs} epochs)" if args.epochs else ""))
     # SML step 3a: next-token loss on the completion (the rationale) only
     train_lm(model, rt, train_ex, val_ex, eot_id(tok), args.out, tok.to_str(),
              {"script": "train_sft.py", "args": vars(args), "parent": args.init},
-             max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+             max_steps=max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
              weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,
              seed=args.seed, grad_accum=args.grad_accum, compile=args.compile, start_step=start_step,
-             optimizer_state=opt_state, desc="sft")
+             resume_state=resume_state, select_best=args.keep == "best", desc="sft")
 
-    if rt.master and args.eval_limit:  # a quick look; evaluate.py is the full evaluation
+    if rt.master and args.eval_limit:  # a quick look at what was written; evaluate.py is the full evaluation
         rows_test = load_dataset(os.path.join(args.data_dir, "test.jsonl"))[:args.eval_limit]
-        model.to(rt.device)
+        model, _ = load_checkpoint(args.out, kind="lm", device=rt.device)
         with rt.autocast:
-            summary, _ = rationales.evaluate(model, tok, task, rows_test, args.eval_temperature, 1, args.seed)
+            summary, _ = rationales.evaluate(model, tok, task, rows_test, args.eval_temperature, 1, args.seed,
+                                             max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts)
         print(f"test accuracy after SFT: {rationales.format_accuracy(summary)} "
               f"(temperature {args.eval_temperature})")
     common.cleanup_runtime(rt)

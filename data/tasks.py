@@ -29,6 +29,10 @@ class Task:
     name = ""
     answer_kind = "text"  # "number" | "yesno" | "text"
     ANSWER_PREFIX = " So the answer is"
+    # Tokens a rationale may take: every script samples with this budget unless --max_new_tokens
+    # says otherwise (collection, evaluation, the reward model's report, PPO's rollouts and
+    # checkpoint choice), so that no stage judges a rationale cut off where another let it finish.
+    rationale_tokens = 64
 
     # --- the prompt template (used by the corpus, SFT, the RM, PPO and evaluation) ---
     def prompt(self, question, hint=None):
@@ -58,12 +62,19 @@ class Task:
         """Every distinct final answer a rationale states ("the answer is X"), normalized."""
         return {self.normalize(m) for m in ANSWER_RE.findall(text)}
 
+    def stated_answer(self, text):
+        """The one final answer a rationale states, or None if it states none or two different
+        ones: the strict reading that SML step 2's consistency check and every reward use (a
+        rationale that argues for two answers agrees with neither; an answer it never states,
+        such as a lenient extractor's last number, earns nothing)."""
+        found = self.stated_answers(text)
+        return next(iter(found)) if len(found) == 1 else None
+
     def extract_answer(self, text):
         """The final answer a rationale states, normalized; None if it states none, or
-        states two different ones (a rationale that argues for two answers agrees with
-        neither). Text after the statement is ignored."""
-        found = self.stated_answers(text)
-        return found.pop() if len(found) == 1 else None
+        states two different ones. Text after the statement is ignored. Evaluation reads answers
+        with this; the paper's datasets read more leniently (DatasetTask below)."""
+        return self.stated_answer(text)
 
     def answers_match(self, a, b):
         if a is None or b is None:
@@ -71,9 +82,10 @@ class Task:
         return self.normalize(str(a)) == self.normalize(str(b))
 
     def reward(self, text, answer):
-        """The exact-match reward: 1.0 if the final answer `text` states is `answer`, else 0.0.
-        Evaluation scores every sample with it; the exact-match PPO baseline trains on it."""
-        return float(self.answers_match(self.extract_answer(text), answer))
+        """The exact-match reward: 1.0 if `text` states exactly one final answer and it is
+        `answer`, else 0.0 (the strict reading: the lenient extractor is for evaluation only).
+        The exact-match PPO baseline trains on it."""
+        return float(self.answers_match(self.stated_answer(text), answer))
 
     def finish(self, steps, answer):
         return " ".join(steps) + f"{self.ANSWER_PREFIX} {answer}."
@@ -377,6 +389,7 @@ class DatasetTask(Task):
     is stated at all, the answer type's fallback (read_unstated) decides, or None. (The
     built-in tasks above are stricter: two different statements are None there.)"""
     answer_kind = "text"
+    rationale_tokens = 128  # StrategyQA's gold rationales (SmolLM2's tokenizer): 99.9% fit in 128
 
     def extract_answer(self, text):
         stated = list(ANSWER_STATED_RE.finditer(text))
@@ -524,6 +537,9 @@ DATASET_TASKS = {key: type(key, (answer_type,), {"name": key}) for key, answer_t
     "tracking_shuffled_objects": ChoiceTask, "last_letter_concatenation": LettersTask,
     "coin_flip": YesNoTask, "commonsense_qa": ChoiceTask, "strategy_qa": YesNoTask,
 }.items()}  # one class per key, so that task.name says which dataset
+# Long worked solutions (SmolLM2's tokenizer): 17% of GSM8K's gold rationales and 13% of AQuA's
+# exceed 128 tokens, 0.3% and 3.5% exceed 256.
+DATASET_TASKS["gsm8k"].rationale_tokens = DATASET_TASKS["aqua"].rationale_tokens = 256
 
 
 TASKS = {"arithmetic": Arithmetic, "coinflip": CoinFlip, "lastletter": LastLetter}

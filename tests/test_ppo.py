@@ -88,7 +88,7 @@ def test_first_update_policy_old_and_reference_agree(tiny_run):
     for i, r in enumerate(ro.responses):
         assert torch.allclose(batch.old_logp[i][m[i]], torch.tensor(ro.sampler_logp[i]), atol=1e-4)
     # the first minibatch sees ratio 1: no approx KL, nothing clipped
-    new_logp, _ = train_ppo.token_logprobs(policy, batch.idx, 1.0)
+    new_logp, _ = train_ppo.token_logprobs(policy, batch.idx, batch.mask, 1.0)
     _, approx_kl, clip_frac = train_ppo.policy_loss(new_logp, batch.old_logp, batch.advantages, batch.mask, 0.2)
     assert approx_kl.abs().item() < 1e-6 and clip_frac.item() == 0.0
 
