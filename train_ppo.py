@@ -27,6 +27,14 @@ model was trained on. A critic with a scalar head estimates values for GAE. Each
 reward, a baseline) | rm+exact (both). Both kinds start their critic from the same place (the
 reward model, standardised, when --rm is given), so that the runs differ in the reward only.
 
+--estimator ppo (the paper's, the default) | rloo | grpo: the last two drop the critic, as the
+trainers of TRL, OpenRLHF, verl and nanochat do. Each rationale's return is its sequence reward
+minus beta times its KL to the SFT model (the same penalty PPO spreads over the tokens), and its
+advantage compares it with the other samples of the same question: RLOO (Ahmadian et al. 2024)
+subtracts the mean of the other k-1, GRPO (Shao et al. 2024) subtracts the group's mean and
+divides by its std. Every token of the rationale gets that advantage; the clipped objective and
+the epochs are PPO's. One model fewer in memory, and nothing to warm up.
+
 Reward scale: a Bradley-Terry reward model fixes neither the shift nor the scale of its
 scores, so before the first update the RM scores a batch of the SFT model's own rationales
 and every later score is standardised with that mean and std (logged, with the raw range).
@@ -153,6 +161,9 @@ def get_args(argv=None):
                    help="first updates that train the critic only (the policy waits for useful values)")
     g.add_argument("--target_kl", type=common.POSITIVE, default=None,
                    help="stop an update's epochs once a minibatch's approx KL passes this (off by default)")
+    g.add_argument("--estimator", default="ppo", choices=["ppo", "rloo", "grpo"],
+                   help="ppo: GAE with a critic (the paper); rloo / grpo: a baseline from the other samples of "
+                        "the same question, no critic")
     g.add_argument("--critic_init", default="rm", choices=["rm", "sft"],
                    help="rm: the reward model, standardised (needs --rm, also with --reward exact)")
     g.add_argument("--clip", type=common.POSITIVE, default=0.2, help="policy ratio clip")
@@ -182,6 +193,11 @@ def get_args(argv=None):
     if args.critic_warmup_updates >= args.updates:
         p.error(f"--critic_warmup_updates ({args.critic_warmup_updates}) leaves no update for the policy "
                 f"(--updates {args.updates})")
+    if args.estimator != "ppo" and args.samples_per_question < 2:
+        p.error(f"--estimator {args.estimator} compares the samples of a question: --samples_per_question "
+                f"must be at least 2")
+    if args.estimator != "ppo":
+        args.critic_warmup_updates = 0  # there is no critic
     if args.critic_init == "rm" and not args.rm:
         args.critic_init = "sft"  # exact-match reward and no reward model: SFT's trunk
     args.micro_batch_size = min(args.micro_batch_size or args.minibatch_size, args.minibatch_size)
@@ -312,6 +328,18 @@ def sequence_rewards(kind, rm_z, correct, has_answer, finished, no_answer_penalt
     return r.clamp(-clip, clip)
 
 
+def group_advantages(returns, k, estimator, eps=1e-6):
+    """The advantage of each of the k samples of a question (consecutive rows of `returns`, (B,)),
+    against a baseline from its own group. rloo: minus the mean of the other k-1 samples
+    (an unbiased baseline: it does not depend on the sample it is subtracted from). grpo: minus the
+    group's mean, over the group's std."""
+    groups = returns.view(-1, k)
+    if estimator == "rloo":
+        return (groups - (groups.sum(1, keepdim=True) - groups) / (k - 1)).view(-1)
+    mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)
+    return ((groups - mean) / (std + eps)).view(-1)
+
+
 def micro_batches(rows, size):
     """Consecutive slices of `rows` (a 1-d tensor of row indices) of at most `size` rows."""
     return [rows[s:s + size] for s in range(0, len(rows), size)]
@@ -403,11 +431,12 @@ def standardised_critic(rm, mean, std):
 
 @torch.no_grad()
 def prepare_batch(policy, ref, critic, ro, seq_reward, kl_coef, temperature, gamma, lam,
-                  micro_batch_size=None, amp=nullcontext(), n_vocab=None):
-    """Step 3 of an update: old and reference log-probs, values, per-token rewards, GAE.
-    The forwards run micro_batch_size rows at a time, each cut to its longest row."""
+                  micro_batch_size=None, amp=nullcontext(), n_vocab=None, estimator="ppo", k=None):
+    """Step 3 of an update: old and reference log-probs, values, per-token rewards, and the
+    advantages: GAE with the critic's values (ppo), or each rationale's return against its
+    group of k (rloo, grpo: critic is None). The forwards run micro_batch_size rows at a
+    time, each cut to its longest row."""
     policy.eval()
-    critic.eval()
     old_logp, ref_logp, values = (torch.zeros_like(ro.mask) for _ in range(3))
     for rows in micro_batches(torch.arange(ro.idx.size(0)), micro_batch_size or ro.idx.size(0)):
         T = int(ro.seq_lens[rows].max())
@@ -415,14 +444,19 @@ def prepare_batch(policy, ref, critic, ro, seq_reward, kl_coef, temperature, gam
         with amp:
             old_logp[rows, :T - 1] = token_logprobs(policy, idx, mask, temperature, n_vocab)[0]
             ref_logp[rows, :T - 1] = token_logprobs(ref, idx, mask, temperature, n_vocab)[0]
-            values[rows, :T - 1] = values_of(critic, idx) * mask
+            if critic is not None:
+                values[rows, :T - 1] = values_of(critic.eval(), idx) * mask
     kl = (old_logp - ref_logp) * ro.mask
     rewards = -kl_coef * kl  # the KL penalty to the SFT model, on every response token
     last = ro.mask.cumsum(1).argmax(1)  # position of each row's last response token
     rewards[torch.arange(ro.idx.size(0)), last] += seq_reward
-    advantages, returns = compute_gae(rewards, values, ro.mask, gamma, lam)
-    return Batch(ro.idx, ro.mask, ro.seq_lens, old_logp, ref_logp, values, rewards,
-                 masked_whiten(advantages, ro.mask), returns, kl.sum(1))
+    if estimator == "ppo":
+        advantages, returns = compute_gae(rewards, values, ro.mask, gamma, lam)
+        advantages = masked_whiten(advantages, ro.mask)
+    else:  # the whole rationale's return, against the other samples of its question
+        advantages = group_advantages(rewards.sum(1), k, estimator).unsqueeze(1) * ro.mask
+        returns = torch.zeros_like(values)
+    return Batch(ro.idx, ro.mask, ro.seq_lens, old_logp, ref_logp, values, rewards, advantages, returns, kl.sum(1))
 
 
 def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, minibatch_size, temperature,
@@ -435,7 +469,8 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
     loss weighted by its share of the minibatch's response tokens, so the accumulated gradient
     is the whole minibatch's. The policy's forward and backward run before the critic's, so
     the two graphs are never alive at once. train_policy=False (the critic's warmup) leaves
-    the policy as it is. lr_at(i) -> (policy lr, critic lr) of this update's i-th optimizer step.
+    the policy as it is; critic=None (rloo, grpo) trains the policy alone. lr_at(i) -> (policy
+    lr, critic lr) of this update's i-th optimizer step.
     Both models run in eval mode: dropout would make the log-probs differ from the rollout's
     even at the first step, where the ratio must be 1."""
     n = b.idx.size(0)
@@ -443,7 +478,8 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
     stats = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
     ratio_max, grad_norm, critic_grad_norm, steps, stopped = 0.0, 0.0, 0.0, 0, False
     policy.eval()
-    critic.eval()
+    if critic is not None:
+        critic.eval()
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, minibatch_size):
@@ -452,7 +488,8 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
             if lr_at is not None:
                 lr_policy, lr_critic = lr_at(steps)
                 common.set_lr(opt_policy, lr_policy)
-                common.set_lr(opt_critic, lr_critic)
+                if critic is not None:
+                    common.set_lr(opt_critic, lr_critic)
             mb_stats = {k: 0.0 for k in stats}
             for rows in micro_batches(mb, micro_batch_size):
                 T = int(b.seq_lens[rows].max())
@@ -469,22 +506,25 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
                     for k, v in (("policy_loss", pg_loss), ("approx_kl", approx_kl), ("clip_frac", clip_frac),
                                  ("entropy", masked_mean(entropy, mask))):
                         mb_stats[k] += float(v.detach() * share)
-                with amp:
-                    new_values = values_of(critic, idx)
-                v_loss = value_loss(new_values, b.values[rows, :T - 1], b.returns[rows, :T - 1], mask, value_clip)
-                (v_loss * share).backward()
-                mb_stats["value_loss"] += float(v_loss.detach() * share)
+                if critic is not None:
+                    with amp:
+                        new_values = values_of(critic, idx)
+                    v_loss = value_loss(new_values, b.values[rows, :T - 1], b.returns[rows, :T - 1], mask,
+                                        value_clip)
+                    (v_loss * share).backward()
+                    mb_stats["value_loss"] += float(v_loss.detach() * share)
             if train_policy:
                 grad_norm = max(grad_norm, float(torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)))
                 opt_policy.step()
                 opt_policy.zero_grad(set_to_none=True)
-            critic_grad_norm = max(critic_grad_norm,
-                                   float(torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)))
-            opt_critic.step()
-            opt_critic.zero_grad(set_to_none=True)
+            if critic is not None:
+                critic_grad_norm = max(critic_grad_norm,
+                                       float(torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)))
+                opt_critic.step()
+                opt_critic.zero_grad(set_to_none=True)
             steps += 1
             for k, v in mb_stats.items():
-                if train_policy or k == "value_loss":
+                if (train_policy and k != "value_loss") or (critic is not None and k == "value_loss"):
                     stats[k].append(v)
             if train_policy and target_kl is not None and mb_stats["approx_kl"] > target_kl:
                 stopped = True  # the policy has moved as far as one batch of rollouts should take it
@@ -493,7 +533,8 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
             break
     out = {k: float(np.mean(v)) if v else None for k, v in stats.items()}
     return {**out, "ratio_max": ratio_max if train_policy else None, "grad_norm": grad_norm if train_policy else None,
-            "critic_grad_norm": critic_grad_norm, "optimizer_steps": steps, "kl_stop": stopped}
+            "critic_grad_norm": critic_grad_norm if critic is not None else None, "optimizer_steps": steps,
+            "kl_stop": stopped}
 
 
 def steps_per_update(args):
@@ -573,7 +614,7 @@ class PPOModels:
     policy: GPT
     ref: GPT  # frozen: the SFT model
     rm: GPT  # frozen; None with --reward exact and no --rm
-    critic: GPT
+    critic: GPT  # None for rloo and grpo
     opt_policy: torch.optim.Optimizer
     opt_critic: torch.optim.Optimizer
     gen: torch.Generator  # minibatch order
@@ -601,7 +642,8 @@ def load_data(args, policy_config):
 
 
 def start(args, rt, data, policy, ref, rm, rm_report):
-    """A fresh run: measure the reward model's scale on SFT samples, build the critic from it."""
+    """A fresh run: measure the reward model's scale on SFT samples, build the critic from it
+    (none for rloo and grpo)."""
     state = {"update": 0, "kl_coef": args.kl_coef, "reward_mean": 0.0, "reward_std": 1.0, "reward_scale": None,
              "best_val": -1.0, "best_update": None, "val_history": [], "gen_state": None}
     if rm is not None:
@@ -617,8 +659,10 @@ def start(args, rt, data, policy, ref, rm, rm_report):
         print(f"reward model on {scale['n']} finished SFT rationales: mean {scale['mean']:.3f}, std "
               f"{scale['std']:.3f} (floor {floor:.3f}: std used {state['reward_std']:.3f}), raw range "
               f"{scale['min']:.2f} .. {scale['max']:.2f} (5-95%: {scale['p05']:.2f} .. {scale['p95']:.2f})")
-    critic = standardised_critic(rm, state["reward_mean"], state["reward_std"]) \
-        if args.critic_init == "rm" else lm_to_scalar(ref)
+    critic = None  # rloo, grpo
+    if args.estimator == "ppo":
+        critic = standardised_critic(rm, state["reward_mean"], state["reward_std"]) \
+            if args.critic_init == "rm" else lm_to_scalar(ref)
     return critic, state
 
 
@@ -642,8 +686,10 @@ def setup(args, rt, last_path, log_path):
         if args.reward != "exact":
             check_reward_model(rm_report, args.rm, args.allow_weak_rm)
     if resuming:
-        critic = GPT(GPTConfig(**ckpt["critic_config"])).to(rt.device)
-        critic.load_state_dict(ckpt["critic"])
+        critic = None
+        if ckpt["critic"] is not None:
+            critic = GPT(GPTConfig(**ckpt["critic_config"])).to(rt.device)
+            critic.load_state_dict(ckpt["critic"])
         state = ckpt["ppo_state"]
         log_rows = [r for r in read_log(log_path) if r["update"] <= ckpt["provenance"]["step"]]
     else:
@@ -658,14 +704,16 @@ def setup(args, rt, last_path, log_path):
             frozen.requires_grad_(False)
             frozen.to(rt.dtype).eval()
     for model in (policy, critic):
-        model.requires_grad_(True)
-        model.grad_checkpointing = args.grad_checkpointing
+        if model is not None:
+            model.requires_grad_(True)
+            model.grad_checkpointing = args.grad_checkpointing
     opt_policy = configure_optimizer(policy, args.lr, 0.0)
-    opt_critic = configure_optimizer(critic, args.critic_lr, 0.0)
+    opt_critic = configure_optimizer(critic, args.critic_lr, 0.0) if critic is not None else None
     gen = torch.Generator().manual_seed(args.seed)
     if resuming:
         opt_policy.load_state_dict(ckpt["opt_policy"])
-        opt_critic.load_state_dict(ckpt["opt_critic"])
+        if critic is not None:
+            opt_critic.load_state_dict(ckpt["opt_critic"])
         gen.set_state(state["gen_state"])
     return data, PPOModels(policy, ref, rm, critic, opt_policy, opt_critic, gen), state, log_rows
 
@@ -678,11 +726,13 @@ def save_resume_point(path, args, data, models, state, update):
     """ppo_last.pt: the policy, the critic, both optimizers and the loop's state."""
     state["update"] = update
     state["gen_state"] = models.gen.get_state()
+    critic = models.critic
     save_checkpoint(path, models.policy, data.tok.to_str(),
                     {"script": "train_ppo.py", "args": vars(args), "step": update, "parent": args.sft},
-                    extra={"critic": models.critic.state_dict(), "critic_config": asdict(models.critic.config),
+                    extra={"critic": critic.state_dict() if critic else None,
+                           "critic_config": asdict(critic.config) if critic else None,
                            "opt_policy": models.opt_policy.state_dict(),
-                           "opt_critic": models.opt_critic.state_dict(), "ppo_state": state})
+                           "opt_critic": models.opt_critic.state_dict() if critic else None, "ppo_state": state})
 
 
 def validate(policy, data, args, rt, rows, name, samples):
@@ -773,7 +823,8 @@ def main(argv=None):
         seq_reward, rm_z, correct, has_answer, texts = rollout_rewards(args, rt, data, models, state, rows, ro)
         # 3. Old/ref log-probs, values, per-token KL-penalised rewards, GAE.
         batch = prepare_batch(models.policy, models.ref, models.critic, ro, seq_reward, state["kl_coef"],
-                              args.temperature, args.gamma, args.lam, args.micro_batch_size, rt.autocast)
+                              args.temperature, args.gamma, args.lam, args.micro_batch_size, rt.autocast,
+                              estimator=args.estimator, k=k)
         # 4. PPO epochs over minibatches (the critic alone during its warmup).
         stats = ppo_update(models.policy, models.critic, models.opt_policy, models.opt_critic, batch, models.gen,
                            epochs=args.ppo_epochs, minibatch_size=args.minibatch_size,
@@ -792,7 +843,7 @@ def main(argv=None):
         # 5. Log: the RM's view and the truth side by side, and PPO's health.
         rec = {"update": update + 1, "rm_score": float(rm_z.mean()), "accuracy": float(correct.mean()),
                "reward": float(seq_reward.mean()), "kl_ref": kl_ref, **stats,
-               "expl_var": explained_variance(batch.values, batch.returns, batch.mask),
+               "expl_var": explained_variance(batch.values, batch.returns, batch.mask) if models.critic else None,
                "resp_len": float(ro.lengths.float().mean()),
                "finished": float(ro.finished.float().mean()), "no_answer": float((~has_answer).float().mean()),
                "kl_coef": state["kl_coef"], "lr": lr_schedule(args, update)(0)[0],
@@ -813,7 +864,7 @@ def main(argv=None):
     print(f"ppo_best.pt is update {state['best_update']}: {why}")
     common.write_json(os.path.join(args.out_dir, "summary.json"),
                       {"updates": args.updates, "seconds": time.time() - t_start, "reward": args.reward,
-                       "critic_init": args.critic_init, "best_update": state["best_update"],
+                       "estimator": args.estimator, "critic_init": args.critic_init if models.critic else None, "best_update": state["best_update"],
                        "best_val_accuracy": state["best_val"], "chosen_because": why,
                        "val_history": state["val_history"], "reward_mean": state["reward_mean"],
                        "reward_std": state["reward_std"], "reward_scale": state["reward_scale"]})

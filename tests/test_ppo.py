@@ -250,3 +250,57 @@ def test_interrupted_then_resumed_run_writes_the_same_log_and_weights(tiny_run, 
             assert torch.equal(a["model"][key], b["model"][key]), (name, key)
     summary = json.load(open(tmp_path / "whole" / "summary.json"))
     assert summary["best_update"] in (0, 2, 4) and summary["val_history"][0]["update"] == 0
+
+
+# -----------------------------------------------------------------------------
+# RLOO and GRPO: a baseline from the other samples of the question, no critic
+
+
+def test_rloo_advantage_is_the_leave_one_out_mean_by_hand():
+    returns = torch.tensor([1.0, 0.0, 0.0, 3.0, 2.0, 2.0, 2.0, 6.0])  # two questions, k = 4
+    adv = train_ppo.group_advantages(returns, 4, "rloo")
+    # question 1: 1 - (0+0+3)/3 = 0, 0 - (1+0+3)/3 = -4/3, 0 - 4/3, 3 - 1/3 = 8/3
+    # question 2: 2 - (2+2+6)/3 = -4/3 (three times), 6 - 2 = 4
+    expected = torch.tensor([0.0, -4 / 3, -4 / 3, 8 / 3, -4 / 3, -4 / 3, -4 / 3, 4.0])
+    assert torch.allclose(adv, expected)
+    grpo = train_ppo.group_advantages(returns, 4, "grpo")
+    g = returns[:4]
+    assert torch.allclose(grpo[:4], (g - g.mean()) / (g.std() + 1e-6))
+    assert torch.allclose(train_ppo.group_advantages(torch.ones(4), 4, "grpo"), torch.zeros(4))
+
+
+def test_critic_free_batch_gives_every_token_its_rationales_advantage(tiny_run):
+    tok, policy, ref, _, prompts = tiny_models(tiny_run)
+    with torch.no_grad():  # a policy that differs from the reference: the KL enters the return
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    eot = tok.token_to_id(EOT)
+    k = 4
+    ro = train_ppo.rollout(policy, prompts[:3], k, 1.0, 20, eot, list(range(12)), "cpu")
+    seq_reward = torch.arange(12, dtype=torch.float32) % 5
+    b = train_ppo.prepare_batch(policy, ref, None, ro, seq_reward, 0.1, 1.0, 1.0, 0.95, estimator="rloo", k=k)
+    returns = seq_reward - 0.1 * b.kl_per_seq
+    expected = train_ppo.group_advantages(returns, k, "rloo")
+    for i in range(12):
+        on = b.mask[i] > 0
+        assert torch.allclose(b.advantages[i][on], expected[i].expand(int(on.sum())), atol=1e-5)
+        assert (b.advantages[i][~on] == 0).all()
+    # and an update trains the policy alone
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    stats = train_ppo.ppo_update(policy, None, opt, None, b, torch.Generator().manual_seed(0), epochs=1,
+                                 minibatch_size=6, temperature=1.0, clip=0.2, value_clip=0.2, grad_clip=1.0)
+    assert stats["value_loss"] is None and stats["policy_loss"] is not None and stats["optimizer_steps"] == 2
+
+
+@pytest.mark.slow  # through main, twice
+def test_rloo_run_has_no_critic_and_resumes(tiny_run, tmp_path):
+    import json
+    argv = ["--sft", tiny_run["base"], "--reward", "exact", "--estimator", "rloo", "--data_dir", tiny_run["data"],
+            "--preset", "tiny", "--device", "cpu", "--seed", "3", "--out_dir", str(tmp_path / "r")]
+    train_ppo.main(argv + ["--updates", "2"])
+    last = torch.load(tmp_path / "r" / "ppo_last.pt", weights_only=True)
+    assert last["critic"] is None and last["opt_critic"] is None
+    train_ppo.main(argv + ["--updates", "4", "--resume"])
+    rows = [json.loads(x) for x in open(tmp_path / "r" / "ppo_log.jsonl")]
+    assert [r["update"] for r in rows] == [0, 1, 2, 3, 4] and rows[-1]["value_loss"] is None
+    assert json.load(open(tmp_path / "r" / "summary.json"))["estimator"] == "rloo"
