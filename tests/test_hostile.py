@@ -5,10 +5,12 @@ killed writes and dataset sources that are not the recorded files. Each is refus
 clear line (a CheckpointError / DataError naming the file or URL), quickly, and nothing is
 written outside the folder it belongs in."""
 
+import dataclasses
 import hashlib
 import http.server
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -22,7 +24,10 @@ import pytest
 import torch
 
 import hf
+from data import datasets
+from data.datasets import DATASETS, download_file
 from data.jsonl import DataError
+from data.prepare import main as prepare_main
 from data.tokenizer import load_tokenizer, train_tokenizer
 from model import GPT, CheckpointError, GPTConfig, from_pretrained, load_checkpoint, save_checkpoint, save_pretrained
 
@@ -599,3 +604,114 @@ def test_a_silent_hub_times_out(hub, monkeypatch):
         start = time.time()
         refused(lambda: from_pretrained("org/tiny"), "within 1 s")
         assert time.time() - start < 6
+
+
+# -----------------------------------------------------------------------------
+# Dataset downloads and --source files
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    body, slow, requests = b"[1, 2, 3]\n" * 10, True, []
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        try:
+            if self.slow:
+                trickle(self, self.body)
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(self.body)))
+                self.end_headers()
+                self.wfile.write(self.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_trickling_dataset_host_times_out(tmp_path):
+    server, url = serve(type("T", (Trickle,), {}))
+    try:
+        start = time.time()
+        refused(lambda: download_file(f"{url}/f.json", str(tmp_path / "c" / "f.json"), timeout=1),
+                f"{url}/f.json", error=DataError)
+        assert time.time() - start < 6
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert os.listdir(tmp_path / "c") == []
+
+
+@pytest.mark.slow  # a process per killed download
+def test_killed_dataset_downloads_leave_no_temporaries(tmp_path):
+    handler = type("T", (Trickle,), {"requests": []})
+    server, url = serve(handler)
+    cache = tmp_path / "cache"
+    body = handler.body
+    args = (f"{url}/f.json", str(cache / "f.json"), len(body), hashlib.sha256(body).hexdigest())
+    code = f"import sys; sys.path.insert(0, {ROOT!r}); from data.datasets import download_file; download_file{args!r}"
+    try:
+        for run in range(1, 4):
+            p = subprocess.Popen([sys.executable, "-c", code])
+            deadline = time.time() + 60
+            while len(handler.requests) < run and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # a few bytes in
+            p.kill()
+            p.wait()
+        assert len(handler.requests) == 3 and os.listdir(cache)  # the killed runs left partial files ...
+        handler.slow = False
+        download_file(*args)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert os.listdir(cache) == ["f.json"]  # ... and the next download swept them
+
+
+def fixture_spec(folder, key="single_eq"):
+    """A finetune_cot-layout source whose recorded sizes and hashes are its own files'."""
+    rows = [{"question": f"Ann has {i} owls and buys 2. How many owls?", "answer": str(i + 2)} for i in range(6)]
+    os.makedirs(os.path.join(folder, "splits"))
+    with open(os.path.join(folder, f"{key}.json"), "w") as f:
+        json.dump(rows, f)
+    with open(os.path.join(folder, "splits", f"{key}__default.json"), "w") as f:
+        json.dump({"train": [0, 1, 2, 3], "test": [4, 5]}, f)
+    files = []
+    for spec_file in DATASETS[key].files:
+        data = open(os.path.join(folder, spec_file.name), "rb").read()
+        files.append(dataclasses.replace(spec_file, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    return dataclasses.replace(DATASETS[key], n_train=4, n_test=2, files=tuple(files))
+
+
+def test_a_modified_source_file_is_refused_unless_allowed(tmp_path, monkeypatch):
+    src, out = str(tmp_path / "src"), str(tmp_path / "out")
+    spec = fixture_spec(src)
+    monkeypatch.setitem(DATASETS, "single_eq", spec)
+    prepare_main(["--task", "single_eq", "--source", src, "--out_dir", out])  # the recorded files: fine
+    path = os.path.join(src, "single_eq.json")
+    text = open(path).read().replace('"answer": "2"', '"answer": "3"')  # a changed answer
+    with open(path, "w") as f:
+        f.write(text)
+    now = hashlib.sha256(text.encode()).hexdigest()
+    msg = refused(lambda: prepare_main(["--task", "single_eq", "--source", src, "--out_dir", out, "--overwrite"]),
+                  path, now, spec.files[0].sha256, "--allow_modified_source", error=DataError)
+    assert "sha256" in msg
+    prepare_main(["--task", "single_eq", "--source", src, "--out_dir", out, "--overwrite",
+                  "--allow_modified_source"])
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["modified_source_files"] == ["single_eq.json"]
+
+
+def test_a_cached_download_that_fails_its_hash_says_so(tmp_path, monkeypatch):
+    """The cached copy does not match its recorded sha256 and the host is unreachable: the
+    error says the cached file failed its check, not only that the host is unreachable."""
+    spec = fixture_spec(str(tmp_path / "src"))
+    cache = tmp_path / "cache"
+    shutil.copytree(tmp_path / "src", cache / "finetune_cot")
+    cached = cache / "finetune_cot" / "single_eq.json"
+    cached.write_text(cached.read_text().replace("owls", "owlz"))  # the same size, other bytes
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(datasets.URL_ENV, f"http://127.0.0.1:{port}")
+    refused(lambda: datasets.fetch(spec, str(cache)), "single_eq.json", "sha256", error=DataError)
