@@ -21,18 +21,24 @@ Qwen2, Qwen3, SmolLM) and hand its results back to other tools.
 
 import hashlib
 import json
+import math
 import os
+import re
+import shutil
 import struct
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import torch
 
+import common
 from common import atomic_file
-from model import GPT, CheckpointError, GPTConfig
+from model import GPT, LLAMA3_SCALING, CheckpointError, GPTConfig, shapes_only
 
 # -----------------------------------------------------------------------------
 # safetensors
@@ -41,24 +47,68 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
            "U8": torch.uint8, "BOOL": torch.bool}
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+_DTYPE_SIZES = {k: v.itemsize for k, v in _DTYPES.items()}
 assert sys.byteorder == "little", "safetensors data is little-endian; this reader assumes a little-endian host"
 
 
 def read_safetensors_header(path):
-    """-> (header dict without __metadata__, offset of the data section)."""
+    """-> (header dict without __metadata__, offset of the data section). The header is
+    checked whole (check_safetensors_header) before any tensor's bytes are read."""
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
             raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
         (n,) = struct.unpack("<Q", raw)
-        if n > 100_000_000:
-            raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
+        if n > min(100_000_000, size - 8):
+            raise CheckpointError(f"{path}: not a safetensors file (header length {n} in a file of {size} bytes)")
         try:
             header = json.loads(f.read(n))
         except ValueError as e:
             raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e})")
+    check_safetensors_header(path, header, size - 8 - n)
     header.pop("__metadata__", None)
     return header, 8 + n
+
+
+def _sizes(value):
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+def check_safetensors_header(path, header, data_size):
+    """Refuse a header that does not describe its file: every tensor needs a known dtype, a
+    shape of sizes, and data_offsets [begin, end] that hold exactly its bytes, inside the data
+    section (data_size bytes) and overlapping no other tensor's. Checked before anything is
+    read, so a header that lies about sizes is an error, not a huge buffer."""
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
+        raise CheckpointError(f"{path}: not a safetensors file (the header is not a JSON object of tensors)")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{where}: expected {{dtype, shape, data_offsets}}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPES:
+            raise CheckpointError(f"{where}: dtype {dtype!r} is not supported ({', '.join(_DTYPES)})")
+        if not _sizes(shape):
+            raise CheckpointError(f"{where}: shape {shape!r} is not a list of sizes")
+        if not (_sizes(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{where}: data_offsets {offsets!r} is not [begin, end]")
+        begin, end = offsets
+        if end > data_size:
+            raise CheckpointError(f"{where}: data_offsets {offsets} run past the end of the file "
+                                  f"({data_size} bytes of data)")
+        need = math.prod(shape) * _DTYPE_SIZES[dtype]
+        if end - begin != need:
+            raise CheckpointError(f"{where}: {end - begin} bytes for shape {shape} of {dtype} ({need} needed)")
+        if begin < end:
+            spans.append((begin, end, name))
+    spans.sort()
+    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            raise CheckpointError(f"{path}: tensors {a!r} and {b!r} overlap in the file")
 
 
 def read_safetensors(path, names=None):
@@ -69,19 +119,14 @@ def read_safetensors(path, names=None):
         for name, info in header.items():
             if names is not None and name not in names:
                 continue
-            if info["dtype"] not in _DTYPES:
-                raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
             begin, end = info["data_offsets"]
             f.seek(data_start + begin)
-            buf = bytearray(end - begin)
+            buf = bytearray(end - begin)  # at most the file's size: the header is checked
             if f.readinto(buf) != len(buf):
-                raise CheckpointError(f"{path}: tensor {name} is cut off (file truncated?)")
-            t = torch.frombuffer(buf, dtype=_DTYPES[info["dtype"]]) if buf else \
-                torch.empty(0, dtype=_DTYPES[info["dtype"]])
-            shape = info["shape"]
-            if t.numel() != (torch.Size(shape).numel()):
-                raise CheckpointError(f"{path}: tensor {name} has {t.numel()} elements for shape {shape}")
-            out[name] = t.view(shape)
+                raise CheckpointError(f"{path}: tensor {name} is cut off (the file changed while read?)")
+            dtype = _DTYPES[info["dtype"]]
+            t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+            out[name] = t.view(info["shape"])
     return out
 
 
@@ -131,21 +176,33 @@ def _rope_from_hf(cfg, where):
         params = dict(cfg.get("rope_scaling") or {})
         params.setdefault("rope_theta", cfg.get("rope_theta"))
     theta = params.pop("rope_theta", None) or cfg.get("rope_theta") or 10000.0
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise CheckpointError(f"{where}: rope_theta {theta!r} is not a number")
     rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
     if rope_type == "default":
         return float(theta), None
     if rope_type != "llama3":
         raise CheckpointError(f"{where}: rope scaling {rope_type!r} is not supported (default and llama3 are)")
-    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-    if any(k not in params for k in keys):
-        raise CheckpointError(f"{where}: llama3 rope scaling needs {', '.join(keys)}")
-    return float(theta), {"rope_type": "llama3", **{k: params[k] for k in keys}}
+    if any(k not in params for k in LLAMA3_SCALING):
+        raise CheckpointError(f"{where}: llama3 rope scaling needs {', '.join(LLAMA3_SCALING)}")
+    return float(theta), {"rope_type": "llama3", **{k: params[k] for k in LLAMA3_SCALING}}
 
 
 def config_from_hf(cfg, where, block_size=None):
     """A GPTConfig from a config.json dict. block_size: cap the context (None: the model's
     max_position_embeddings, or Mistral's sliding window if smaller, where full attention
-    is still exact)."""
+    is still exact). A missing key or a value GPTConfig refuses is one CheckpointError."""
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{where}: expected a JSON object")
+    try:
+        return _config_from_hf(cfg, where, block_size)
+    except KeyError as e:
+        raise CheckpointError(f"{where}: no {e.args[0]!r}, which a {cfg.get('model_type')} config.json needs") from None
+    except (TypeError, ValueError) as e:  # a value of the wrong type or out of range; GPTConfig names the field
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def _config_from_hf(cfg, where, block_size):
     family = cfg.get("model_type")
     if family not in FAMILIES:
         raise CheckpointError(f"{where}: model_type {family!r} is not supported (supported: {', '.join(FAMILIES)})")
@@ -161,7 +218,7 @@ def config_from_hf(cfg, where, block_size=None):
             raise CheckpointError(f"{where}: activation {cfg['activation_function']!r} is not supported")
         context = cfg["n_positions"]
         out = dict(vocab_size=cfg["vocab_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                   n_embd=cfg["n_embd"], mlp_hidden=cfg.get("n_inner") or 4 * cfg["n_embd"],
+                   n_embd=cfg["n_embd"], mlp_hidden=cfg.get("n_inner"),
                    norm="layernorm", norm_eps=cfg["layer_norm_epsilon"], mlp=acts[cfg["activation_function"]],
                    pos_emb="learned", tie_embeddings=bool(cfg["tie_word_embeddings"]))
         if block_size and block_size > context:
@@ -181,11 +238,10 @@ def config_from_hf(cfg, where, block_size=None):
         window = cfg.get("sliding_window") if (family == "mistral" or cfg.get("use_sliding_window")) else None
         if window and window < context:
             context = window  # up to the window, sliding-window attention is full attention
-        n_head = cfg["num_attention_heads"]
-        out = dict(vocab_size=cfg["vocab_size"], n_layer=cfg["num_hidden_layers"], n_head=n_head,
+        # n_kv_head / head_dim left out: GPTConfig's defaults (n_head, n_embd // n_head) are HF's
+        out = dict(vocab_size=cfg["vocab_size"], n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"],
                    n_embd=cfg["hidden_size"], mlp_hidden=cfg["intermediate_size"],
-                   n_kv_head=cfg.get("num_key_value_heads") or n_head,
-                   head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_head,
+                   n_kv_head=cfg.get("num_key_value_heads"), head_dim=cfg.get("head_dim"),
                    norm="rmsnorm", norm_eps=cfg["rms_norm_eps"], mlp="swiglu", pos_emb="rope",
                    rope_theta=theta, rope_scaling=scaling, bias=bias, qkv_bias=qkv_bias,
                    qk_norm=family == "qwen3", tie_embeddings=bool(cfg["tie_word_embeddings"]))
@@ -295,34 +351,45 @@ def _hf_names(family, ours):
     return [h.format(layer) for h in hf], transpose
 
 
-def state_dict_from_hf(model, family, read_tensor, names_available, where):
-    """Fill our state dict from HF tensors. read_tensor(name) -> (tensor, file it came from)."""
-    sd = model.state_dict()
-    used = set()
-    new = {}
-    for ours, target in sd.items():
+def hf_tensor_plan(model, family, shapes, file_of, where, config_path):
+    """Which HF tensors make each of the model's parameters -> {ours: (HF names, transpose)},
+    from the headers' shapes alone (shapes: {HF name: shape}, file_of: {HF name: file}), so
+    that nothing is read or allocated before every tensor is known to be there, to fit the
+    parameter's shape in the config, and none is left over. `model` may be on the meta device."""
+    plan = {}
+    for ours, target in model.state_dict().items():
         if ours == "lm_head.weight" and model.config.tie_embeddings:
             continue  # the same tensor as wte.weight
         hf, transpose = _hf_names(family, ours)
         if hf is None:
             raise CheckpointError(f"{where}: no {family} tensor maps to this model's {ours}")
-        pieces = []
         for name in hf:
-            if name not in names_available:
+            if name not in shapes:
                 raise CheckpointError(f"{where}: missing tensor {name} (for {ours})")
-            t, file = read_tensor(name)
-            pieces.append((t.t() if transpose else t, name, file))
-            used.add(name)
-        t = pieces[0][0] if len(pieces) == 1 else torch.cat([p[0] for p in pieces], dim=0)
-        if t.shape != target.shape:
-            detail = ", ".join(f"{n} {tuple(p.shape)}" for p, n, _ in pieces)
-            raise CheckpointError(f"{pieces[0][2]}: tensor {detail} does not fit {ours} {tuple(target.shape)}"
-                                  f" of the config")
-        new[ours] = t.to(target.dtype)
-    extra = [n for n in names_available if n not in used and not n.endswith(_IGNORED_SUFFIXES)
+        # the pieces are concatenated along dim 0, after GPT-2's transpose
+        pieces = [tuple(shapes[n])[::-1] if transpose else tuple(shapes[n]) for n in hf]
+        fits = all(len(p) == target.dim() and p[1:] == target.shape[1:] for p in pieces) \
+            and sum(p[0] for p in pieces) == target.shape[0]
+        if not fits:
+            detail = ", ".join(f"{n} {tuple(shapes[n])}" for n in hf)
+            raise CheckpointError(f"{file_of[hf[0]]}: tensor {detail} does not fit {ours} {tuple(target.shape)}"
+                                  f" of {config_path}")
+        plan[ours] = (hf, transpose)
+    used = {n for hf, _ in plan.values() for n in hf}
+    extra = [n for n in shapes if n not in used and not n.endswith(_IGNORED_SUFFIXES)
              and not (n == "lm_head.weight" and model.config.tie_embeddings)]
     if extra:
         raise CheckpointError(f"{where}: unexpected tensor {extra[0]} ({len(extra)} in all) for this config")
+    return plan
+
+
+def state_dict_from_hf(model, plan, read_tensor):
+    """Fill our state dict from HF tensors as hf_tensor_plan says. read_tensor(HF name) -> tensor."""
+    sd = model.state_dict()
+    new = {}
+    for ours, (hf, transpose) in plan.items():
+        pieces = [read_tensor(n).t() if transpose else read_tensor(n) for n in hf]
+        new[ours] = (pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)).to(sd[ours].dtype)
     missing, unexpected = model.load_state_dict(new, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
 
@@ -353,10 +420,16 @@ def state_dict_to_hf(model):
 #   $HF_HOME/hub/models--org--name/blobs/<etag>            the files' bytes
 #   $HF_HOME/hub/models--org--name/snapshots/<commit>/f    links to the blobs
 #   $HF_HOME/hub/models--org--name/refs/<revision>         the commit a branch / tag pointed at
+# Every name in these paths that comes from the server or an index is checked before anything
+# is written: a commit is 40 hex digits, a blob name a hash, a file name a path that stays
+# inside its folder (_inside). The token goes to the endpoint's host only.
 
 _FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
           "model.safetensors", "model.safetensors.index.json")
 _OPTIONAL = ("generation_config.json", "tokenizer_config.json")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_BLOB = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # the hub's ETags: a git blob id, or an LFS file's sha256
+STALL_BYTES = 64 * 1024  # a download that gets less than this in a whole timeout has stalled
 
 
 def hub_cache_dir():
@@ -367,15 +440,100 @@ def hub_cache_dir():
     return os.path.join(home, "hub")
 
 
+def download_timeout():
+    """Seconds a hub request may go without an answer (and the stall rule's period, see
+    copy_download): HF_HUB_DOWNLOAD_TIMEOUT, huggingface_hub's variable; 30 unless set."""
+    value = os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0
+    if not seconds > 0:
+        raise CheckpointError(f"HF_HUB_DOWNLOAD_TIMEOUT={value!r}: expected a number of seconds")
+    return seconds
+
+
+def _inside(folder, name, what):
+    """folder/name for a file name that a server or an index gave (`what` says which), refused
+    unless it stays inside folder: a relative path of plain names ("model.safetensors",
+    "sub/x.json"), no "..", no absolute path or backslash, and no link on the way out."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or any(p in ("", ".", "..") or "\\" in p or not p.isprintable() for p in parts):
+        raise CheckpointError(f"{what}: {name!r} is not a relative path that stays inside {folder}")
+    path = os.path.join(folder, *parts)
+    real_folder = os.path.realpath(folder)
+    # the file itself may be a link (a snapshot's files link to the blobs); its folders may not lead out
+    if os.path.commonpath([real_folder, os.path.realpath(os.path.dirname(path))]) != real_folder:
+        raise CheckpointError(f"{what}: {name!r} is not a relative path that stays inside {folder}")
+    return path
+
+
+def _origin(url):
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+class _TokenStaysHome(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, dropping the Authorization header when one leads to another host (a
+    CDN): the token is for the endpoint only, as huggingface_hub sends it."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None  # we want the hub's own headers (commit, etag, size), not the CDN's
 
 
 def _request(url, method="GET", headers=None, follow=True):
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise CheckpointError(f"{url}: refused, only http(s) addresses are downloaded from")
     req = urllib.request.Request(url, method=method, headers=headers or {})
-    opener = urllib.request.build_opener() if follow else urllib.request.build_opener(_NoRedirect)
-    return opener.open(req, timeout=30)
+    opener = urllib.request.build_opener(_TokenStaysHome if follow else _NoRedirect)
+    return opener.open(req, timeout=download_timeout())
+
+
+class DownloadStalled(TimeoutError):
+    """copy_download's: the server went silent, or sends too slowly ever to finish."""
+
+
+def _reason(e):
+    """What went wrong with a request, in words; a timeout says which limit it hit."""
+    reason = getattr(e, "reason", e)
+    if isinstance(reason, TimeoutError):
+        said = reason if isinstance(reason, DownloadStalled) else f"no answer within {download_timeout():g} s"
+        return f"{said}; HF_HUB_DOWNLOAD_TIMEOUT sets the limit"
+    return str(reason)
+
+
+def copy_download(response, f, timeout, limit=None, progress=None):
+    """Copy an HTTP response's body into the file f. The socket's timeout notices a server that
+    goes silent, but one that sends a byte now and then would keep a download going for ever:
+    less than STALL_BYTES within `timeout` seconds is a stall. More than `limit` bytes (the size
+    announced) is refused too. Raises DownloadStalled / OSError saying which."""
+    window_start, window_bytes, total = time.monotonic(), 0, 0
+    while True:
+        try:
+            chunk = response.read1(1 << 20)  # whatever has arrived, without waiting for a full chunk
+        except TimeoutError:
+            raise DownloadStalled(f"no data within {timeout:g} s") from None
+        if not chunk:
+            return
+        total += len(chunk)
+        if limit is not None and total > limit:
+            raise OSError(f"the server sent more than the {limit:,} bytes announced")
+        f.write(chunk)
+        if progress:
+            progress(len(chunk))
+        window_bytes += len(chunk)
+        if window_bytes >= STALL_BYTES:
+            window_start, window_bytes = time.monotonic(), 0
+        elif time.monotonic() - window_start > timeout:
+            raise DownloadStalled(f"stalled: less than {STALL_BYTES // 1024} KiB within {timeout:g} s")
 
 
 class _Offline(Exception):
@@ -385,7 +543,8 @@ class _Offline(Exception):
 def _hub_file(repo_id, filename, revision, repo_dir, endpoint, token):
     """Download one file into the cache (resuming a partial one) -> (commit, path), or
     (None, None) if the hub has no such file."""
-    url = f"{endpoint}/{repo_id}/resolve/{urllib.parse.quote(revision, safe='')}/{filename}"
+    url = (f"{endpoint}/{repo_id}/resolve/{urllib.parse.quote(revision, safe='')}/"
+           f"{urllib.parse.quote(filename)}")
     auth = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         try:
@@ -397,34 +556,40 @@ def _hub_file(repo_id, filename, revision, repo_dir, endpoint, token):
             if e.code not in (301, 302, 303, 307, 308):
                 raise CheckpointError(f"{url}: HTTP {e.code} {e.reason}"
                                       + (" (gated or private? set HF_TOKEN)" if e.code in (401, 403) else ""))
+            if not e.headers.get("Location"):
+                raise CheckpointError(f"{url}: HTTP {e.code} without a Location to go to")
             headers, location = e.headers, urllib.parse.urljoin(url, e.headers["Location"])
     except (urllib.error.URLError, OSError) as e:
-        raise _Offline(str(getattr(e, "reason", e)))
-    commit = headers.get("X-Repo-Commit") or revision
-    etag = (headers.get("X-Linked-Etag") or headers.get("ETag") or "").strip('"').replace("W/", "").strip('"')
+        raise _Offline(_reason(e))
+    commit = headers.get("X-Repo-Commit") or (revision if _COMMIT.fullmatch(revision) else None)
+    if not commit or not _COMMIT.fullmatch(commit):
+        raise CheckpointError(f"{url}: X-Repo-Commit {commit!r} is not a commit id (40 hex digits)")
+    etag = (headers.get("X-Linked-Etag") or headers.get("ETag") or "").removeprefix("W/").strip('"')
+    if not _BLOB.fullmatch(etag):
+        raise CheckpointError(f"{url}: ETag {etag!r} is not a file hash (it names the file in the cache)")
     size = headers.get("X-Linked-Size") or (headers.get("Content-Length") if location is None else None)
+    if size is not None and not re.fullmatch(r"[0-9]+", size):
+        raise CheckpointError(f"{url}: size {size!r} is not a number of bytes")
     size = int(size) if size is not None else None
-    if not etag:
-        raise CheckpointError(f"{url}: the server sent no ETag, cannot cache the file")
     blob = os.path.join(repo_dir, "blobs", etag)
-    snap = os.path.join(repo_dir, "snapshots", commit, filename)
+    snap = _inside(os.path.join(repo_dir, "snapshots", commit), filename, url)
     os.makedirs(os.path.dirname(blob), exist_ok=True)
     os.makedirs(os.path.dirname(snap), exist_ok=True)
     if not (os.path.exists(blob) and (size is None or os.path.getsize(blob) == size)):
         _download(location or url, blob, size, auth if location is None or
-                  urllib.parse.urlparse(location).netloc == urllib.parse.urlparse(url).netloc else {}, filename)
+                  _origin(location) == _origin(url) else {}, filename)
     if not os.path.exists(snap):
         rel = os.path.relpath(blob, os.path.dirname(snap))
         try:
             os.symlink(rel, snap)
         except OSError:  # no symlinks (Windows without developer mode): a copy, as huggingface_hub does
-            import shutil
             shutil.copyfile(blob, snap)
     return commit, snap
 
 
 def _download(url, blob, size, headers, label):
-    """GET url into blob, resuming blob.incomplete with a Range request; check the size."""
+    """GET url into blob, resuming blob.incomplete with a Range request; check the size. What
+    arrived before a stall or a kill stays in blob.incomplete, for the next run to resume."""
     from tqdm import tqdm
     part = blob + ".incomplete"
     have = os.path.getsize(part) if os.path.exists(part) else 0
@@ -442,17 +607,15 @@ def _download(url, blob, size, headers, label):
             return
         raise CheckpointError(f"{url}: HTTP {e.code} {e.reason}")
     except (urllib.error.URLError, OSError) as e:
-        raise _Offline(str(getattr(e, "reason", e)))
+        raise _Offline(_reason(e))
     if have and r.status != 206:  # the server ignored Range: start over
         have = 0
     with r, open(part, "ab" if have else "wb") as f, \
             tqdm(total=size, initial=have, unit="B", unit_scale=True, desc=label, leave=False) as bar:
-        while True:
-            chunk = r.read(1 << 20)
-            if not chunk:
-                break
-            f.write(chunk)
-            bar.update(len(chunk))
+        try:
+            copy_download(r, f, download_timeout(), None if size is None else size - have, bar.update)
+        except OSError as e:
+            raise CheckpointError(f"{url}: {_reason(e)} (run again to resume)") from None
     got = os.path.getsize(part)
     if size is not None and got != size:
         raise CheckpointError(f"{url}: downloaded {got} bytes, expected {size} (run again to resume)")
@@ -461,15 +624,18 @@ def _download(url, blob, size, headers, label):
 
 def hub_download(repo_id, revision="main"):
     """Download a hub model's config, tokenizer and safetensors weights into the HF cache
-    -> (snapshot folder, commit). HF_ENDPOINT picks the server, HF_TOKEN authenticates.
-    Offline (or HF_HUB_OFFLINE=1), a complete snapshot already in the cache is used."""
+    -> (snapshot folder, commit). HF_ENDPOINT picks the server, HF_TOKEN authenticates,
+    HF_HUB_DOWNLOAD_TIMEOUT limits the wait. Offline (or HF_HUB_OFFLINE=1), a complete
+    snapshot already in the cache is used."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     token = os.environ.get("HF_TOKEN")
     repo_dir = os.path.join(hub_cache_dir(), "models--" + repo_id.replace("/", "--"))
-    ref = os.path.join(repo_dir, "refs", revision)
+    ref = _inside(os.path.join(repo_dir, "refs"), revision, "revision")
 
     def cached():
         commit = open(ref).read().strip() if os.path.exists(ref) else revision
+        if not _COMMIT.fullmatch(commit):
+            return None
         snap = os.path.join(repo_dir, "snapshots", commit)
         ok = os.path.exists(os.path.join(snap, "config.json")) and (
             os.path.exists(os.path.join(snap, "model.safetensors")) or
@@ -487,9 +653,9 @@ def hub_download(repo_id, revision="main"):
         commit, snap_file = _hub_file(repo_id, "config.json", revision, repo_dir, endpoint, token)
         if commit is None:
             raise CheckpointError(f"{endpoint}/{repo_id}: no such model (or no config.json at {revision})")
+        snap_dir = os.path.dirname(snap_file)
         for f in _FILES[1:]:
-            if f == "model.safetensors.index.json" and os.path.exists(
-                    os.path.join(os.path.dirname(snap_file), "model.safetensors")):
+            if f == "model.safetensors.index.json" and os.path.exists(os.path.join(snap_dir, "model.safetensors")):
                 continue
             _, path = _hub_file(repo_id, f, commit, repo_dir, endpoint, token)
             if path is None and f == "model.safetensors":
@@ -500,7 +666,7 @@ def hub_download(repo_id, revision="main"):
                 if path is None:
                     raise CheckpointError(f"{endpoint}/{repo_id}: has no model.safetensors (nor a sharded "
                                           f"index); only safetensors weights are read")
-                for shard in sorted(set(json.load(open(path))["weight_map"].values())):
+                for shard in sorted({os.path.relpath(p, snap_dir) for p in weight_map(path).values()}):
                     _hub_file(repo_id, shard, commit, repo_dir, endpoint, token)
     except _Offline as e:
         if cached():
@@ -510,7 +676,7 @@ def hub_download(repo_id, revision="main"):
         os.makedirs(os.path.dirname(ref), exist_ok=True)
         with open(ref, "w") as f:
             f.write(commit)
-    return os.path.dirname(snap_file), commit
+    return snap_dir, commit
 
 
 # -----------------------------------------------------------------------------
@@ -544,10 +710,36 @@ def is_hub_id(s):
         and not s.endswith((".pt", ".json", ".safetensors"))
 
 
+def weight_map(index_path):
+    """{tensor name: shard path} of a model.safetensors.index.json; every shard is a file
+    inside the index's folder (_inside), or the index is refused."""
+    index = _read_json(index_path)
+    names = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(names, dict) or not names:
+        raise CheckpointError(f"{index_path}: expected {{\"weight_map\": {{tensor name: shard file}}}}")
+    folder = os.path.dirname(index_path)
+    return {name: _inside(folder, shard, index_path) for name, shard in names.items()}
+
+
+def _read_tokenizer(path):
+    from tokenizers import Tokenizer
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file (the model's tokenizer is needed)")
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a tokenizer the tokenizers library reads ({reason})") from None
+
+
+_LAYER = re.compile(r"(?:model\.layers|transformer\.h)\.(\d+)\.")  # a layer's tensors: Llama / Qwen, GPT-2
+
+
 def load_pretrained(name_or_path, block_size=None, dtype=torch.float32, revision="main"):
     """A Hugging Face folder or hub id -> (GPT, tokenizers.Tokenizer, info). info holds the
-    tokenizer's JSON string and the provenance: source, revision, sha256 of every file read."""
-    from tokenizers import Tokenizer
+    tokenizer's JSON string and the provenance: source, revision, sha256 of every file read.
+    Every safetensors header, and the config against the shapes they give, is checked before
+    any weight is read or the model is built."""
     folder, commit = local_folder(name_or_path, revision)
     read = []
     cfg_path = os.path.join(folder, "config.json")
@@ -555,6 +747,9 @@ def load_pretrained(name_or_path, block_size=None, dtype=torch.float32, revision
     read.append(cfg_path)
     gen_path = os.path.join(folder, "generation_config.json")
     gen = _read_json(gen_path, required=False)
+    for path, content in ((cfg_path, cfg), (gen_path, gen)):
+        if content is not None and not isinstance(content, dict):
+            raise CheckpointError(f"{path}: expected a JSON object")
     if gen is not None:
         read.append(gen_path)
         for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -568,9 +763,8 @@ def load_pretrained(name_or_path, block_size=None, dtype=torch.float32, revision
     if os.path.exists(single):
         stored = {n: single for n in read_safetensors_header(single)[0]}
     elif os.path.exists(index_path):
-        index = _read_json(index_path)
+        stored = weight_map(index_path)
         read.append(index_path)
-        stored = {n: os.path.join(folder, f) for n, f in index["weight_map"].items()}
         for f in set(stored.values()):
             if not os.path.exists(f):
                 raise CheckpointError(f"{f}: shard named by {index_path} is missing")
@@ -578,31 +772,38 @@ def load_pretrained(name_or_path, block_size=None, dtype=torch.float32, revision
         raise CheckpointError(f"{folder}: no model.safetensors nor model.safetensors.index.json "
                               f"(only safetensors weights are read)")
     read.extend(sorted(set(stored.values())))
+    headers = {f: read_safetensors_header(f)[0] for f in set(stored.values())}
     # canonical name -> (file, name in the file). The original GPT-2 checkpoints name their
     # tensors without the "transformer." prefix that transformers writes today.
-    where = {}
+    where, shapes = {}, {}
     for n, f in stored.items():
+        if n not in headers[f]:
+            raise CheckpointError(f"{f}: has no tensor {n} (named by {index_path})")
         gpt2_short = cfg["model_type"] == "gpt2" and not n.startswith(("transformer.", "lm_head."))
-        where["transformer." + n if gpt2_short else n] = (f, n)
+        name = "transformer." + n if gpt2_short else n
+        where[name], shapes[name] = (f, n), headers[f][n]["shape"]
+    layers = {m.group(1) for n in where if (m := _LAYER.match(n))}
+    if len(layers) != config.n_layer:  # before a model of the config's size is made, even shapes only
+        raise CheckpointError(f"{cfg_path}: {config.n_layer} layers, but the weights hold {len(layers)}")
+    plan = hf_tensor_plan(shapes_only(config), cfg["model_type"], shapes, {n: f for n, (f, _) in where.items()},
+                          folder, cfg_path)
     tensors_of = {}  # each file read once
 
     def read_tensor(name):
         f, n = where[name]
         if f not in tensors_of:
             tensors_of[f] = read_safetensors(f)
-        return tensors_of[f][n], f
+        return tensors_of[f][n]
 
     with torch.device("cpu"):
         model = GPT(config)
-    state_dict_from_hf(model, cfg["model_type"], read_tensor, set(where), folder)
+    state_dict_from_hf(model, plan, read_tensor)
     tensors_of.clear()
     model = model.to(dtype)
 
     tok_path = os.path.join(folder, "tokenizer.json")
-    if not os.path.exists(tok_path):
-        raise CheckpointError(f"{tok_path}: no such file (the model's tokenizer is needed)")
     read.append(tok_path)
-    tokenizer = Tokenizer.from_file(tok_path)
+    tokenizer = _read_tokenizer(tok_path)
     if tokenizer.get_vocab_size() > config.vocab_size:
         raise CheckpointError(f"{tok_path}: {tokenizer.get_vocab_size()} tokens, more than the model's "
                               f"{config.vocab_size}")
@@ -627,30 +828,34 @@ def tokenizer_json_of(name_or_path, revision="main"):
     whole, into the cache the model is then loaded from)."""
     folder, _ = local_folder(name_or_path, revision)
     path = os.path.join(folder, "tokenizer.json")
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such file (the model's tokenizer is needed)")
+    _read_tokenizer(path)  # a file the tokenizers library cannot read is refused here, not in a later script
     with open(path, encoding="utf-8") as f:
         return f.read()
 
 
+_SAVED = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
 def save_pretrained(model, tokenizer, out_dir):
     """Write config.json, generation_config.json, model.safetensors, tokenizer.json and
-    tokenizer_config.json: a folder transformers loads as the matching family."""
+    tokenizer_config.json: a folder transformers loads as the matching family. All or
+    nothing (_replaced_folder): a folder save_pretrained wrote before is replaced whole, and
+    a folder that holds anything else is refused, never wiped."""
     raw = model.module if hasattr(model, "module") else model
     raw = getattr(raw, "_orig_mod", raw)
     c = raw.config
     if c.kind != "lm":
         raise CheckpointError("save_pretrained writes language models only (this is a scalar-head model)")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CheckpointError(f"{out_dir}: is a file; save_pretrained writes a folder")
+    others = sorted(set(os.listdir(out_dir)) - set(_SAVED)) if os.path.isdir(out_dir) else []
+    if others:
+        raise CheckpointError(f"{out_dir}: holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, "
+                              f"which save_pretrained did not write; save into a new or empty folder")
     hf_config = config_to_hf(c)
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), state_dict_to_hf(raw))
     hf_config["torch_dtype"] = str(next(raw.parameters()).dtype).replace("torch.", "")
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config, f, indent=2)
     gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf_config}
-    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-        json.dump(gen, f, indent=2)
-    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
 
     def token(i):
         i = i[0] if isinstance(i, list) else i
@@ -658,5 +863,32 @@ def save_pretrained(model, tokenizer, out_dir):
     eos = token(c.eos_id) or ("<|endoftext|>" if tokenizer.token_to_id("<|endoftext|>") is not None else None)
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": token(c.bos_id) or eos,
                "eos_token": eos, "pad_token": token(c.pad_id), "model_max_length": c.block_size}
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-        json.dump({k: v for k, v in tok_cfg.items() if v is not None}, f, indent=2)
+    with _replaced_folder(out_dir) as tmp:
+        write_safetensors(os.path.join(tmp, "model.safetensors"), state_dict_to_hf(raw))
+        common.write_json(os.path.join(tmp, "config.json"), hf_config)
+        common.write_json(os.path.join(tmp, "generation_config.json"), gen)
+        common.write_json(os.path.join(tmp, "tokenizer_config.json"),
+                          {k: v for k, v in tok_cfg.items() if v is not None})
+        tokenizer.save(os.path.join(tmp, "tokenizer.json"))
+
+
+@contextmanager
+def _replaced_folder(out_dir):
+    """A temporary folder beside out_dir to write into; once it is complete it takes out_dir's
+    place. An earlier out_dir is renamed aside first and removed after, not deleted file by
+    file: whoever reads out_dir, or a run killed at any moment, finds the old folder or the new
+    one, never a mix of the two (and, for the instant between two renames, neither).
+    Temporaries that killed runs left beside it are swept."""
+    common._sweep_stale_temporaries(out_dir)
+    work = f"{out_dir}.tmp{os.getpid()}"
+    new, old = os.path.join(work, "new"), os.path.join(work, "old")
+    os.makedirs(new)
+    try:
+        yield new
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if os.path.exists(out_dir):
+        os.rename(out_dir, old)
+    os.rename(new, out_dir)
+    shutil.rmtree(work, ignore_errors=True)

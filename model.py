@@ -14,6 +14,7 @@ A small GPT, written out by hand, plus everything SML needs from a model:
 - configure_optimizer(): AdamW with decay / no-decay parameter groups.
 """
 
+import dataclasses
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -58,11 +59,58 @@ class GPTConfig:
     pad_id: int = None
 
     def __post_init__(self):
+        check_config(self)  # before the defaults below divide by n_head
         self.n_kv_head = self.n_kv_head or self.n_head
         self.head_dim = self.head_dim or self.n_embd // self.n_head
         self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
         if self.qkv_bias is None:
             self.qkv_bias = self.bias
+
+
+CHOICES = {"kind": ("lm", "scalar"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "gelu_tanh", "swiglu"),
+           "pos_emb": ("learned", "rope")}
+LLAMA3_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_config(c):
+    """A ValueError naming the first field of GPTConfig `c` that no model can be built from.
+    A config may come from a file (a checkpoint, a config.json): a bad value is one clear line
+    here, not a ZeroDivisionError or an allocator's error deep inside the model. Whether the
+    sizes fit the weights is the loaders' check (load_checkpoint, hf.load_pretrained)."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_hidden", "n_kv_head", "head_dim"):
+        v = getattr(c, name)
+        optional = name in ("mlp_hidden", "n_kv_head", "head_dim")  # None: derived from the others
+        if not (v is None and optional) and not (is_int(v) and v >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    for name, allowed in CHOICES.items():
+        if getattr(c, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")
+    n_kv_head, head_dim = c.n_kv_head or c.n_head, c.head_dim or c.n_embd // c.n_head
+    if c.n_head % n_kv_head:
+        raise ValueError(f"n_head {c.n_head} is not a multiple of n_kv_head {n_kv_head}")
+    if head_dim < 1:
+        raise ValueError(f"n_embd {c.n_embd} is smaller than n_head {c.n_head}: a head would have no dimensions")
+    if c.pos_emb == "rope" and head_dim % 2:
+        raise ValueError(f"head_dim must be even for rotary positions, got {head_dim}")
+    for name in ("bias", "qkv_bias", "qk_norm", "tie_embeddings"):
+        if not isinstance(getattr(c, name), bool) and not (name == "qkv_bias" and c.qkv_bias is None):
+            raise ValueError(f"{name} must be true or false, got {getattr(c, name)!r}")
+    if not (is_number(c.dropout) and 0 <= c.dropout < 1):
+        raise ValueError(f"dropout must be in [0, 1), got {c.dropout!r}")
+    if not (is_number(c.norm_eps) and c.norm_eps >= 0) or not (is_number(c.rope_theta) and c.rope_theta > 0):
+        raise ValueError(f"norm_eps must be >= 0 and rope_theta > 0, got {c.norm_eps!r} and {c.rope_theta!r}")
+    s = c.rope_scaling
+    if s is not None and not (isinstance(s, dict) and s.get("rope_type") == "llama3"
+                              and all(is_number(s.get(k)) for k in LLAMA3_SCALING)
+                              and s["high_freq_factor"] != s["low_freq_factor"]):
+        raise ValueError(f"rope_scaling must be none or Llama 3's (rope_type llama3, {', '.join(LLAMA3_SCALING)}),"
+                         f" got {s!r}")
 
 
 # -----------------------------------------------------------------------------
@@ -580,7 +628,8 @@ def load_checkpoint(path, kind=None, tokenizer_json=None, device="cpu"):
     tokenizer_json is given, that the checkpoint was trained with that tokenizer.
 
     `path` is one of our .pt files, or a Hugging Face folder or hub id (a language model;
-    its ckpt dict has kind, config, tokenizer and provenance, no "model" weights)."""
+    its ckpt dict has kind, config, tokenizer and provenance, no "model" weights). Our file's
+    config is checked, and against its weights' shapes, before the model is built."""
     if os.path.isdir(path) or (not os.path.exists(path) and _looks_like_hub_id(path)):
         model, _, info = from_pretrained(path, return_info=True)
         ckpt = {"kind": "lm", "config": asdict(model.config), **info}
@@ -593,18 +642,74 @@ def load_checkpoint(path, kind=None, tokenizer_json=None, device="cpu"):
             raise CheckpointError(f"{path}: not a checkpoint of this project (unreadable)") from None
         if not isinstance(ckpt, dict) or "kind" not in ckpt or "model" not in ckpt:
             raise CheckpointError(f"{path}: not a checkpoint of this project")
+        cfg = ckpt.get("config")
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{path}: its config is not a dict (not a checkpoint of this project?)")
+        fields = {f.name for f in dataclasses.fields(GPTConfig)}
+        unknown = [k for k in cfg if k not in fields]
+        if unknown:
+            raise CheckpointError(f"{path}: its config has an unknown field {unknown[0]!r} (written by another "
+                                  f"version of this code?)")
+        try:
+            config = GPTConfig(**cfg)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: its config: {e}") from None
+        if ckpt["kind"] != config.kind:
+            raise CheckpointError(f"{path}: kind {ckpt['kind']!r}, but its config's kind is {config.kind!r}")
+        check_weights_fit(config, ckpt["model"], path)
         model = None
     if kind is not None and ckpt["kind"] != kind:
         what = {"lm": "a language model", "scalar": "a scalar-head model (reward model / critic)"}
         raise CheckpointError(f"{path}: is {what[ckpt['kind']]}, but {what[kind]} is needed here")
-    if tokenizer_json is not None and ckpt["tokenizer"] != tokenizer_json:
+    if tokenizer_json is not None and ckpt.get("tokenizer") != tokenizer_json:
         raise CheckpointError(f"{path}: was trained with a different tokenizer than the data's "
                               f"tokenizer.json")
     if model is None:
-        model = GPT(GPTConfig(**ckpt["config"]))
+        model = GPT(config)
         model.load_state_dict(ckpt["model"])
         model.pretrained_from = (ckpt.get("provenance") or {}).get("pretrained_from")
     return model.to(device), ckpt
+
+
+def check_weights_fit(config, weights, where):
+    """Before a model is built: `weights` (a state dict from a file) holds exactly the tensors of
+    `config`, in its shapes. They are compared with shapes_only(config), after the layer count,
+    so that an absurd config never gets to allocate anything."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{where}: its weights are not a dict of tensors")
+    for k, v in weights.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{where}: weight {k!r} is not a named tensor")
+    layers = {k.split(".")[1] for k in weights if k.startswith("blocks.")}
+    if len(layers) != config.n_layer:
+        raise CheckpointError(f"{where}: its config says n_layer={config.n_layer}, its weights hold "
+                              f"{len(layers)} layers")
+    expected = {k: tuple(v.shape) for k, v in shapes_only(config).state_dict().items()}
+    for k, shape in expected.items():
+        if k not in weights:
+            raise CheckpointError(f"{where}: missing weight {k} for its config")
+        if tuple(weights[k].shape) != shape:
+            raise CheckpointError(f"{where}: weight {k} {tuple(weights[k].shape)} does not fit its config {shape}")
+    extra = [k for k in weights if k not in expected]
+    if extra:
+        raise CheckpointError(f"{where}: unexpected weight {extra[0]} ({len(extra)} in all) for its config")
+
+
+class _NoInit(torch.overrides.TorchFunctionMode):
+    """torch.nn.init's functions leave their tensor as it is."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def shapes_only(config):
+    """A GPT of `config` on the meta device: its parameters' shapes, no memory. Built without
+    its random init, which on the meta device costs seconds (torch imports its compiler to
+    draw there). The loaders compare a config with its weights this way."""
+    with torch.device("meta"), _NoInit():
+        return GPT(config)
 
 
 def _looks_like_hub_id(s):

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -303,6 +302,16 @@ def default_cache_dir():
     return os.path.join(os.environ.get(CACHE_ENV) or os.path.expanduser("~/.cache/sml"), "datasets")
 
 
+def file_hashes(path):
+    """(sha256, git blob id) of a file."""
+    h256, hblob = hashlib.sha256(), hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h256.update(chunk)
+            hblob.update(chunk)
+    return h256.hexdigest(), hblob.hexdigest()
+
+
 def file_problem(path, size=None, sha256=None, git_blob=None):
     """What is wrong with a file against what is known of it (None: nothing). Only what is
     known is checked; no hash is ever guessed."""
@@ -310,36 +319,31 @@ def file_problem(path, size=None, sha256=None, git_blob=None):
     if size is not None and n != size:
         return f"{n:,} bytes, expected {size:,}"
     if sha256 is not None or git_blob is not None:
-        h256, hblob = hashlib.sha256(), hashlib.sha1(f"blob {n}\0".encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h256.update(chunk)
-                hblob.update(chunk)
-        if sha256 is not None and h256.hexdigest() != sha256:
-            return f"sha256 {h256.hexdigest()}, expected {sha256}"
-        if git_blob is not None and hblob.hexdigest() != git_blob:
-            return f"git blob id {hblob.hexdigest()}, expected {git_blob}"
+        got_sha256, got_blob = file_hashes(path)
+        if sha256 is not None and got_sha256 != sha256:
+            return f"sha256 {got_sha256}, expected {sha256}"
+        if git_blob is not None and got_blob != git_blob:
+            return f"git blob id {got_blob}, expected {git_blob}"
     return None
 
 
 def download_file(url, dest, size=None, sha256=None, git_blob=None, timeout=60):
-    """Download url to dest and verify it; a file that fails is not kept."""
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    tmp = f"{dest}.part{os.getpid()}"
-    try:
+    """Download url to dest and verify it; a file that fails is not kept. The bytes go to a
+    temporary beside dest (common.atomic_file), so a killed download leaves no file under
+    dest's name, and the next download sweeps what killed ones left. A host that goes silent
+    or sends too slowly ever to finish is an error after `timeout` s (hf.copy_download)."""
+    from hf import copy_download
+    with common.atomic_file(dest, "wb") as f:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-                shutil.copyfileobj(response, f, 1 << 20)
-        except (urllib.error.URLError, OSError) as e:  # offline, refused, 404, timed out
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                copy_download(response, f, timeout, limit=size)
+        except (urllib.error.URLError, OSError) as e:  # offline, refused, 404, timed out, stalled
             reason = getattr(e, "reason", None) or e
             raise DataError(f"could not download {url} ({reason})") from None
-        problem = file_problem(tmp, size, sha256, git_blob)
+        f.flush()
+        problem = file_problem(f.name, size, sha256, git_blob)
         if problem:
             raise DataError(f"{url}: {problem}: not the expected file, not kept")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def fetch(spec, cache_dir=None, test_only=False):
@@ -351,22 +355,45 @@ def fetch(spec, cache_dir=None, test_only=False):
         if test_only and f.split == "train":
             continue
         dest = os.path.join(folder, f.name)
-        if os.path.exists(dest) and not file_problem(dest, f.size, f.sha256, f.git_blob):
+        cached_problem = file_problem(dest, f.size, f.sha256, f.git_blob) if os.path.exists(dest) else "missing"
+        if cached_problem is None:
             continue
         try:
             download_file(f"{base}/{f.url_path}", dest, f.size, f.sha256, f.git_blob)
         except DataError as e:
             if str(e).startswith("could not download"):  # offline: say how to go on without it
-                raise DataError(f"{e}; to convert a copy you have, pass --source DIR (a folder with "
+                cached = "" if cached_problem == "missing" else \
+                    f"; the cached {dest} is not the recorded file ({cached_problem})"
+                raise DataError(f"{e}{cached}; to convert a copy you have, pass --source DIR (a folder with "
                                 f"{LAYOUTS[spec.layout].format(key=spec.key)})") from None
             raise
     return folder
 
 
+def check_source(spec, source, test_only=False, allow_modified=False):
+    """The names of --source files that are not the recorded public ones (by sha256, or by git
+    blob id where only that is recorded). Unless allow_modified, such a file is refused: a
+    changed answer in a test file would otherwise pass silently into the results."""
+    modified = []
+    for f in spec.files:
+        path = os.path.join(source, f.name)
+        if (test_only and f.split == "train") or not os.path.isfile(path) or (f.sha256 or f.git_blob) is None:
+            continue  # not read, or nothing recorded to check it against (a missing file is convert's to report)
+        got_sha256, got_blob = file_hashes(path)
+        kind, got, recorded = ("sha256", got_sha256, f.sha256) if f.sha256 else ("git blob id", got_blob, f.git_blob)
+        if got != recorded:
+            if not allow_modified:
+                raise DataError(f"{path}: {kind} {got}, but the public file's recorded {kind} is {recorded}: a "
+                                f"modified copy? Pass --allow_modified_source to convert it anyway")
+            modified.append(f.name)
+    return modified
+
+
 def prepare(key, out_dir, source=None, cache_dir=None, test_only=False, tokenizer_json=None,
-            tokenizer_from=None, n_val=None):
+            tokenizer_from=None, n_val=None, allow_modified_source=False):
     """Convert one dataset into out_dir: train.jsonl (unless test_only), test.jsonl, meta.json.
-    From --source, else from the download cache (fetched where needed). With tokenizer_json
+    From --source (its files checked against the recorded hashes: check_source), else from the
+    download cache (fetched where needed). With tokenizer_json
     (a pretrained model's) also tokenizer.json and val.jsonl: the last n_val train questions
     (None: a tenth, at most 500), held out of rationale collection, SFT and the reward model
     for PPO's checkpoint choice; train.jsonl keeps the rest. Returns meta."""
@@ -374,6 +401,7 @@ def prepare(key, out_dir, source=None, cache_dir=None, test_only=False, tokenize
         raise DataError(f"unknown dataset '{key}' (choose from: {', '.join(DATASETS)})")
     spec = DATASETS[key]
     downloaded = source is None
+    modified = [] if downloaded else check_source(spec, source, test_only, allow_modified_source)
     if downloaded:
         source = fetch(spec, cache_dir, test_only)
     train, test = convert(spec, source, test_only)
@@ -403,5 +431,7 @@ def prepare(key, out_dir, source=None, cache_dir=None, test_only=False, tokenize
             "downloaded": downloaded, "test_only": test_only, "counts": counts}
     if tokenizer_from is not None:
         meta["tokenizer_from"] = tokenizer_from
+    if modified:
+        meta["modified_source_files"] = modified
     common.write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta

@@ -95,6 +95,9 @@ def get_args(argv=None):
     g.add_argument("--source", default=argparse.SUPPRESS,
                    help="a folder with the dataset in its public layout (see data/datasets.py); "
                         "without it the public files are downloaded and verified into --cache_dir")
+    g.add_argument("--allow_modified_source", action="store_true", default=argparse.SUPPRESS,
+                   help="convert --source files whose sha256 differs from the public file's recorded one "
+                        "(refused unless given; meta.json then lists them)")
     g.add_argument("--cache_dir", default=argparse.SUPPRESS,
                    help=f"download cache (default: ${datasets.CACHE_ENV}/datasets or ~/.cache/sml/datasets)")
     g.add_argument("--test_only", action="store_true", default=argparse.SUPPRESS,
@@ -108,7 +111,7 @@ def get_args(argv=None):
         if "n_val" not in vars(common.flags_given(p, argv)):
             args.n_val = None
         return args
-    for k in ("source", "cache_dir", "test_only", "tokenizer_from"):
+    for k in ("source", "allow_modified_source", "cache_dir", "test_only", "tokenizer_from"):
         if hasattr(args, k):
             p.error(f"--{k} is for the paper's datasets ({', '.join(datasets.DATASETS)})")
     common.apply_preset(p, args, argv, PRESETS)
@@ -185,7 +188,8 @@ def prepare_dataset(args):
     tokenizer_json = hf.tokenizer_json_of(tokenizer_from) if tokenizer_from else None
     meta = datasets.prepare(args.task, args.out_dir, getattr(args, "source", None),
                             getattr(args, "cache_dir", None), getattr(args, "test_only", False),
-                            tokenizer_json=tokenizer_json, tokenizer_from=tokenizer_from, n_val=args.n_val)
+                            tokenizer_json=tokenizer_json, tokenizer_from=tokenizer_from, n_val=args.n_val,
+                            allow_modified_source=getattr(args, "allow_modified_source", False))
     n = meta["counts"]
     train = "no train (--test_only)" if meta["test_only"] else f"{n['train']} train"
     val = f", {n['val']} val" if "val" in n else ""

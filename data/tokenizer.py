@@ -66,4 +66,9 @@ def load_tokenizer(path):
     from data.jsonl import DataError
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file (make it with data/prepare.py)")
-    return Tokenizer.from_file(path)
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: not a tokenizer the tokenizers library reads ({reason}); "
+                        f"make it again with data/prepare.py") from None

@@ -263,12 +263,13 @@ def test_aqua_fixture_converts_and_its_train_file_may_be_missing(tmp_path, monke
     with pytest.raises(DataError, match=r"train\.json: no such file \(AQuA's .*--test_only"):
         convert(spec, d)
     assert [len(s) for s in convert(spec, d, test_only=True)] == [0, 2]
-    # the same through prepare.py
+    # the same through prepare.py (made-up files: not the recorded ones)
     monkeypatch.setitem(DATASETS, "aqua", spec)
+    source = ["--source", d, "--allow_modified_source"]
     out = tmp_path / "out"
     with pytest.raises(UserError, match=r"train\.json: no such file"):
-        prepare_main(["--task", "aqua", "--source", d, "--out_dir", str(out)])
-    prepare_main(["--task", "aqua", "--source", d, "--out_dir", str(out), "--test_only"])
+        prepare_main(["--task", "aqua", *source, "--out_dir", str(out)])
+    prepare_main(["--task", "aqua", *source, "--out_dir", str(out), "--test_only"])
     assert sorted(os.listdir(out)) == ["meta.json", "test.jsonl"]
     assert len(load_dataset(str(out / "test.jsonl"))) == 2
 
@@ -276,16 +277,17 @@ def test_aqua_fixture_converts_and_its_train_file_may_be_missing(tmp_path, monke
 def test_prepare_writes_our_jsonl_and_meta(tmp_path, monkeypatch):
     src, out = str(tmp_path / "src"), tmp_path / "out"
     monkeypatch.setitem(DATASETS, "gsm8k", gsm8k_fixture(src))
-    prepare_main(["--task", "gsm8k", "--source", src, "--out_dir", str(out)])
+    source = ["--source", src, "--allow_modified_source"]  # made-up files: not the recorded ones
+    prepare_main(["--task", "gsm8k", *source, "--out_dir", str(out)])
     assert sorted(os.listdir(out)) == ["meta.json", "test.jsonl", "train.jsonl"]  # no corpus, no tokenizer
     assert [r["answer"] for r in load_dataset(str(out / "train.jsonl"))] == ["6", "1250"]
     meta = json.load(open(out / "meta.json"))
     assert meta["task"] == "gsm8k" and meta["counts"] == {"train": 2, "test": 1}
     assert meta["source"] == os.path.abspath(src) and not meta["downloaded"]
     with pytest.raises(UserError, match="already holds"):
-        prepare_main(["--task", "gsm8k", "--source", src, "--out_dir", str(out)])
+        prepare_main(["--task", "gsm8k", *source, "--out_dir", str(out)])
     # --test_only over a full conversion leaves no stale train.jsonl behind
-    prepare_main(["--task", "gsm8k", "--source", src, "--out_dir", str(out), "--test_only", "--overwrite"])
+    prepare_main(["--task", "gsm8k", *source, "--out_dir", str(out), "--test_only", "--overwrite"])
     assert sorted(os.listdir(out)) == ["meta.json", "test.jsonl"]
 
 
@@ -296,21 +298,22 @@ def test_prepare_with_a_pretrained_tokenizer_writes_it_and_a_validation_split(tm
     rows = [{"question": f"Ann has {i} owls and buys 2. How many owls?", "answer": str(i + 2)} for i in range(30)]
     monkeypatch.setitem(DATASETS, "single_eq", finetune_cot_fixture(src, "single_eq", rows, list(range(20)),
                                                                     list(range(20, 30))))
+    source = ["--source", src, "--allow_modified_source"]  # made-up files: not the recorded ones
     os.makedirs(model)
     train_tokenizer(["Ann has 3 owls"] * 5, 270).save(str(model / "tokenizer.json"))
-    prepare_main(["--task", "single_eq", "--source", src, "--out_dir", str(out), "--tokenizer_from", str(model)])
+    prepare_main(["--task", "single_eq", *source, "--out_dir", str(out), "--tokenizer_from", str(model)])
     assert open(out / "tokenizer.json").read() == open(model / "tokenizer.json").read()
     train, val = load_dataset(str(out / "train.jsonl")), load_dataset(str(out / "val.jsonl"))
     assert [r["id"] for r in train + val] == [f"single_eq-{i}" for i in range(20)]  # a tenth: the last 2
     assert len(val) == 2 and json.load(open(out / "meta.json"))["counts"] == {"train": 18, "val": 2, "test": 10}
-    prepare_main(["--task", "single_eq", "--source", src, "--out_dir", str(out), "--tokenizer_from", str(model),
+    prepare_main(["--task", "single_eq", *source, "--out_dir", str(out), "--tokenizer_from", str(model),
                   "--n_val", "5", "--overwrite"])
     assert len(load_dataset(str(out / "val.jsonl"))) == 5 and len(load_dataset(str(out / "train.jsonl"))) == 15
     with pytest.raises(DataError, match="--n_val 20: the validation split needs 1 to 19"):
-        prepare_main(["--task", "single_eq", "--source", src, "--out_dir", str(tmp_path / "o2"),
+        prepare_main(["--task", "single_eq", *source, "--out_dir", str(tmp_path / "o2"),
                       "--tokenizer_from", str(model), "--n_val", "20"])
     # without the tokenizer, no validation split either: a stale one goes
-    prepare_main(["--task", "single_eq", "--source", src, "--out_dir", str(out), "--overwrite"])
+    prepare_main(["--task", "single_eq", *source, "--out_dir", str(out), "--overwrite"])
     assert sorted(os.listdir(out)) == ["meta.json", "test.jsonl", "train.jsonl"]
 
 
