@@ -301,7 +301,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_run):
     model, _ = load_checkpoint(tiny_run["base"], kind="lm")
     x = torch.randint(0, model.config.vocab_size, (3, 20))
     calls = []
-    model.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    model.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
     grads, runs = [], []
     for ckpt in (False, True):
         model.grad_checkpointing = ckpt
