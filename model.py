@@ -642,21 +642,9 @@ def load_checkpoint(path, kind=None, tokenizer_json=None, device="cpu"):
             raise CheckpointError(f"{path}: not a checkpoint of this project (unreadable)") from None
         if not isinstance(ckpt, dict) or "kind" not in ckpt or "model" not in ckpt:
             raise CheckpointError(f"{path}: not a checkpoint of this project")
-        cfg = ckpt.get("config")
-        if not isinstance(cfg, dict):
-            raise CheckpointError(f"{path}: its config is not a dict (not a checkpoint of this project?)")
-        fields = {f.name for f in dataclasses.fields(GPTConfig)}
-        unknown = [k for k in cfg if k not in fields]
-        if unknown:
-            raise CheckpointError(f"{path}: its config has an unknown field {unknown[0]!r} (written by another "
-                                  f"version of this code?)")
-        try:
-            config = GPTConfig(**cfg)
-        except ValueError as e:
-            raise CheckpointError(f"{path}: its config: {e}") from None
+        config = checked_config(ckpt.get("config"), ckpt["model"], path)
         if ckpt["kind"] != config.kind:
             raise CheckpointError(f"{path}: kind {ckpt['kind']!r}, but its config's kind is {config.kind!r}")
-        check_weights_fit(config, ckpt["model"], path)
         model = None
     if kind is not None and ckpt["kind"] != kind:
         what = {"lm": "a language model", "scalar": "a scalar-head model (reward model / critic)"}
@@ -669,6 +657,24 @@ def load_checkpoint(path, kind=None, tokenizer_json=None, device="cpu"):
         model.load_state_dict(ckpt["model"])
         model.pretrained_from = (ckpt.get("provenance") or {}).get("pretrained_from")
     return model.to(device), ckpt
+
+
+def checked_config(cfg, weights, where):
+    """A GPTConfig from a checkpoint's config dict, checked on its own and against the shapes of
+    `weights` before anything is built (a model, or a PPO critic kept beside its policy)."""
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{where}: its config is not a dict (not a checkpoint of this project?)")
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = [k for k in cfg if k not in fields]
+    if unknown:
+        raise CheckpointError(f"{where}: its config has an unknown field {unknown[0]!r} (written by another "
+                              f"version of this code?)")
+    try:
+        config = GPTConfig(**cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: its config: {e}") from None
+    check_weights_fit(config, weights, where)
+    return config
 
 
 def check_weights_fit(config, weights, where):

@@ -95,7 +95,7 @@ from data import load_world
 from data.jsonl import DataError, load_dataset
 from data.tokenizer import eot_id
 from lm_training import read_log
-from model import (GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint, sample,
+from model import (GPT, checked_config, configure_optimizer, lm_to_scalar, load_checkpoint, sample,
                    save_checkpoint, sequence_scores)
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
@@ -688,8 +688,9 @@ def setup(args, rt, last_path, log_path):
     if resuming:
         critic = None
         if ckpt["critic"] is not None:
-            critic = GPT(GPTConfig(**ckpt["critic_config"])).to(rt.device)
+            critic = GPT(checked_config(ckpt["critic_config"], ckpt["critic"], f"{last_path}: its critic"))
             critic.load_state_dict(ckpt["critic"])
+            critic.to(rt.device)
         state = ckpt["ppo_state"]
         log_rows = [r for r in read_log(log_path) if r["update"] <= ckpt["provenance"]["step"]]
     else:
