@@ -17,17 +17,24 @@ Without --ckpt a fresh model of the default pretraining preset is timed (random 
 its samples run to max_new_tokens, so sampling figures are per token, not per rationale).
 """
 
+import argparse
+import copy
+import json
 import os
+import subprocess
+import sys
 import time
 
 import torch
 
 import common
+import hf
 import rationales
+import train_ppo
 from data import load_world
 from data.jsonl import load_dataset
 from data.tokenizer import eot_id
-from model import GPT, GPTConfig, configure_optimizer, load_checkpoint, sample
+from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint, sample
 
 # Without --ckpt: a fresh model of pretrain.py's default shape
 DEFAULT_MODEL = dict(vocab_size=512, block_size=128, n_layer=3, n_head=4, n_embd=128)
@@ -99,14 +106,28 @@ def train_rate(model, batch, seq, steps, rt):
     return tok_s, tok_s * flops_per_token
 
 
-# Shapes of two pretrained models (random weights: speed does not depend on them).
+# Shapes of pretrained models, as their config.json has them (random weights: neither speed nor
+# memory depends on them). --hf_compare all: the first two.
 HF_SHAPES = {
     "gpt2": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
     "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
                          num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                          max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
                          tie_word_embeddings=True),
+    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True),
+    "smollm2-360m": dict(model_type="llama", vocab_size=49152, hidden_size=960, intermediate_size=2560,
+                         num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5,
+                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                         tie_word_embeddings=True),
 }
+HF_COMPARE = ("gpt2", "qwen2.5-0.5b")
 
 
 def hf_compare(name, layers, device, train_steps, batch, seq, seed):
@@ -181,9 +202,188 @@ def hf_compare(name, layers, device, train_steps, batch, seq, seed):
           f"transformers generate {theirs_rate:,.0f} tokens/s, {ours_rate / theirs_rate:.2f}x")
 
 
+# -----------------------------------------------------------------------------
+# PPO at a real shape: the memory and speed of one update's three phases
+
+
+def reset_peak_memory(device):
+    """Start measuring the peak from now: the GPU allocator's peak, or on Linux the process's
+    peak resident set (writing 5 to /proc/self/clear_refs resets it)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def peak_memory(device):
+    """Bytes at the peak since reset_peak_memory: allocated tensors on a GPU; the whole
+    process's resident memory on a CPU (weights, Python and all)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    return int(kb) * 1024
+
+
+def shape_config(name, layers=None, block_size=None):
+    shape = dict(HF_SHAPES[name])
+    if layers:
+        shape["n_layer" if shape["model_type"] == "gpt2" else "num_hidden_layers"] = layers
+    return hf.config_from_hf(shape, name, block_size=block_size)
+
+
+def ppo_models(config, rt, seed):
+    """The policy and the critic (float32, trained) and the frozen reference and reward model (in
+    the compute dtype), as train_ppo.py holds them, with random weights."""
+    torch.manual_seed(seed)
+    with torch.device(rt.device):
+        policy = GPT(config)
+    ref = copy.deepcopy(policy).to(rt.dtype).requires_grad_(False).eval()
+    rm = lm_to_scalar(policy).to(rt.dtype).requires_grad_(False).eval()
+    critic = lm_to_scalar(policy)
+    return policy, ref, rm, critic
+
+
+def ppo_phases(name, layers, rollouts, k, micro_batch_size, prompt_tokens, rationale_tokens, rt, seed,
+               updates=1, epochs=1, lr=1e-6, grad_checkpointing=False):
+    """`updates` PPO updates at a named shape on random prompts, with random rewards: per phase
+    (rollout, scoring, update) its seconds, tokens/s and peak memory. The rollouts run to the
+    budget (random weights seldom write the stop id), the worst case for memory."""
+    config = shape_config(name, layers, prompt_tokens + rationale_tokens)
+    policy, ref, rm, critic = ppo_models(config, rt, seed)
+    for model in (policy, critic):
+        model.grad_checkpointing = grad_checkpointing
+    opt_policy, opt_critic = configure_optimizer(policy, lr, 0.0), configure_optimizer(critic, 10 * lr, 0.0)
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, config.vocab_size - 1, (prompt_tokens,), generator=g).tolist()
+               for _ in range(rollouts // k)]
+    stop = config.vocab_size - 1
+    out = []
+    for update in range(updates):
+        phases = {}
+        reset_peak_memory(rt.device)
+        t0 = time.time()
+        ro = train_ppo.rollout(policy, prompts, k, 1.0, rationale_tokens, stop, list(range(update * rollouts,
+                               (update + 1) * rollouts)), rt.device, None, rt.autocast)
+        sync(rt.device)
+        phases["rollout"] = (time.time() - t0, int(ro.lengths.sum()), peak_memory(rt.device))
+        reset_peak_memory(rt.device)
+        t0 = time.time()
+        train_ppo.score_sequences(rm, ro, micro_batch_size, rt.autocast)
+        batch = train_ppo.prepare_batch(policy, ref, critic, ro, torch.randn(len(ro.responses), generator=g,
+                                        device="cpu").to(rt.device), 0.02, 1.0, 1.0, 0.95, micro_batch_size,
+                                        rt.autocast)
+        sync(rt.device)
+        phases["scoring"] = (time.time() - t0, 4 * int(ro.seq_lens.sum()), peak_memory(rt.device))  # 4 models
+        reset_peak_memory(rt.device)
+        t0 = time.time()
+        stats = train_ppo.ppo_update(policy, critic, opt_policy, opt_critic, batch, g, epochs=epochs,
+                                     minibatch_size=max(1, rollouts // 2), micro_batch_size=micro_batch_size,
+                                     temperature=1.0, clip=0.2, value_clip=0.2, grad_clip=1.0, amp=rt.autocast)
+        sync(rt.device)
+        phases["update"] = (time.time() - t0, 2 * epochs * int(ro.seq_lens.sum()), peak_memory(rt.device))
+        out.append({"phases": {k: {"seconds": t, "tokens_per_s": n / t, "peak_gib": m / 2**30}
+                               for k, (t, n, m) in phases.items()},
+                    "first_approx_kl": stats["first_approx_kl"], "epoch_clip_frac": stats["epoch_clip_frac"]})
+    return {"shape": name, "layers": config.n_layer, "parameters": policy.num_params(), "rollouts": rollouts,
+            "micro_batch_size": micro_batch_size, "prompt_tokens": prompt_tokens,
+            "rationale_tokens": rationale_tokens, "dtype": str(rt.dtype).replace("torch.", ""), "updates": out}
+
+
+def ppo_table(args, rt):
+    """--ppo: one PPO update per (rollouts, micro-batch) of the grid, each in a fresh process on a
+    CPU (a process's peak memory cannot be taken back) and one after the other on a GPU."""
+    rows = []
+    for rollouts in args.ppo_rollouts:
+        for micro in args.ppo_micro_batch:
+            spec = dict(name=args.ppo, layers=args.ppo_layers, rollouts=rollouts, k=min(4, rollouts),
+                        micro_batch_size=micro, prompt_tokens=args.ppo_prompt_tokens,
+                        rationale_tokens=args.ppo_rationale_tokens, seed=args.seed,
+                        grad_checkpointing=args.grad_checkpointing)
+            rows.append(run_isolated(spec, args) if rt.device_type == "cpu" else ppo_phases(rt=rt, **spec))
+    print(f"PPO at {args.ppo} shape, {rows[0]['layers']} layers ({rows[0]['parameters'] / 1e6:.0f}M parameters), "
+          f"{args.ppo_prompt_tokens}-token prompts, {args.ppo_rationale_tokens}-token rationales, {rows[0]['dtype']}, "
+          f"{'gradient checkpointing, ' if args.grad_checkpointing else ''}device {rt.device}; peak memory "
+          f"{'allocated on the GPU' if rt.device_type == 'cuda' else 'of the whole process (resident)'}")
+    print("| rollouts | micro-batch | rollout: GiB, tok/s | scoring: GiB, tok/s | update: GiB, tok/s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        ph = r["updates"][0]["phases"]
+        print(f"| {r['rollouts']} | {r['micro_batch_size']} | " + " | ".join(
+            f"{ph[k]['peak_gib']:.2f}, {ph[k]['tokens_per_s']:,.0f}" for k in ("rollout", "scoring", "update")) + " |")
+    return rows
+
+
+def run_isolated(spec, args):
+    """ppo_phases in a child process (python bench.py --ppo_child '<json>'), its result as JSON."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))}
+    cmd = [sys.executable, os.path.abspath(__file__), "--ppo_child", json.dumps(spec), "--device", "cpu",
+           "--dtype", args.dtype]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise common.UserError(f"the PPO measurement {spec} failed: {r.stderr.strip().splitlines()[-1:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def gpu_check(args, rt):
+    """--gpu_check: the figures a GPU run owes the README, in one command (under 8 minutes on
+    one H200; --cut runs the same code at cut shapes on a CPU, as the tests do):
+      1. two PPO updates of a pretrained shape (Qwen2.5-0.5B): approx KL 0 on the first
+         minibatch, some clipping by the second epoch, and each phase's peak memory
+      2. PPO's peak memory at Qwen2.5-0.5B and 1.5B shapes with 256-token rationales (goal:
+         1.5B under 60 GB)
+      3. sampling tokens/s against transformers' generate at Qwen2.5-0.5B (goal: 2x or more)
+      4. training MFU at GPT-2 124M in bf16 (goal: 40% or more)"""
+    cut = args.cut
+    layers, rationale, rollouts = (2, 16, 8) if cut else (None, 256, 64)
+    report = {"device": str(rt.device), "dtype": str(rt.dtype), "cut": cut}
+    t0 = time.time()
+    check = ppo_phases("qwen2.5-0.5b", layers, rollouts, 4, 8, 32 if cut else 128, rationale, rt, args.seed,
+                       updates=2, epochs=2, lr=1e-5, grad_checkpointing=True)
+    report["ppo_two_updates"] = check
+    for u, upd in enumerate(check["updates"], 1):
+        print(f"[1] update {u}: first-minibatch approx KL {upd['first_approx_kl']:.2e}, clip fraction by epoch "
+              f"{', '.join(f'{c:.4f}' for c in upd['epoch_clip_frac'])}; peak GiB " +
+              ", ".join(f"{k} {v['peak_gib']:.2f}" for k, v in upd["phases"].items()))
+    for name in ("qwen2.5-0.5b", "qwen2.5-1.5b"):
+        r = ppo_phases(name, 1 if cut else None, rollouts, 4, 8, 32 if cut else 128, rationale, rt, args.seed,
+                       grad_checkpointing=True)
+        report[f"ppo_memory_{name}"] = r
+        phases = r["updates"][0]["phases"]
+        each = ", ".join(f"{k} {v['peak_gib']:.1f}" for k, v in phases.items())
+        print(f"[2] {name} ({r['parameters'] / 1e9:.2f}B parameters): PPO peak "
+              f"{max(v['peak_gib'] for v in phases.values()):.1f} GiB ({each})")
+    try:
+        report["sampling_vs_generate"] = hf_compare("qwen2.5-0.5b", 2 if cut else None, rt.device, 1, 2, 32, args.seed,
+                                                    64 if not cut else 4)
+    except ImportError:
+        print("[3] transformers is not installed: no comparison with generate")
+    model = GPT(shape_config("gpt2", 2 if cut else None, 1024)).to(rt.device)
+    if args.compile:
+        model = torch.compile(model)
+    peak = max(matmul_flops(n, rt.dtype, rt.device) for n in ((1024,) if cut else (4096, 8192)))
+    tok_s, flops = train_rate(model, 4 if cut else 16, 64 if cut else 1024, 2 if cut else 20, rt)
+    report["train_mfu"] = {"tokens_per_s": tok_s, "flops": flops, "matmul_peak": peak, "mfu": flops / peak}
+    print(f"[4] GPT-2 124M training: {tok_s:,.0f} tokens/s, MFU {100 * flops / peak:.1f}% of the measured "
+          f"{str(rt.dtype).replace('torch.', '')} matmul rate ({peak / 1e12:.0f} TFLOP/s)")
+    report["seconds"] = time.time() - t0
+    print(f"gpu check: {report['seconds']:.0f} s")
+    if args.out:
+        common.write_json(args.out, report)
+    return report
+
+
 def sync(device):
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def counts(text):
+    """An argparse type: a comma-separated list of counts, "16,64" -> [16, 64]."""
+    return [common.COUNT(x) for x in text.split(",")]
 
 
 def main(argv=None):
@@ -200,13 +400,35 @@ def main(argv=None):
     p.add_argument("--hf_batch", type=common.COUNT, default=4, help="training batch of the comparison")
     p.add_argument("--hf_seq", type=common.COUNT, default=128, help="training sequence length of the comparison")
     p.add_argument("--hf_train_steps", type=common.COUNT, default=3, help="timed training steps of the comparison")
+    g = p.add_argument_group("PPO at a pretrained model's shape (random weights)")
+    g.add_argument("--ppo", default=None, choices=sorted(HF_SHAPES),
+                   help="only measure one PPO update's memory and speed per (rollouts, micro-batch)")
+    g.add_argument("--ppo_layers", type=common.COUNT, default=None, help="fewer layers than the real model")
+    g.add_argument("--ppo_rollouts", type=counts, default="16,64", help="rollouts per update, comma-separated")
+    g.add_argument("--ppo_micro_batch", type=counts, default="2,8", help="micro-batch sizes, comma-separated")
+    g.add_argument("--ppo_prompt_tokens", type=common.COUNT, default=128)
+    g.add_argument("--ppo_rationale_tokens", type=common.COUNT, default=256)
+    g.add_argument("--grad_checkpointing", action="store_true")
+    g.add_argument("--gpu_check", action="store_true", help="only the GPU check (see gpu_check in bench.py)")
+    g.add_argument("--cut", action="store_true", help="the GPU check at cut shapes (a CPU)")
+    g.add_argument("--out", default=None, help="write the GPU check's figures here (JSON)")
+    g.add_argument("--ppo_child", default=None, help=argparse.SUPPRESS)
     common.add_runtime_args(p)
     args = p.parse_args(argv)
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     torch.set_grad_enabled(True)
+    if args.ppo_child:  # one measurement of ppo_table's, in its own process
+        print(json.dumps(ppo_phases(rt=rt, **json.loads(args.ppo_child))))
+        return
+    if args.ppo:
+        ppo_table(args, rt)
+        return
+    if args.gpu_check:
+        gpu_check(args, rt)
+        return
     if args.hf_compare:
-        for name in (HF_SHAPES if args.hf_compare == "all" else [args.hf_compare]):
+        for name in (HF_COMPARE if args.hf_compare == "all" else [args.hf_compare]):
             hf_compare(name, args.hf_layers, rt.device, args.hf_train_steps, args.hf_batch,
                        args.hf_seq, args.seed)
         return

@@ -463,7 +463,8 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
                clip, value_clip, grad_clip, micro_batch_size=None, train_policy=True, target_kl=None,
                lr_at=None, amp=nullcontext(), n_vocab=None):
     """Step 4 of an update: several epochs of minibatch updates on one batch. Returns the
-    diagnostics, averaged over minibatches (ratio_max and the gradient norms: their largest).
+    diagnostics, averaged over minibatches (ratio_max and the gradient norms: their largest;
+    first_approx_kl: the first minibatch's, which should be 0; epoch_clip_frac: per epoch).
 
     A minibatch is one optimizer step; its rows run micro_batch_size at a time, each micro-batch's
     loss weighted by its share of the minibatch's response tokens, so the accumulated gradient
@@ -477,10 +478,12 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
     micro_batch_size = micro_batch_size or minibatch_size
     stats = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
     ratio_max, grad_norm, critic_grad_norm, steps, stopped = 0.0, 0.0, 0.0, 0, False
+    epoch_clip_frac = []
     policy.eval()
     if critic is not None:
         critic.eval()
     for _ in range(epochs):
+        epoch_clip_frac.append([])
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, minibatch_size):
             mb = order[start:start + minibatch_size].to(b.idx.device)
@@ -526,12 +529,16 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
             for k, v in mb_stats.items():
                 if (train_policy and k != "value_loss") or (critic is not None and k == "value_loss"):
                     stats[k].append(v)
+            epoch_clip_frac[-1].append(mb_stats["clip_frac"])
             if train_policy and target_kl is not None and mb_stats["approx_kl"] > target_kl:
                 stopped = True  # the policy has moved as far as one batch of rollouts should take it
                 break
         if stopped:
             break
     out = {k: float(np.mean(v)) if v else None for k, v in stats.items()}
+    if train_policy:  # the first minibatch compares the policy with itself: approx KL 0, nothing clipped
+        out["first_approx_kl"] = stats["approx_kl"][0]
+        out["epoch_clip_frac"] = [float(np.mean(c)) for c in epoch_clip_frac]
     return {**out, "ratio_max": ratio_max if train_policy else None, "grad_norm": grad_norm if train_policy else None,
             "critic_grad_norm": critic_grad_norm if critic is not None else None, "optimizer_steps": steps,
             "kl_stop": stopped}
