@@ -92,10 +92,20 @@ def atomic_file(path, mode="w"):
     _fsync_folder(folder)
 
 
+def foreign_entries(folder, outputs):
+    """The entries of `folder` that are not among a script's own `outputs` (file names)."""
+    return sorted(e for e in os.listdir(folder)
+                  if e not in outputs or not os.path.isfile(os.path.join(folder, e)))
+
+
 @contextmanager
-def atomic_folder(path):
+def atomic_folder(path, outputs):
     """The same for a folder of outputs: yields a temporary folder beside `path` to fill;
-    on success it replaces `path` as a whole, on failure it is removed."""
+    on success it takes `path`'s place as a whole, on failure it is removed and `path` is left
+    as it was. `outputs` names every file the script writes there. The one rule that keeps a
+    user's files safe: an existing `path` is replaced only if it holds these files and nothing
+    else (a previous run's outputs); a folder that holds anything else is never deleted
+    (check_output refuses it before any work; it is checked again here)."""
     import shutil
     path = os.path.abspath(path.rstrip("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -105,6 +115,10 @@ def atomic_folder(path):
     try:
         yield tmp
         if os.path.exists(path):
+            foreign = foreign_entries(path, outputs)
+            if foreign:
+                raise UserError(f"{path}: now holds {', '.join(foreign)}, which this run did not write; "
+                                f"nothing was replaced")
             shutil.rmtree(path)
         os.rename(tmp, path)
     except BaseException:
@@ -113,12 +127,45 @@ def atomic_folder(path):
     _fsync_folder(os.path.dirname(path))
 
 
-def check_output(path, overwrite=False, inputs=(), folder=False):
-    """Before any work is done: `path` can be written (no file stands where a folder must be),
-    it is none of the run's inputs, and an existing one is replaced only with --overwrite."""
-    real = os.path.realpath(path)
-    if any(i and os.path.realpath(i) == real for i in inputs):
-        raise UserError(f"{path}: is also an input of this run; write the output elsewhere")
+def _same_file(a, b):
+    return os.path.realpath(a) == os.path.realpath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
+def _inside(path, folder):
+    """Whether `path` lies inside `folder` (both resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path != folder and os.path.commonpath([path, folder]) == folder
+
+
+def _check_writable(path, folder):
+    """A file can be made in `folder` (permissions, a read-only file system): found before any
+    work, not when the results are written at the end."""
+    import tempfile
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"{path}: cannot be written (making a file in {folder} fails: {e.strerror or e})") from None
+
+
+def check_output(path, overwrite=False, inputs=(), folder=False, outputs=None):
+    """Before any work is done, that writing `path` can succeed and loses nothing:
+      - it is none of the run's inputs (files or folders); if it exists, it is in none of the
+        input folders; an output folder holds none of the inputs. A script never replaces or
+        deletes what it reads.
+      - no file stands where a folder must be, and the folder it goes in can be written;
+      - an existing one is replaced only with --overwrite;
+      - an output folder written as a whole (atomic_folder; `outputs` are its file names)
+        holds nothing but those files, --overwrite or not: what the script did not write is
+        never deleted."""
+    for i in (i for i in inputs if i):
+        if _same_file(i, path):
+            raise UserError(f"{path}: is also an input of this run; write the output elsewhere")
+        if os.path.isdir(i) and os.path.exists(path) and _inside(path, i):
+            raise UserError(f"{path}: is in {i}, an input folder of this run; write the output elsewhere")
+        if folder and os.path.exists(i) and _inside(i, path):
+            raise UserError(f"{path}: holds {i}, an input of this run; write the output elsewhere")
     if os.path.isdir(path) != folder and os.path.exists(path):
         raise UserError(f"{path}: is a {'file' if folder else 'folder'}; a {'folder' if folder else 'file'} "
                         f"is written there")
@@ -127,9 +174,33 @@ def check_output(path, overwrite=False, inputs=(), folder=False):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise UserError(f"{path}: cannot be written, {parent} is a file")
+    _check_writable(path, parent)
+    if folder and os.path.isdir(path):
+        _check_writable(path, path)
+    if folder and outputs is not None and os.path.isdir(path):
+        foreign = foreign_entries(path, outputs)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise UserError(f"{path}: holds {shown}, which this script does not write; choose a new or empty "
+                            f"folder (the outputs replace the folder as a whole)")
+        present = [f for f in outputs if os.path.exists(os.path.join(path, f))]
+        if present and not overwrite:
+            raise UserError(f"{path} already holds {', '.join(present)}; pass --overwrite to replace them")
+        return
     exists = os.path.exists(path) and (not folder or os.listdir(path))
     if exists and not overwrite:
         raise UserError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def check_outputs(outputs, overwrite=False, inputs=()):
+    """check_output for each output file of a run ({flag: path}, None where not asked for),
+    and that no two of them are the same file (the one written last would be all that is left)."""
+    given = [(flag, path) for flag, path in outputs.items() if path]
+    for i, (flag, path) in enumerate(given):
+        for other, other_path in given[:i]:
+            if _same_file(path, other_path):
+                raise UserError(f"{other} and {flag} are the same file ({path}); give each its own")
+        check_output(path, overwrite, inputs)
 
 
 def write_text(path, text):

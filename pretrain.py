@@ -75,17 +75,17 @@ def main(argv=None):
     common.seed_everything(args.seed)
     tok = load_tokenizer(os.path.join(args.data_dir, "tokenizer.json"))
     corpus_path = os.path.join(args.data_dir, "corpus.jsonl")
+    config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=args.block_size,
+                       n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    model, start_step, resume_state = start_or_resume(args.out, args.resume, args.overwrite,
+                                                   args.init or (lambda: GPT(config)), tok.to_str(),
+                                                   inputs=[args.data_dir])
     docs = read_jsonl(corpus_path, {"text": str})
     eot = eot_id(tok)
     examples = tokenize_docs(tok, [d["text"] for d in docs], eot)
     # Hold out a few documents for the eval loss (corpus order is already shuffled).
     n_val = min(args.eval_docs, len(examples) // 10)
     train_examples, val_examples = examples[n_val:], examples[:n_val]
-
-    config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=args.block_size,
-                       n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-    model, start_step, resume_state = start_or_resume(args.out, args.resume, args.overwrite,
-                                                   args.init or (lambda: GPT(config)), tok.to_str())
     check_lengths(examples, model.config.block_size, corpus_path + " document")
     common.print0(rt, f"{model.num_params() / 1e6:.2f}M parameters, {len(train_examples)} documents, "
                       f"{sum(len(e[0]) for e in train_examples) / len(train_examples):.1f} tokens each")

@@ -641,14 +641,15 @@ def setup(args, rt, last_path, log_path):
         rm_report = rm_ckpt.get("report")
         if args.reward != "exact":
             check_reward_model(rm_report, args.rm, args.allow_weak_rm)
+    summary = os.path.join(args.out_dir, "summary.json")
+    if os.path.exists(summary):
+        os.remove(summary)  # ours, and it says "finished": a rerun, fresh or resumed, is not yet
     if resuming:
         critic = GPT(GPTConfig(**ckpt["critic_config"])).to(rt.device)
         critic.load_state_dict(ckpt["critic"])
         state = ckpt["ppo_state"]
         log_rows = [r for r in read_log(log_path) if r["update"] <= ckpt["provenance"]["step"]]
     else:
-        if os.path.exists(os.path.join(args.out_dir, "summary.json")):
-            os.remove(os.path.join(args.out_dir, "summary.json"))  # ours, and it says "finished"
         critic, state = start(args, rt, data, policy, ref, rm, rm_report)
         log_rows = []
     # The frozen models in the compute dtype (bf16 on a GPU): half the memory, and what autocast

@@ -55,7 +55,7 @@ def get_args(argv=None):
     g.add_argument("--pairs", required=True, help="pairs.jsonl: prompt, chosen, rejected (and id)")
     g.add_argument("--data_dir", required=True, help="folder with tokenizer.json, meta.json, train/test.jsonl")
     g.add_argument("--out", required=True, help="reward-model checkpoint to write (last, after the report)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out and --report")
     g.add_argument("--report", default=None, help="write the report JSON here")
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = p.add_argument_group("optimisation")
@@ -285,11 +285,10 @@ def held_out_loss(rm, tok, pairs, rt):
 
 def main(argv=None):
     args = get_args(argv)
+    common.check_outputs({"--out": args.out, "--report": args.report}, args.overwrite,
+                         [args.init, args.pairs, args.data_dir])
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
-    common.check_output(args.out, args.overwrite, [args.init, args.pairs])
-    if args.report:
-        common.check_output(args.report, True, [args.init, args.pairs])
     tok, task = load_world(args.data_dir)
     pairs = load_pairs(args.pairs)
     sft_model, _ = load_checkpoint(args.init, kind="lm", tokenizer_json=tok.to_str())
@@ -347,6 +346,8 @@ def main(argv=None):
           f"{report['spearman_score_length']:.3f}"
           + (f"; a wrong final answer scores lower in {100 * report['answer_swap']['share_lower']:.1f}% of "
              f"{report['answer_swap']['probes']} correct rationales" if "answer_swap" in report else ""))
+    if os.path.exists(args.out):
+        os.remove(args.out)  # an earlier run's: it says "done", and this run's report comes first
     if args.report:
         common.write_json(args.report, report)
     save_checkpoint(args.out, rm, tok.to_str(),

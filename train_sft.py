@@ -100,7 +100,7 @@ def main(argv=None):
     else:
         rows = load_sft(args.data)
     model, start_step, resume_state = start_or_resume(args.out, args.resume, args.overwrite, args.init,
-                                                   tok.to_str())
+                                                   tok.to_str(), inputs=[args.data or args.gold, args.data_dir])
     # Hold out a few rows for the eval loss, by question so that no question is on both sides.
     model.grad_checkpointing = args.grad_checkpointing
     train_rows, val_rows = common.split_by_question(rows, args.val_frac, args.seed)

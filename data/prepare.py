@@ -46,6 +46,7 @@ from data.tokenizer import train_tokenizer
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {}, "tiny": dict(n_train=200, n_val=20, n_test=100, n_corpus=3000)}
+# Everything this script writes into --out_dir (the built-in world; a dataset writes some of them)
 OUTPUTS = ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.json"]
 
 
@@ -53,7 +54,9 @@ def get_args(argv=None):
     p = common.ArgumentParser(description=__doc__)
     g = p.add_argument_group("what to make")
     g.add_argument("--task", default="arithmetic", help=f"one of: {', '.join(TASKS)}")
-    g.add_argument("--out_dir", required=True, help="written as a whole, when everything in it is made")
+    g.add_argument("--out_dir", required=True,
+                   help="written as a whole, when everything in it is made; a folder that holds other files "
+                        "than these is refused")
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g.add_argument("--n_train", type=common.COUNT, default=5000, help="train questions (answers only are used by SML), "
                    "the validation split included")
@@ -176,16 +179,16 @@ def corpus_document(task, prob, rng, args):
 
 
 def prepare_dataset(args):
-    """One of the paper's datasets, converted into --out_dir (data/datasets.py does the work)."""
-    outputs = ["train.jsonl", "val.jsonl", "test.jsonl", "tokenizer.json", "meta.json"]
-    present = [f for f in outputs if os.path.exists(os.path.join(args.out_dir, f))]
-    if present and not args.overwrite:
-        raise common.UserError(f"{args.out_dir} already holds {', '.join(present)}; pass --overwrite to replace them")
+    """One of the paper's datasets, converted into --out_dir (data/datasets.py does the work),
+    all at once like the built-in world: a killed conversion leaves no train.jsonl alone."""
     tokenizer_from = getattr(args, "tokenizer_from", None)
+    inputs = [getattr(args, "source", None), getattr(args, "cache_dir", None), tokenizer_from]
+    common.check_output(args.out_dir, args.overwrite, inputs, folder=True, outputs=OUTPUTS)
     tokenizer_json = hf.tokenizer_json_of(tokenizer_from) if tokenizer_from else None
-    meta = datasets.prepare(args.task, args.out_dir, getattr(args, "source", None),
-                            getattr(args, "cache_dir", None), getattr(args, "test_only", False),
-                            tokenizer_json=tokenizer_json, tokenizer_from=tokenizer_from, n_val=args.n_val)
+    with common.atomic_folder(args.out_dir, OUTPUTS) as tmp:
+        meta = datasets.prepare(args.task, tmp, getattr(args, "source", None),
+                                getattr(args, "cache_dir", None), getattr(args, "test_only", False),
+                                tokenizer_json=tokenizer_json, tokenizer_from=tokenizer_from, n_val=args.n_val)
     n = meta["counts"]
     train = "no train (--test_only)" if meta["test_only"] else f"{n['train']} train"
     val = f", {n['val']} val" if "val" in n else ""
@@ -198,9 +201,7 @@ def main(argv=None):
     if args.task in datasets.DATASETS:
         return prepare_dataset(args)
     task = get_task(args.task, **task_knobs(args))
-    present = [f for f in OUTPUTS if os.path.exists(os.path.join(args.out_dir, f))]
-    if present and not args.overwrite:
-        raise common.UserError(f"{args.out_dir} already holds {', '.join(present)}; pass --overwrite to replace them")
+    common.check_output(args.out_dir, args.overwrite, folder=True, outputs=OUTPUTS)
 
     rng = random.Random(args.seed)
     seen = set()
@@ -224,7 +225,7 @@ def main(argv=None):
     train, val = train[:-args.n_val], train[-args.n_val:]
     meta = {"task": args.task, "task_knobs": task_knobs(args), "args": vars(args),
             "counts": {"train": len(train), "val": len(val), "test": len(test), "corpus": len(corpus)}}
-    with common.atomic_folder(args.out_dir) as tmp:  # an interrupted run leaves nothing half-made
+    with common.atomic_folder(args.out_dir, OUTPUTS) as tmp:  # an interrupted run leaves nothing half-made
         write_jsonl(os.path.join(tmp, "train.jsonl"), split_rows(train, "train"))
         write_jsonl(os.path.join(tmp, "val.jsonl"), split_rows(val, "val"))
         write_jsonl(os.path.join(tmp, "test.jsonl"), split_rows(test, "test"))
