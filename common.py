@@ -216,10 +216,12 @@ def read_json(path, what="file"):
     if not os.path.exists(path):
         raise UserError(f"{path}: no such {what}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 # -----------------------------------------------------------------------------
@@ -259,8 +261,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def number(kind=int, low=None, high=None, above=None):
-    """An argparse type: a finite number of `kind`, >= low, <= high, > above (each optional).
+def number(kind=int, low=None, high=None, above=None, below=None):
+    """An argparse type: a finite number of `kind`, >= low, <= high, > above, < below (each optional).
     A value out of range is refused at parse time with the flag and the value named."""
     def parse(text):
         try:
@@ -276,16 +278,27 @@ def number(kind=int, low=None, high=None, above=None):
             raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
         if above is not None and value <= above:
             raise argparse.ArgumentTypeError(f"must be greater than {above}, got {text}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be less than {below}, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
 
 
 COUNT = number(int, low=1)  # sizes, steps, samples: at least one
-NONNEG = number(int, low=0)  # limits where 0 means "none" or "all", seeds
+NONNEG = number(int, low=0)  # limits where 0 means "none" or "all"
 POSITIVE = number(float, above=0)  # learning rates, clips
 NONNEG_FLOAT = number(float, low=0)  # coefficients, penalties, temperatures
 FRACTION = number(float, low=0, high=1)
+HELD_OUT = number(float, low=0, below=1)  # a share held out: 1 would leave nothing to train on
+LEARNING_RATE = number(float, above=0, high=10)  # far above any that trains; 1e300 overflows AdamW
+# Seeds: numpy takes 32 bits, and lm_training derives each step's batch seed from this one
+# (seed * 1,000,003 + step), which torch takes up to 2**64 - 1.
+SEED = number(int, low=0, high=2**32 - 1)
+# Samples of one question (--k, --auc_samples, --samples_per_question, ...): far more than
+# any estimate needs, and few enough that a typo of 10**12 is one line, not a run that never ends.
+MAX_SAMPLES = 1000
+SAMPLES = number(int, low=1, high=MAX_SAMPLES)
 
 
 def preset_help(presets):
@@ -368,6 +381,24 @@ class Runtime:
         return self.rank == 0
 
 
+def check_device(device):
+    """--device names a device this machine has: one line if not, rather than torch's traceback."""
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        d = None
+    if d is None or d.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device}: not a device (auto, cpu, cuda, cuda:N or mps)")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        why = "no GPU is visible" if torch.version.cuda else "this torch is built without CUDA"
+        raise UserError(f"--device {device}: CUDA is not available on this machine ({why}); use --device cpu")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+
+
 def setup_runtime(device="auto", dtype="auto"):
     """Pick the device (cuda > mps > cpu unless told), and join the DDP group when the
     script was started by torchrun (which sets RANK / WORLD_SIZE / LOCAL_RANK)."""
@@ -382,6 +413,7 @@ def setup_runtime(device="auto", dtype="auto"):
             device = "mps"
         else:
             device = "cpu"
+    check_device(device)
     device_type = device.split(":")[0]
     if device_type == "cuda":
         if ddp:
@@ -456,7 +488,7 @@ def add_budget_args(group):
 def add_runtime_args(parser):
     """The flags every script shares: seed, device, precision, compile."""
     g = parser.add_argument_group("runtime")
-    g.add_argument("--seed", type=NONNEG, default=1337, help="random seed (same seed, same numbers)")
+    g.add_argument("--seed", type=SEED, default=1337, help="random seed (same seed, same numbers)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto = bf16 autocast on CUDA, float32 elsewhere")

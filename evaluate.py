@@ -46,7 +46,7 @@ def get_args(argv=None):
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = s.add_argument_group("sampling")
     g.add_argument("--temperature", type=common.NONNEG_FLOAT, default=0.0, help="0 = greedy")
-    g.add_argument("--k", type=common.COUNT, default=1, help="samples per question (majority vote)")
+    g.add_argument("--k", type=common.SAMPLES, default=1, help="samples per question (majority vote)")
     g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")
     g.add_argument("--top_p", type=common.FRACTION, default=None, help="unset or 1: off")
     common.add_budget_args(g)

@@ -57,9 +57,9 @@ def get_args(argv=None):
                    help="solved exemplars before each question, for a pretrained model (default: 4 for "
                         "the paper's datasets; 0 for the built-in world, whose base model was pretrained "
                         "on the hint template)")
-    g.add_argument("--k", type=common.COUNT, default=4, help="rationales per (question, given answer)")
+    g.add_argument("--k", type=common.SAMPLES, default=4, help="rationales per (question, given answer)")
     g.add_argument("--m", type=common.COUNT, default=2, help="wrong answers given per question")
-    g.add_argument("--k_unhinted", type=common.NONNEG, default=4,
+    g.add_argument("--k_unhinted", type=common.number(int, low=0, high=common.MAX_SAMPLES), default=4,
                    help="rationales with no answer given, for the STaR baseline (0: none)")
     g.add_argument("--temperature", type=common.POSITIVE, default=1.0)
     g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")

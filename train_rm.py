@@ -67,18 +67,18 @@ def get_args(argv=None):
                    help="pairs per forward pass; gradients accumulate over a step (default: the batch)")
     g.add_argument("--grad_checkpointing", action="store_true",
                    help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
-    g.add_argument("--lr", type=common.POSITIVE, default=3e-4)
+    g.add_argument("--lr", type=common.LEARNING_RATE, default=3e-4)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=50)
     g.add_argument("--weight_decay", type=common.NONNEG_FLOAT, default=0.0)
     g.add_argument("--grad_clip", type=common.POSITIVE, default=1.0)
-    g.add_argument("--val_frac", type=common.FRACTION, default=0.1, help="share of questions held out")
+    g.add_argument("--val_frac", type=common.HELD_OUT, default=0.1, help="share of questions held out")
     g.add_argument("--keep", default="last", choices=["last", "best"],
                    help="the weights written: the last step's, or those with the lowest held-out loss")
     g.add_argument("--eval_interval", type=common.COUNT, default=100,
                    help="with --keep best: steps between held-out evaluations")
     g = p.add_argument_group("evaluation")
     g.add_argument("--auc_questions", type=common.NONNEG, default=300, help="test questions for the correctness AUC")
-    g.add_argument("--auc_samples", type=common.COUNT, default=4, help="SFT samples per test question")
+    g.add_argument("--auc_samples", type=common.SAMPLES, default=4, help="SFT samples per test question")
     common.add_budget_args(g)
     common.add_runtime_args(p)
     args = p.parse_args(argv)

@@ -48,6 +48,11 @@ from data.tokenizer import train_tokenizer
 PRESETS = {"default": {}, "tiny": dict(n_train=200, n_val=20, n_test=100, n_corpus=3000)}
 # Everything this script writes into --out_dir (the built-in world; a dataset writes some of them)
 OUTPUTS = ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.json"]
+# Ceilings far above any use, so that a slip of the keyboard (10**12) is one line, not a run
+# that never ends: questions per split, corpus documents, steps of a problem, vocabulary
+QUESTIONS = common.number(int, low=1, high=1_000_000)
+DOCUMENTS = common.number(int, low=1, high=10_000_000)
+STEPS = common.number(int, low=1, high=100)
 
 
 def get_args(argv=None):
@@ -58,15 +63,15 @@ def get_args(argv=None):
                    help="written as a whole, when everything in it is made; a folder that holds other files "
                         "than these is refused")
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
-    g.add_argument("--n_train", type=common.COUNT, default=5000, help="train questions (answers only are used by SML), "
+    g.add_argument("--n_train", type=QUESTIONS, default=5000, help="train questions (answers only are used by SML), "
                    "the validation split included")
     # 2,000 questions: what PPO's checkpoint choice needs for a standard error under a point. Most
     # of the error is which questions are hard, not sampling noise, so more questions help more
     # than more samples of each. Collection reads only the first 2,500 train questions.
-    g.add_argument("--n_val", type=common.COUNT, default=2000, help="of those, the last ones, held out as the validation split")
-    g.add_argument("--n_test", type=common.COUNT, default=1000, help="held-out test questions")
-    g.add_argument("--n_corpus", type=common.COUNT, default=60000, help="pretraining documents")
-    g.add_argument("--seed", type=common.NONNEG, default=1337)
+    g.add_argument("--n_val", type=QUESTIONS, default=2000, help="of those, the last ones, held out as the validation split")
+    g.add_argument("--n_test", type=QUESTIONS, default=1000, help="held-out test questions")
+    g.add_argument("--n_corpus", type=DOCUMENTS, default=60000, help="pretraining documents")
+    g.add_argument("--seed", type=common.SEED, default=1337)
     g.add_argument("--overwrite", action="store_true", help="replace files already in --out_dir")
     g = p.add_argument_group("the corpus (the stand-in for the web)")
     g.add_argument("--noise", type=float, default=0.2,
@@ -85,11 +90,11 @@ def get_args(argv=None):
     g.add_argument("--assert_frac", type=float, default=0.0,
                    help="of the rationalizations for a wrong answer, the share that does the steps "
                         "right and asserts the given answer; the rest slip at one step to reach it")
-    g.add_argument("--vocab_size", type=common.COUNT, default=512)
+    g.add_argument("--vocab_size", type=common.number(int, low=1, high=1_000_000), default=512)
     g = p.add_argument_group("task difficulty (the number of steps of a problem)")
-    g.add_argument("--min_steps", type=int, default=None,
+    g.add_argument("--min_steps", type=STEPS, default=None,
                    help="fewest steps: operations (arithmetic), people (coinflip), words (lastletter)")
-    g.add_argument("--max_steps", type=common.COUNT, default=None, help="most steps")
+    g.add_argument("--max_steps", type=STEPS, default=None, help="most steps")
     g.add_argument("--max_operand", type=int, default=None,
                    help="arithmetic: the largest start value and change (3 unless told)")
     g = p.add_argument_group("the paper's datasets (--task gsm8k, aqua, ...: converted, not made)")
@@ -124,8 +129,6 @@ def get_args(argv=None):
             p.error(f"--{k} must be between 0 and 1")
     if args.max_operand is not None and args.task != "arithmetic":
         p.error("--max_operand is for --task arithmetic only")
-    if args.min_steps is not None and args.min_steps < 1:
-        p.error("--min_steps must be at least 1")
     if args.min_steps is not None and args.max_steps is not None and args.min_steps > args.max_steps:
         p.error("--min_steps must not exceed --max_steps")
     return args

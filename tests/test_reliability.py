@@ -393,3 +393,104 @@ def test_an_output_that_cannot_be_written_is_found_before_any_work(tiny_run, tmp
         with pytest.raises(common.UserError, match="/proc/sml-test/.*cannot be written"):
             train_rm.main(["--init", tiny_run["base"], "--pairs", str(pairs), "--data_dir", tiny_run["data"],
                            "--out", out, *(["--report", report] if report else []), "--device", "cpu"])
+
+
+# -----------------------------------------------------------------------------
+# One clear line, before any work
+
+
+def one_line_parse_error(capsys, parse, argv):
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+BIG = str(10 ** 12)
+
+
+@pytest.mark.parametrize("script,argv,said", [
+    ("pretrain", ["--lr", "1e300"], "--lr: must be at most 10"),
+    ("train_sft", ["--lr", "1e300"], "--lr: must be at most 10"),
+    ("train_rm", ["--lr", "11"], "--lr: must be at most 10"),
+    ("train_ppo", ["--critic_lr", "1e300"], "--critic_lr: must be at most 10"),
+    ("train_sft", ["--val_frac", "1"], "--val_frac: must be less than 1"),
+    ("train_rm", ["--val_frac", "1"], "--val_frac: must be less than 1"),
+    ("pretrain", ["--seed", str(10 ** 20)], "--seed: must be at most 4294967295"),
+    ("prepare", ["--seed", str(10 ** 20)], "--seed: must be at most 4294967295"),
+    ("generate", ["--k", BIG], "--k: must be at most 1000"),
+    ("generate", ["--k_unhinted", BIG], "--k_unhinted: must be at most 1000"),
+    ("evaluate", ["--k", BIG], "--k: must be at most 1000"),
+    ("train_rm", ["--auc_samples", BIG], "--auc_samples: must be at most 1000"),
+    ("train_ppo", ["--samples_per_question", BIG], "--samples_per_question: must be at most 1000"),
+    ("train_ppo", ["--val_samples", BIG], "--val_samples: must be at most 1000"),
+    ("bench", ["--questions", BIG], "--questions: must be at most 10000"),
+    ("bench", ["--k", BIG], "--k: must be at most 1000"),
+    ("bench", ["--hf_layers", BIG], "--hf_layers: must be at most 100"),
+    ("prepare", ["--n_train", BIG], "--n_train: must be at most 1000000"),
+    ("prepare", ["--n_test", BIG], "--n_test: must be at most 1000000"),
+    ("prepare", ["--n_corpus", BIG], "--n_corpus: must be at most 10000000"),
+    ("prepare", ["--max_steps", BIG], "--max_steps: must be at most 100"),
+    ("prepare", ["--vocab_size", BIG], "--vocab_size: must be at most 1000000"),
+    ("pretrain", ["--n_layer", BIG], "--n_layer: must be at most 100000"),
+    ("pretrain", ["--n_embd", BIG], "--n_embd: must be at most 100000"),
+    ("pretrain", ["--block_size", BIG], "--block_size: must be at most 100000"),
+    ("pretrain", ["--n_layer", "1000", "--n_embd", "10000"], "about 1200.0B parameters; at most 2B"),
+    ("pretrain", ["--n_head", "3"], "--n_head 3 does not divide --n_embd 128"),
+    ("pretrain", ["--n_head", "200", "--n_embd", "64"], "--n_head 200 does not divide --n_embd 64"),
+])
+def test_out_of_range_flags_are_one_line_at_parse_time(capsys, script, argv, said):
+    """Each used to run: into a traceback (AdamW's overflow, torch's seed), for ever, out of
+    memory, into a Rust panic (the tokenizer's vocabulary), or silently wrong (heads of width 0)."""
+    import importlib
+    module = importlib.import_module("data.prepare" if script == "prepare" else script)
+    required = {"pretrain": ["--data_dir", "d", "--out", "o.pt"],
+                "train_sft": ["--init", "i", "--data", "x", "--data_dir", "d", "--out", "o"],
+                "train_rm": ["--init", "i", "--pairs", "p", "--data_dir", "d", "--out", "o"],
+                "train_ppo": ["--sft", "s", "--reward", "exact", "--data_dir", "d", "--out_dir", "o"],
+                "generate": ["--ckpt", "c", "--data_dir", "d", "--out_dir", "o"],
+                "evaluate": ["eval", "--ckpt", "c", "--data_dir", "d"], "prepare": ["--out_dir", "o"],
+                "bench": []}[script]
+    parse = module.main if script == "bench" else module.get_args  # bench parses in main, first thing
+    assert said in one_line_parse_error(capsys, parse, required + argv)
+
+
+def test_device_cuda_without_cuda_is_one_line(monkeypatch):
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(common.UserError, match=f"--device {device}: CUDA is not available"):
+            common.setup_runtime(device)
+    with pytest.raises(common.UserError, match="--device gpu: not a device"):
+        common.setup_runtime("gpu")
+
+
+def test_a_meta_json_without_a_task_is_one_line(tiny_run, tmp_path):
+    import shutil
+
+    from data import load_world
+    from data.jsonl import DataError
+    data = tmp_path / "data"
+    shutil.copytree(tiny_run["data"], data)
+    (data / "meta.json").write_text('{"counts": {}}\n')
+    with pytest.raises(DataError, match=r"meta\.json: no 'task' field"):
+        load_world(str(data))
+
+
+def test_files_that_are_not_utf8_are_one_line_naming_the_file_and_line(tmp_path):
+    from data.jsonl import DataError, read_jsonl
+    bad = tmp_path / "sft.jsonl"
+    bad.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n')  # Latin-1
+    with pytest.raises(DataError, match=rf"{bad}:2: not UTF-8"):
+        read_jsonl(str(bad), {"prompt": str, "completion": str})
+    meta = tmp_path / "meta.json"
+    meta.write_bytes(b'{"task": "arithm\xe9tic"}\n')
+    with pytest.raises(common.UserError, match=rf"{meta}: not UTF-8"):
+        common.read_json(str(meta))
+
+
+def test_a_truncated_eval_summary_is_one_line_naming_it(tmp_path):
+    import results
+    (tmp_path / "eval_base.json").write_text('{"accuracy": 0.5, "n"')  # cut short
+    with pytest.raises(common.UserError, match=r"eval_base\.json:1: not valid JSON"):
+        results.main([str(tmp_path)])
