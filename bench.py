@@ -392,13 +392,17 @@ def main(argv=None):
     p.add_argument("--data_dir", default=None, help="data folder for real prompts (with --ckpt)")
     p.add_argument("--batch_size", type=common.COUNT, default=32)
     p.add_argument("--train_steps", type=common.COUNT, default=20)
-    p.add_argument("--questions", type=common.COUNT, default=32, help="prompts for the sampling benchmark")
-    p.add_argument("--k", type=common.COUNT, default=4, help="samples per prompt (fan-out)")
+    p.add_argument("--questions", type=common.number(int, low=1, high=10_000), default=32,
+                   help="prompts for the sampling benchmark (with --data_dir: the first of the train split)")
+    p.add_argument("--k", type=common.SAMPLES, default=4, help="samples per prompt (fan-out)")
     p.add_argument("--hf_compare", default=None, choices=["all", *HF_SHAPES],
                    help="only compare with transformers at a pretrained model's shape (needs transformers)")
-    p.add_argument("--hf_layers", type=common.COUNT, default=None, help="fewer layers than the real model (CPU)")
-    p.add_argument("--hf_batch", type=common.COUNT, default=4, help="training batch of the comparison")
-    p.add_argument("--hf_seq", type=common.COUNT, default=128, help="training sequence length of the comparison")
+    p.add_argument("--hf_layers", type=common.number(int, low=1, high=100), default=None,
+                   help="fewer layers than the real model (CPU)")
+    p.add_argument("--hf_batch", type=common.number(int, low=1, high=1024), default=4,
+                   help="training batch of the comparison")
+    p.add_argument("--hf_seq", type=common.number(int, low=1, high=32768), default=128,
+                   help="training sequence length of the comparison")
     p.add_argument("--hf_train_steps", type=common.COUNT, default=3, help="timed training steps of the comparison")
     g = p.add_argument_group("PPO at a pretrained model's shape (random weights)")
     g.add_argument("--ppo", default=None, choices=sorted(HF_SHAPES),

@@ -92,10 +92,20 @@ def atomic_file(path, mode="w"):
     _fsync_folder(folder)
 
 
+def foreign_entries(folder, outputs):
+    """The entries of `folder` that are not among a script's own `outputs` (file names)."""
+    return sorted(e for e in os.listdir(folder)
+                  if e not in outputs or not os.path.isfile(os.path.join(folder, e)))
+
+
 @contextmanager
-def atomic_folder(path):
+def atomic_folder(path, outputs):
     """The same for a folder of outputs: yields a temporary folder beside `path` to fill;
-    on success it replaces `path` as a whole, on failure it is removed."""
+    on success it takes `path`'s place as a whole, on failure it is removed and `path` is left
+    as it was. `outputs` names every file the script writes there. The one rule that keeps a
+    user's files safe: an existing `path` is replaced only if it holds these files and nothing
+    else (a previous run's outputs); a folder that holds anything else is never deleted
+    (check_output refuses it before any work; it is checked again here)."""
     import shutil
     path = os.path.abspath(path.rstrip("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -105,6 +115,10 @@ def atomic_folder(path):
     try:
         yield tmp
         if os.path.exists(path):
+            foreign = foreign_entries(path, outputs)
+            if foreign:
+                raise UserError(f"{path}: now holds {', '.join(foreign)}, which this run did not write; "
+                                f"nothing was replaced")
             shutil.rmtree(path)
         os.rename(tmp, path)
     except BaseException:
@@ -113,12 +127,45 @@ def atomic_folder(path):
     _fsync_folder(os.path.dirname(path))
 
 
-def check_output(path, overwrite=False, inputs=(), folder=False):
-    """Before any work is done: `path` can be written (no file stands where a folder must be),
-    it is none of the run's inputs, and an existing one is replaced only with --overwrite."""
-    real = os.path.realpath(path)
-    if any(i and os.path.realpath(i) == real for i in inputs):
-        raise UserError(f"{path}: is also an input of this run; write the output elsewhere")
+def _same_file(a, b):
+    return os.path.realpath(a) == os.path.realpath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
+
+
+def _inside(path, folder):
+    """Whether `path` lies inside `folder` (both resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path != folder and os.path.commonpath([path, folder]) == folder
+
+
+def _check_writable(path, folder):
+    """A file can be made in `folder` (permissions, a read-only file system): found before any
+    work, not when the results are written at the end."""
+    import tempfile
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"{path}: cannot be written (making a file in {folder} fails: {e.strerror or e})") from None
+
+
+def check_output(path, overwrite=False, inputs=(), folder=False, outputs=None):
+    """Before any work is done, that writing `path` can succeed and loses nothing:
+      - it is none of the run's inputs (files or folders); if it exists, it is in none of the
+        input folders; an output folder holds none of the inputs. A script never replaces or
+        deletes what it reads.
+      - no file stands where a folder must be, and the folder it goes in can be written;
+      - an existing one is replaced only with --overwrite;
+      - an output folder written as a whole (atomic_folder; `outputs` are its file names)
+        holds nothing but those files, --overwrite or not: what the script did not write is
+        never deleted."""
+    for i in (i for i in inputs if i):
+        if _same_file(i, path):
+            raise UserError(f"{path}: is also an input of this run; write the output elsewhere")
+        if os.path.isdir(i) and os.path.exists(path) and _inside(path, i):
+            raise UserError(f"{path}: is in {i}, an input folder of this run; write the output elsewhere")
+        if folder and os.path.exists(i) and _inside(i, path):
+            raise UserError(f"{path}: holds {i}, an input of this run; write the output elsewhere")
     if os.path.isdir(path) != folder and os.path.exists(path):
         raise UserError(f"{path}: is a {'file' if folder else 'folder'}; a {'folder' if folder else 'file'} "
                         f"is written there")
@@ -127,9 +174,33 @@ def check_output(path, overwrite=False, inputs=(), folder=False):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise UserError(f"{path}: cannot be written, {parent} is a file")
+    _check_writable(path, parent)
+    if folder and os.path.isdir(path):
+        _check_writable(path, path)
+    if folder and outputs is not None and os.path.isdir(path):
+        foreign = foreign_entries(path, outputs)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise UserError(f"{path}: holds {shown}, which this script does not write; choose a new or empty "
+                            f"folder (the outputs replace the folder as a whole)")
+        present = [f for f in outputs if os.path.exists(os.path.join(path, f))]
+        if present and not overwrite:
+            raise UserError(f"{path} already holds {', '.join(present)}; pass --overwrite to replace them")
+        return
     exists = os.path.exists(path) and (not folder or os.listdir(path))
     if exists and not overwrite:
         raise UserError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def check_outputs(outputs, overwrite=False, inputs=()):
+    """check_output for each output file of a run ({flag: path}, None where not asked for),
+    and that no two of them are the same file (the one written last would be all that is left)."""
+    given = [(flag, path) for flag, path in outputs.items() if path]
+    for i, (flag, path) in enumerate(given):
+        for other, other_path in given[:i]:
+            if _same_file(path, other_path):
+                raise UserError(f"{other} and {flag} are the same file ({path}); give each its own")
+        check_output(path, overwrite, inputs)
 
 
 def write_text(path, text):
@@ -145,10 +216,12 @@ def read_json(path, what="file"):
     if not os.path.exists(path):
         raise UserError(f"{path}: no such {what}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 # -----------------------------------------------------------------------------
@@ -188,8 +261,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def number(kind=int, low=None, high=None, above=None):
-    """An argparse type: a finite number of `kind`, >= low, <= high, > above (each optional).
+def number(kind=int, low=None, high=None, above=None, below=None):
+    """An argparse type: a finite number of `kind`, >= low, <= high, > above, < below (each optional).
     A value out of range is refused at parse time with the flag and the value named."""
     def parse(text):
         try:
@@ -205,16 +278,27 @@ def number(kind=int, low=None, high=None, above=None):
             raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
         if above is not None and value <= above:
             raise argparse.ArgumentTypeError(f"must be greater than {above}, got {text}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be less than {below}, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
 
 
 COUNT = number(int, low=1)  # sizes, steps, samples: at least one
-NONNEG = number(int, low=0)  # limits where 0 means "none" or "all", seeds
+NONNEG = number(int, low=0)  # limits where 0 means "none" or "all"
 POSITIVE = number(float, above=0)  # learning rates, clips
 NONNEG_FLOAT = number(float, low=0)  # coefficients, penalties, temperatures
 FRACTION = number(float, low=0, high=1)
+HELD_OUT = number(float, low=0, below=1)  # a share held out: 1 would leave nothing to train on
+LEARNING_RATE = number(float, above=0, high=10)  # far above any that trains; 1e300 overflows AdamW
+# Seeds: numpy takes 32 bits, and lm_training derives each step's batch seed from this one
+# (seed * 1,000,003 + step), which torch takes up to 2**64 - 1.
+SEED = number(int, low=0, high=2**32 - 1)
+# Samples of one question (--k, --auc_samples, --samples_per_question, ...): far more than
+# any estimate needs, and few enough that a typo of 10**12 is one line, not a run that never ends.
+MAX_SAMPLES = 1000
+SAMPLES = number(int, low=1, high=MAX_SAMPLES)
 
 
 def preset_help(presets):
@@ -297,6 +381,24 @@ class Runtime:
         return self.rank == 0
 
 
+def check_device(device):
+    """--device names a device this machine has: one line if not, rather than torch's traceback."""
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        d = None
+    if d is None or d.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device}: not a device (auto, cpu, cuda, cuda:N or mps)")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        why = "no GPU is visible" if torch.version.cuda else "this torch is built without CUDA"
+        raise UserError(f"--device {device}: CUDA is not available on this machine ({why}); use --device cpu")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+
+
 def setup_runtime(device="auto", dtype="auto"):
     """Pick the device (cuda > mps > cpu unless told), and join the DDP group when the
     script was started by torchrun (which sets RANK / WORLD_SIZE / LOCAL_RANK)."""
@@ -311,6 +413,7 @@ def setup_runtime(device="auto", dtype="auto"):
             device = "mps"
         else:
             device = "cpu"
+    check_device(device)
     device_type = device.split(":")[0]
     if device_type == "cuda":
         if ddp:
@@ -385,7 +488,7 @@ def add_budget_args(group):
 def add_runtime_args(parser):
     """The flags every script shares: seed, device, precision, compile."""
     g = parser.add_argument_group("runtime")
-    g.add_argument("--seed", type=NONNEG, default=1337, help="random seed (same seed, same numbers)")
+    g.add_argument("--seed", type=SEED, default=1337, help="random seed (same seed, same numbers)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto = bf16 autocast on CUDA, float32 elsewhere")

@@ -46,7 +46,7 @@ def get_args(argv=None):
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = s.add_argument_group("sampling")
     g.add_argument("--temperature", type=common.NONNEG_FLOAT, default=0.0, help="0 = greedy")
-    g.add_argument("--k", type=common.COUNT, default=1, help="samples per question (majority vote)")
+    g.add_argument("--k", type=common.SAMPLES, default=1, help="samples per question (majority vote)")
     g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")
     g.add_argument("--top_p", type=common.FRACTION, default=None, help="unset or 1: off")
     common.add_budget_args(g)
@@ -88,11 +88,8 @@ def eval_main(args):
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     split = os.path.join(args.data_dir, f"{args.split}.jsonl")
-    inputs = [split, args.ckpt] + [os.path.join(args.data_dir, f) for f in os.listdir(args.data_dir)] \
-        if os.path.isdir(args.data_dir) else [split, args.ckpt]
-    for out in (args.out, args.summary):
-        if out:
-            common.check_output(out, args.overwrite, inputs)
+    common.check_outputs({"--out": args.out, "--summary": args.summary}, args.overwrite,
+                         [split, args.ckpt, args.data_dir])
     tok, task = load_world(args.data_dir, args.task)
     rows = load_dataset(split)
     rows = rows[:args.limit] if args.limit else rows
@@ -107,6 +104,8 @@ def eval_main(args):
           f"(temperature {args.temperature}, k {args.k}{f', {args.shots}-shot' if args.shots else ''})")
     if args.shots:
         summary["shots"] = args.shots
+    if args.summary and os.path.exists(args.summary):
+        os.remove(args.summary)  # an earlier run's, and the summary says "done": it is written last
     if args.out:
         write_jsonl(args.out, preds)
     if args.summary:

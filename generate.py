@@ -37,6 +37,7 @@ from data.tasks import DATASET_TASKS
 from model import check_sampling_args, load_checkpoint
 
 PRESETS = rationales.SAMPLING_PRESETS
+OUTPUTS = ["rationales.jsonl", "sft.jsonl", "pairs.jsonl", "sft_unhinted.jsonl", "stats.json"]  # --out_dir's files
 
 
 def get_args(argv=None):
@@ -47,7 +48,8 @@ def get_args(argv=None):
     g.add_argument("--task", default=None, help="task (default: the one in data_dir/meta.json)")
     g.add_argument("--split", default="train")
     g.add_argument("--limit", type=common.NONNEG, default=2500, help="use the first N questions (0: all)")
-    g.add_argument("--out_dir", required=True)
+    g.add_argument("--out_dir", required=True, help="written as a whole; a folder that holds other files than "
+                   "these is refused")
     g.add_argument("--overwrite", action="store_true", help="replace results in --out_dir")
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = p.add_argument_group("SML step 1: sampling")
@@ -55,9 +57,9 @@ def get_args(argv=None):
                    help="solved exemplars before each question, for a pretrained model (default: 4 for "
                         "the paper's datasets; 0 for the built-in world, whose base model was pretrained "
                         "on the hint template)")
-    g.add_argument("--k", type=common.COUNT, default=4, help="rationales per (question, given answer)")
+    g.add_argument("--k", type=common.SAMPLES, default=4, help="rationales per (question, given answer)")
     g.add_argument("--m", type=common.COUNT, default=2, help="wrong answers given per question")
-    g.add_argument("--k_unhinted", type=common.NONNEG, default=4,
+    g.add_argument("--k_unhinted", type=common.number(int, low=0, high=common.MAX_SAMPLES), default=4,
                    help="rationales with no answer given, for the STaR baseline (0: none)")
     g.add_argument("--temperature", type=common.POSITIVE, default=1.0)
     g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")
@@ -209,7 +211,7 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
 
 def main(argv=None):
     args = get_args(argv)
-    common.check_output(args.out_dir, args.overwrite, [args.ckpt, args.data_dir], folder=True)
+    common.check_output(args.out_dir, args.overwrite, [args.ckpt, args.data_dir], folder=True, outputs=OUTPUTS)
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     tok, task = load_world(args.data_dir, args.task)
@@ -239,7 +241,7 @@ def main(argv=None):
     stats.update({"sft_rows": len(sft), "pairs": len(pairs), "wall_seconds": time.time() - t0,
                   "exemplars": exemplars, "max_new_tokens": budget,
                   "args": vars(args)})
-    with common.atomic_folder(args.out_dir) as tmp:
+    with common.atomic_folder(args.out_dir, OUTPUTS) as tmp:
         write_jsonl(os.path.join(tmp, "rationales.jsonl"), records)
         write_jsonl(os.path.join(tmp, "sft.jsonl"), sft)
         write_jsonl(os.path.join(tmp, "pairs.jsonl"), pairs)

@@ -11,6 +11,7 @@ rationales) share, with the checkpoint convention of both:
   `out` - .pt + .log.jsonl   one row per step
 """
 
+import contextlib
 import json
 import os
 import time
@@ -34,12 +35,15 @@ def read_log(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def start_or_resume(out, resume, overwrite, init, tokenizer_json, device="cpu"):
+def start_or_resume(out, resume, overwrite, init, tokenizer_json, device="cpu", inputs=()):
     """(model, start_step, resume_state): with --resume from `out`.partial (or a finished
     `out`, weights only), else from the checkpoint `init` (or the model init() returns). A
-    finished `out` is never replaced without --resume or --overwrite. resume_state holds the
-    optimizer state and the best held-out loss so far (None: start them afresh)."""
-    common.check_output(out, overwrite=True, inputs=[] if callable(init) else [init])
+    finished `out` is never replaced without --resume or --overwrite, and is none of the run's
+    `inputs` (files and folders; `init` is one). A fresh start removes a finished `out` first:
+    it says the stage is done, and a run killed before it ends must not leave that said.
+    resume_state holds the optimizer state and the best held-out loss so far (None: start them
+    afresh)."""
+    common.check_output(out, overwrite=True, inputs=[*inputs, *([] if callable(init) else [init])])
     partial = out + ".partial"
     if resume:  # the unfinished checkpoint, or a finished one to train further (a larger --max_steps)
         source = partial if os.path.exists(partial) else out if os.path.exists(out) else None
@@ -51,9 +55,12 @@ def start_or_resume(out, resume, overwrite, init, tokenizer_json, device="cpu"):
     if os.path.exists(out) and not overwrite:
         raise common.UserError(f"{out} already exists; pass --resume to continue it or --overwrite "
                                f"to replace it")
-    if callable(init):
-        return init(), 0, None
-    return load_checkpoint(init, kind="lm", tokenizer_json=tokenizer_json, device=device)[0], 0, None
+    model = init() if callable(init) else load_checkpoint(init, kind="lm", tokenizer_json=tokenizer_json,
+                                                          device=device)[0]
+    if os.path.exists(out):  # replaced (--overwrite): it must no longer say the stage is done
+        with contextlib.suppress(FileNotFoundError):  # another DDP process may remove it first
+            os.remove(out)
+    return model, 0, None
 
 
 # -----------------------------------------------------------------------------

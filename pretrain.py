@@ -25,6 +25,10 @@ from model import GPT, GPTConfig
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {},
            "tiny": dict(n_layer=2, n_head=2, n_embd=64, max_steps=60, warmup_steps=10, eval_interval=30)}
+# A model trained from scratch here has at most this many parameters (weights, gradients and
+# AdamW's two moments: 16 bytes each, 32 GB): a typo in a size is one line, not an allocator's crash.
+MAX_PARAMS = 2_000_000_000
+SIZE = common.number(int, low=1, high=100_000)
 
 
 def get_args(argv=None):
@@ -39,15 +43,15 @@ def get_args(argv=None):
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = p.add_argument_group("model")
-    g.add_argument("--n_layer", type=common.COUNT, default=3)
-    g.add_argument("--n_head", type=common.COUNT, default=4)
-    g.add_argument("--n_embd", type=common.COUNT, default=128)
-    g.add_argument("--block_size", type=common.COUNT, default=128, help="context length")
+    g.add_argument("--n_layer", type=SIZE, default=3)
+    g.add_argument("--n_head", type=SIZE, default=4, help="attention heads; they split --n_embd evenly")
+    g.add_argument("--n_embd", type=SIZE, default=128)
+    g.add_argument("--block_size", type=SIZE, default=128, help="context length")
     g = p.add_argument_group("optimisation")
     g.add_argument("--max_steps", type=common.COUNT, default=1000)
     g.add_argument("--batch_size", type=common.COUNT, default=32, help="documents per optimizer step (global)")
     g.add_argument("--grad_accum", type=common.COUNT, default=1, help="micro-batches per step and process")
-    g.add_argument("--lr", type=common.POSITIVE, default=3e-3)
+    g.add_argument("--lr", type=common.LEARNING_RATE, default=3e-3)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=50)
     g.add_argument("--weight_decay", type=common.NONNEG_FLOAT, default=0.1)
     g.add_argument("--grad_clip", type=common.POSITIVE, default=1.0)
@@ -57,7 +61,21 @@ def get_args(argv=None):
     common.add_runtime_args(p)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
+    if args.init is None:
+        check_model_size(p, args)
     return args
+
+
+def check_model_size(p, args):
+    """Heads split the width evenly (--n_head above --n_embd would give heads of width 0: a model
+    with no attention that trains without a word), and the model fits MAX_PARAMS."""
+    if args.n_embd % args.n_head:
+        p.error(f"--n_head {args.n_head} does not divide --n_embd {args.n_embd}: each head gets an equal share "
+                f"of the width")
+    params = 12 * args.n_layer * args.n_embd ** 2 + args.block_size * args.n_embd  # blocks, positions
+    if params > MAX_PARAMS:
+        p.error(f"--n_layer {args.n_layer}, --n_embd {args.n_embd}, --block_size {args.block_size}: about "
+                f"{params / 1e9:.1f}B parameters; at most {MAX_PARAMS / 1e9:.0f}B here")
 
 
 # -----------------------------------------------------------------------------
@@ -75,17 +93,17 @@ def main(argv=None):
     common.seed_everything(args.seed)
     tok = load_tokenizer(os.path.join(args.data_dir, "tokenizer.json"))
     corpus_path = os.path.join(args.data_dir, "corpus.jsonl")
+    config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=args.block_size,
+                       n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    model, start_step, resume_state = start_or_resume(args.out, args.resume, args.overwrite,
+                                                   args.init or (lambda: GPT(config)), tok.to_str(),
+                                                   inputs=[args.data_dir])
     docs = read_jsonl(corpus_path, {"text": str})
     eot = eot_id(tok)
     examples = tokenize_docs(tok, [d["text"] for d in docs], eot)
     # Hold out a few documents for the eval loss (corpus order is already shuffled).
     n_val = min(args.eval_docs, len(examples) // 10)
     train_examples, val_examples = examples[n_val:], examples[:n_val]
-
-    config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=args.block_size,
-                       n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-    model, start_step, resume_state = start_or_resume(args.out, args.resume, args.overwrite,
-                                                   args.init or (lambda: GPT(config)), tok.to_str())
     check_lengths(examples, model.config.block_size, corpus_path + " document")
     common.print0(rt, f"{model.num_params() / 1e6:.2f}M parameters, {len(train_examples)} documents, "
                       f"{sum(len(e[0]) for e in train_examples) / len(train_examples):.1f} tokens each")

@@ -7,11 +7,11 @@ results.md and results.json there; with matplotlib installed, also ppo_curves.pn
 """
 
 import glob
-import json
 import os
 import statistics
 
 import common
+from data.jsonl import iter_jsonl
 
 # (key, row name, what it is) in table order; the key names the eval_<key>.json file
 ROWS = [
@@ -25,13 +25,11 @@ ROWS = [
 
 
 def load(path):
-    with open(path) as f:
-        return json.load(f)
+    return common.read_json(path)  # a truncated file: one line naming it
 
 
 def load_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [row for _, row in iter_jsonl(path)]
 
 
 def one_seed(run):

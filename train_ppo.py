@@ -144,15 +144,15 @@ def get_args(argv=None):
     g = p.add_argument_group("rollouts")
     g.add_argument("--updates", type=common.COUNT, default=32)
     g.add_argument("--questions_per_update", type=common.COUNT, default=48)
-    g.add_argument("--samples_per_question", type=common.COUNT, default=4)
+    g.add_argument("--samples_per_question", type=common.SAMPLES, default=4)
     g.add_argument("--temperature", type=common.POSITIVE, default=1.0, help="rollouts and log-probs alike")
     common.add_budget_args(g)
     g = p.add_argument_group("optimisation")
     g.add_argument("--ppo_epochs", type=common.COUNT, default=2, help="passes over each rollout batch")
     g.add_argument("--minibatch_size", type=common.COUNT, default=96, help="rollouts per optimizer step")
-    g.add_argument("--lr", type=common.POSITIVE, default=1.5e-4,
+    g.add_argument("--lr", type=common.LEARNING_RATE, default=1.5e-4,
                    help="policy learning rate (at 3e-5 the default run's policy barely moves)")
-    g.add_argument("--critic_lr", type=common.POSITIVE, default=1e-4)
+    g.add_argument("--critic_lr", type=common.LEARNING_RATE, default=1e-4)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=0,
                    help="optimizer steps of linear learning-rate warmup (policy and critic)")
     g.add_argument("--min_lr_frac", type=common.FRACTION, default=1.0,
@@ -181,7 +181,7 @@ def get_args(argv=None):
     g.add_argument("--eval_interval", type=common.COUNT, default=8, help="validate and checkpoint every N updates")
     g.add_argument("--eval_limit", type=common.NONNEG, default=0, help="test questions logged at each evaluation (0: all)")
     g.add_argument("--eval_temperature", type=common.NONNEG_FLOAT, default=1.0)
-    g.add_argument("--val_samples", type=common.COUNT, default=4,
+    g.add_argument("--val_samples", type=common.SAMPLES, default=4,
                    help="samples per validation question for choosing the best checkpoint")
     g.add_argument("--log_samples", type=common.NONNEG, default=3,
                    help="decoded rollouts written to the log at each evaluation")
@@ -692,6 +692,9 @@ def setup(args, rt, last_path, log_path):
         rm_report = rm_ckpt.get("report")
         if args.reward != "exact":
             check_reward_model(rm_report, args.rm, args.allow_weak_rm)
+    summary = os.path.join(args.out_dir, "summary.json")
+    if os.path.exists(summary):
+        os.remove(summary)  # ours, and it says "finished": a rerun, fresh or resumed, is not yet
     if resuming:
         critic = None
         if ckpt["critic"] is not None:
@@ -701,8 +704,6 @@ def setup(args, rt, last_path, log_path):
         state = ckpt["ppo_state"]
         log_rows = [r for r in read_log(log_path) if r["update"] <= ckpt["provenance"]["step"]]
     else:
-        if os.path.exists(os.path.join(args.out_dir, "summary.json")):
-            os.remove(os.path.join(args.out_dir, "summary.json"))  # ours, and it says "finished"
         critic, state = start(args, rt, data, policy, ref, rm, rm_report)
         log_rows = []
     # The frozen models in the compute dtype (bf16 on a GPU): half the memory, and what autocast

@@ -55,7 +55,7 @@ def get_args(argv=None):
     g.add_argument("--pairs", required=True, help="pairs.jsonl: prompt, chosen, rejected (and id)")
     g.add_argument("--data_dir", required=True, help="folder with tokenizer.json, meta.json, train/test.jsonl")
     g.add_argument("--out", required=True, help="reward-model checkpoint to write (last, after the report)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out and --report")
     g.add_argument("--report", default=None, help="write the report JSON here")
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = p.add_argument_group("optimisation")
@@ -67,18 +67,18 @@ def get_args(argv=None):
                    help="pairs per forward pass; gradients accumulate over a step (default: the batch)")
     g.add_argument("--grad_checkpointing", action="store_true",
                    help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
-    g.add_argument("--lr", type=common.POSITIVE, default=3e-4)
+    g.add_argument("--lr", type=common.LEARNING_RATE, default=3e-4)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=50)
     g.add_argument("--weight_decay", type=common.NONNEG_FLOAT, default=0.0)
     g.add_argument("--grad_clip", type=common.POSITIVE, default=1.0)
-    g.add_argument("--val_frac", type=common.FRACTION, default=0.1, help="share of questions held out")
+    g.add_argument("--val_frac", type=common.HELD_OUT, default=0.1, help="share of questions held out")
     g.add_argument("--keep", default="last", choices=["last", "best"],
                    help="the weights written: the last step's, or those with the lowest held-out loss")
     g.add_argument("--eval_interval", type=common.COUNT, default=100,
                    help="with --keep best: steps between held-out evaluations")
     g = p.add_argument_group("evaluation")
     g.add_argument("--auc_questions", type=common.NONNEG, default=300, help="test questions for the correctness AUC")
-    g.add_argument("--auc_samples", type=common.COUNT, default=4, help="SFT samples per test question")
+    g.add_argument("--auc_samples", type=common.SAMPLES, default=4, help="SFT samples per test question")
     common.add_budget_args(g)
     common.add_runtime_args(p)
     args = p.parse_args(argv)
@@ -285,11 +285,10 @@ def held_out_loss(rm, tok, pairs, rt):
 
 def main(argv=None):
     args = get_args(argv)
+    common.check_outputs({"--out": args.out, "--report": args.report}, args.overwrite,
+                         [args.init, args.pairs, args.data_dir])
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
-    common.check_output(args.out, args.overwrite, [args.init, args.pairs])
-    if args.report:
-        common.check_output(args.report, True, [args.init, args.pairs])
     tok, task = load_world(args.data_dir)
     pairs = load_pairs(args.pairs)
     sft_model, _ = load_checkpoint(args.init, kind="lm", tokenizer_json=tok.to_str())
@@ -347,6 +346,8 @@ def main(argv=None):
           f"{report['spearman_score_length']:.3f}"
           + (f"; a wrong final answer scores lower in {100 * report['answer_swap']['share_lower']:.1f}% of "
              f"{report['answer_swap']['probes']} correct rationales" if "answer_swap" in report else ""))
+    if os.path.exists(args.out):
+        os.remove(args.out)  # an earlier run's: it says "done", and this run's report comes first
     if args.report:
         common.write_json(args.report, report)
     save_checkpoint(args.out, rm, tok.to_str(),

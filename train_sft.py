@@ -55,11 +55,11 @@ def get_args(argv=None):
     g.add_argument("--grad_accum", type=common.COUNT, default=1, help="micro-batches per step and process")
     g.add_argument("--grad_checkpointing", action="store_true",
                    help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
-    g.add_argument("--lr", type=common.POSITIVE, default=1e-3)
+    g.add_argument("--lr", type=common.LEARNING_RATE, default=1e-3)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=20)
     g.add_argument("--weight_decay", type=common.NONNEG_FLOAT, default=0.0)
     g.add_argument("--grad_clip", type=common.POSITIVE, default=1.0)
-    g.add_argument("--val_frac", type=common.FRACTION, default=0.05, help="held-out share for the eval loss")
+    g.add_argument("--val_frac", type=common.HELD_OUT, default=0.05, help="held-out share for the eval loss")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_interval", type=common.COUNT, default=100, help="eval loss and checkpoint every N steps")
     g.add_argument("--eval_limit", type=common.NONNEG, default=0,
@@ -100,7 +100,7 @@ def main(argv=None):
     else:
         rows = load_sft(args.data)
     model, start_step, resume_state = start_or_resume(args.out, args.resume, args.overwrite, args.init,
-                                                   tok.to_str())
+                                                   tok.to_str(), inputs=[args.data or args.gold, args.data_dir])
     # Hold out a few rows for the eval loss, by question so that no question is on both sides.
     model.grad_checkpointing = args.grad_checkpointing
     train_rows, val_rows = common.split_by_question(rows, args.val_frac, args.seed)

@@ -4,9 +4,9 @@
 def load_world(data_dir, task_name=None):
     """(tokenizer, task) of a data folder made by data/prepare.py; the task is the one its
     meta.json names unless task_name is given. Raises DataError with the path on bad input."""
-    import json
     import os
 
+    from common import read_json
     from data.jsonl import DataError
     from data.tasks import get_task
     from data.tokenizer import load_tokenizer
@@ -15,6 +15,8 @@ def load_world(data_dir, task_name=None):
         meta_path = os.path.join(data_dir, "meta.json")
         if not os.path.exists(meta_path):
             raise DataError(f"{meta_path}: no such file (pass --task)")
-        with open(meta_path) as f:
-            task_name = json.load(f)["task"]
+        meta = read_json(meta_path)
+        if not isinstance(meta, dict) or not isinstance(meta.get("task"), str):
+            raise DataError(f"{meta_path}: no 'task' field (the task's name, as data/prepare.py writes it)")
+        task_name = meta["task"]
     return tok, get_task(task_name)

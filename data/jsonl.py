@@ -19,12 +19,16 @@ def _is(value, typ):
 
 
 def iter_jsonl(path):
-    """(line number, parsed value) for every non-blank line; a missing file or a line that is
-    not JSON is a DataError naming the file and line."""
+    """(line number, parsed value) for every non-blank line; a missing file, or a line that is
+    not UTF-8 or not JSON, is a DataError naming the file and line."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so that a bad byte is reported with its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
             if not line.strip():
                 continue
             try:

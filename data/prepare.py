@@ -46,24 +46,32 @@ from data.tokenizer import train_tokenizer
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {}, "tiny": dict(n_train=200, n_val=20, n_test=100, n_corpus=3000)}
+# Everything this script writes into --out_dir (the built-in world; a dataset writes some of them)
 OUTPUTS = ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.json"]
+# Ceilings far above any use, so that a slip of the keyboard (10**12) is one line, not a run
+# that never ends: questions per split, corpus documents, steps of a problem, vocabulary
+QUESTIONS = common.number(int, low=1, high=1_000_000)
+DOCUMENTS = common.number(int, low=1, high=10_000_000)
+STEPS = common.number(int, low=1, high=100)
 
 
 def get_args(argv=None):
     p = common.ArgumentParser(description=__doc__)
     g = p.add_argument_group("what to make")
     g.add_argument("--task", default="arithmetic", help=f"one of: {', '.join(TASKS)}")
-    g.add_argument("--out_dir", required=True, help="written as a whole, when everything in it is made")
+    g.add_argument("--out_dir", required=True,
+                   help="written as a whole, when everything in it is made; a folder that holds other files "
+                        "than these is refused")
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
-    g.add_argument("--n_train", type=common.COUNT, default=5000, help="train questions (answers only are used by SML), "
+    g.add_argument("--n_train", type=QUESTIONS, default=5000, help="train questions (answers only are used by SML), "
                    "the validation split included")
     # 2,000 questions: what PPO's checkpoint choice needs for a standard error under a point. Most
     # of the error is which questions are hard, not sampling noise, so more questions help more
     # than more samples of each. Collection reads only the first 2,500 train questions.
-    g.add_argument("--n_val", type=common.COUNT, default=2000, help="of those, the last ones, held out as the validation split")
-    g.add_argument("--n_test", type=common.COUNT, default=1000, help="held-out test questions")
-    g.add_argument("--n_corpus", type=common.COUNT, default=60000, help="pretraining documents")
-    g.add_argument("--seed", type=common.NONNEG, default=1337)
+    g.add_argument("--n_val", type=QUESTIONS, default=2000, help="of those, the last ones, held out as the validation split")
+    g.add_argument("--n_test", type=QUESTIONS, default=1000, help="held-out test questions")
+    g.add_argument("--n_corpus", type=DOCUMENTS, default=60000, help="pretraining documents")
+    g.add_argument("--seed", type=common.SEED, default=1337)
     g.add_argument("--overwrite", action="store_true", help="replace files already in --out_dir")
     g = p.add_argument_group("the corpus (the stand-in for the web)")
     g.add_argument("--noise", type=float, default=0.2,
@@ -82,11 +90,11 @@ def get_args(argv=None):
     g.add_argument("--assert_frac", type=float, default=0.0,
                    help="of the rationalizations for a wrong answer, the share that does the steps "
                         "right and asserts the given answer; the rest slip at one step to reach it")
-    g.add_argument("--vocab_size", type=common.COUNT, default=512)
+    g.add_argument("--vocab_size", type=common.number(int, low=1, high=1_000_000), default=512)
     g = p.add_argument_group("task difficulty (the number of steps of a problem)")
-    g.add_argument("--min_steps", type=int, default=None,
+    g.add_argument("--min_steps", type=STEPS, default=None,
                    help="fewest steps: operations (arithmetic), people (coinflip), words (lastletter)")
-    g.add_argument("--max_steps", type=common.COUNT, default=None, help="most steps")
+    g.add_argument("--max_steps", type=STEPS, default=None, help="most steps")
     g.add_argument("--max_operand", type=int, default=None,
                    help="arithmetic: the largest start value and change (3 unless told)")
     g = p.add_argument_group("the paper's datasets (--task gsm8k, aqua, ...: converted, not made)")
@@ -124,8 +132,6 @@ def get_args(argv=None):
             p.error(f"--{k} must be between 0 and 1")
     if args.max_operand is not None and args.task != "arithmetic":
         p.error("--max_operand is for --task arithmetic only")
-    if args.min_steps is not None and args.min_steps < 1:
-        p.error("--min_steps must be at least 1")
     if args.min_steps is not None and args.max_steps is not None and args.min_steps > args.max_steps:
         p.error("--min_steps must not exceed --max_steps")
     return args
@@ -179,17 +185,17 @@ def corpus_document(task, prob, rng, args):
 
 
 def prepare_dataset(args):
-    """One of the paper's datasets, converted into --out_dir (data/datasets.py does the work)."""
-    outputs = ["train.jsonl", "val.jsonl", "test.jsonl", "tokenizer.json", "meta.json"]
-    present = [f for f in outputs if os.path.exists(os.path.join(args.out_dir, f))]
-    if present and not args.overwrite:
-        raise common.UserError(f"{args.out_dir} already holds {', '.join(present)}; pass --overwrite to replace them")
+    """One of the paper's datasets, converted into --out_dir (data/datasets.py does the work),
+    all at once like the built-in world: a killed conversion leaves no train.jsonl alone."""
     tokenizer_from = getattr(args, "tokenizer_from", None)
+    inputs = [getattr(args, "source", None), getattr(args, "cache_dir", None), tokenizer_from]
+    common.check_output(args.out_dir, args.overwrite, inputs, folder=True, outputs=OUTPUTS)
     tokenizer_json = hf.tokenizer_json_of(tokenizer_from) if tokenizer_from else None
-    meta = datasets.prepare(args.task, args.out_dir, getattr(args, "source", None),
-                            getattr(args, "cache_dir", None), getattr(args, "test_only", False),
-                            tokenizer_json=tokenizer_json, tokenizer_from=tokenizer_from, n_val=args.n_val,
-                            allow_modified_source=getattr(args, "allow_modified_source", False))
+    with common.atomic_folder(args.out_dir, OUTPUTS) as tmp:
+        meta = datasets.prepare(args.task, tmp, getattr(args, "source", None),
+                                getattr(args, "cache_dir", None), getattr(args, "test_only", False),
+                                tokenizer_json=tokenizer_json, tokenizer_from=tokenizer_from, n_val=args.n_val,
+                                allow_modified_source=getattr(args, "allow_modified_source", False))
     n = meta["counts"]
     train = "no train (--test_only)" if meta["test_only"] else f"{n['train']} train"
     val = f", {n['val']} val" if "val" in n else ""
@@ -202,9 +208,7 @@ def main(argv=None):
     if args.task in datasets.DATASETS:
         return prepare_dataset(args)
     task = get_task(args.task, **task_knobs(args))
-    present = [f for f in OUTPUTS if os.path.exists(os.path.join(args.out_dir, f))]
-    if present and not args.overwrite:
-        raise common.UserError(f"{args.out_dir} already holds {', '.join(present)}; pass --overwrite to replace them")
+    common.check_output(args.out_dir, args.overwrite, folder=True, outputs=OUTPUTS)
 
     rng = random.Random(args.seed)
     seen = set()
@@ -228,7 +232,7 @@ def main(argv=None):
     train, val = train[:-args.n_val], train[-args.n_val:]
     meta = {"task": args.task, "task_knobs": task_knobs(args), "args": vars(args),
             "counts": {"train": len(train), "val": len(val), "test": len(test), "corpus": len(corpus)}}
-    with common.atomic_folder(args.out_dir) as tmp:  # an interrupted run leaves nothing half-made
+    with common.atomic_folder(args.out_dir, OUTPUTS) as tmp:  # an interrupted run leaves nothing half-made
         write_jsonl(os.path.join(tmp, "train.jsonl"), split_rows(train, "train"))
         write_jsonl(os.path.join(tmp, "val.jsonl"), split_rows(val, "val"))
         write_jsonl(os.path.join(tmp, "test.jsonl"), split_rows(test, "test"))

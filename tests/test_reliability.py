@@ -1,6 +1,7 @@
 """Bad flags and paths get one clear line before any work; interrupted writes leave nothing
 half-made and never block a rerun."""
 
+import json
 import os
 import subprocess
 import sys
@@ -153,3 +154,343 @@ def test_progress_bars_in_a_log_file_write_a_few_lines_not_one_per_step(tiny_run
         assert r.returncode == 0, r.stderr[-2000:]
         bar_lines = [x for x in r.stderr.splitlines() if "/60 [" in x]
         assert 1 <= len(bar_lines) <= 5, (argv[0], bar_lines[:8])
+
+
+# -----------------------------------------------------------------------------
+# Data loss: a script never deletes or replaces a file it reads, or one it did not write
+
+
+def copy_world(tiny_run, folder):
+    """A run folder of our own (the shared one must survive a script that misbehaves):
+    folder/data and folder/base.pt."""
+    import shutil
+    os.makedirs(folder, exist_ok=True)
+    shutil.copytree(tiny_run["data"], os.path.join(folder, "data"))
+    shutil.copy(tiny_run["base"], os.path.join(folder, "base.pt"))
+    return os.path.join(folder, "data"), os.path.join(folder, "base.pt")
+
+
+def test_an_out_dir_that_holds_other_files_is_refused_and_left_alone(tmp_path):
+    """prepare.py's folder is written as a whole; it used to replace a folder holding the
+    user's files (notes.txt, sub/model.pt) and delete them."""
+    from data import prepare
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine\n")
+    (out / "sub" / "model.pt").write_text("mine too\n")
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(common.UserError, match=r"holds notes\.txt, sub, which this script does not write"):
+            prepare.main(["--out_dir", str(out), "--preset", "tiny", "--seed", "4", *extra])
+    assert (out / "notes.txt").read_text() == "mine\n" and (out / "sub" / "model.pt").read_text() == "mine too\n"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_atomic_folder_replaces_only_a_folder_of_its_own_outputs(tmp_path):
+    target = tmp_path / "out"
+    with common.atomic_folder(str(target), ["a.txt", "b.txt"]) as tmp:
+        common.write_text(os.path.join(tmp, "a.txt"), "1")
+        common.write_text(os.path.join(tmp, "b.txt"), "1")
+    with common.atomic_folder(str(target), ["a.txt", "b.txt"]) as tmp:  # a rerun: the whole set replaced
+        common.write_text(os.path.join(tmp, "a.txt"), "2")
+    assert os.listdir(target) == ["a.txt"] and (target / "a.txt").read_text() == "2"
+    with pytest.raises(common.UserError, match=r"now holds notes\.txt, which this run did not write"):
+        with common.atomic_folder(str(target), ["a.txt", "b.txt"]) as tmp:
+            common.write_text(os.path.join(tmp, "a.txt"), "3")
+            (target / "notes.txt").write_text("written while the run ran")
+    assert sorted(os.listdir(target)) == ["a.txt", "notes.txt"] and (target / "a.txt").read_text() == "2"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_an_out_dir_that_holds_the_inputs_is_refused(tiny_run, tmp_path):
+    """generate.py --out_dir the run folder, with --overwrite, used to delete base.pt and the data."""
+    import generate
+    data, base = copy_world(tiny_run, str(tmp_path / "run"))
+    before = sorted(os.listdir(tmp_path / "run"))
+    with pytest.raises(common.UserError, match="an input of this run"):
+        generate.main(["--ckpt", base, "--data_dir", data, "--out_dir", str(tmp_path / "run"), "--overwrite",
+                       "--limit", "2", "--k", "1", "--m", "1", "--k_unhinted", "0", "--device", "cpu"])
+    assert sorted(os.listdir(tmp_path / "run")) == before and sorted(os.listdir(data)) == sorted(
+        os.listdir(tiny_run["data"]))
+
+
+@pytest.mark.parametrize("case", ["rm report on the test split", "rm out on its pairs", "sft out on its data",
+                                  "pretrain out on the corpus", "eval out and summary the same"])
+def test_outputs_aimed_at_an_input_are_refused_before_any_work(tiny_run, tmp_path, monkeypatch, case):
+    """--report on the data folder's test.jsonl (no --overwrite), --out on the SFT data or on
+    the corpus (with --overwrite), --out and --summary the same file: each used to replace
+    the input, or the other output (the reward model's --out on its --pairs was refused already)."""
+    import evaluate
+    import lm_training
+    import pretrain
+    import train_rm
+    import train_sft
+    data, base = copy_world(tiny_run, str(tmp_path / "run"))
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "Question: a\nAnswer:", "completion": " 2.",
+                                       "chosen": " yes.", "rejected": " no."}) + "\n" for i in range(8)))
+    inputs = [os.path.join(data, f) for f in os.listdir(data)] + [str(sft), base]
+    originals = {p: open(p, "rb").read() for p in inputs}
+
+    def no_work(*a, **kw):
+        raise AssertionError("work started before the outputs were checked")
+    for module in (train_rm, lm_training, evaluate):
+        monkeypatch.setattr(module, "load_checkpoint", no_work)
+    monkeypatch.setattr(pretrain, "train_lm", no_work)
+    flags = ["--preset", "tiny", "--max_steps", "2", "--device", "cpu"]
+    same = str(tmp_path / "eval.json")
+    script, argv, said = {
+        "rm report on the test split": (train_rm, ["--init", base, "--pairs", str(sft), "--data_dir", data,
+                                                   "--out", str(tmp_path / "rm.pt"),
+                                                   "--report", os.path.join(data, "test.jsonl"), *flags],
+                                        "is in .*an input folder of this run"),
+        "rm out on its pairs": (train_rm, ["--init", base, "--pairs", str(sft), "--data_dir", data, "--out", str(sft),
+                                           "--overwrite", *flags], "is also an input"),
+        "sft out on its data": (train_sft, ["--init", base, "--data", str(sft), "--data_dir", data, "--out", str(sft),
+                                            "--overwrite", *flags], "is also an input"),
+        "pretrain out on the corpus": (pretrain, ["--data_dir", data, "--out", os.path.join(data, "corpus.jsonl"),
+                                                  "--overwrite", *flags], "is in .*an input folder of this run"),
+        "eval out and summary the same": (evaluate, ["eval", "--ckpt", base, "--data_dir", data, "--out", same,
+                                                     "--summary", same, "--limit", "2", "--device", "cpu"],
+                                          "--out and --summary are the same file")}[case]
+    with pytest.raises(common.UserError, match=said):
+        script.main(argv)
+    assert all(open(p, "rb").read() == content for p, content in originals.items())
+    assert not os.path.exists(same)
+
+
+def tiny_dataset_source(folder):
+    """A made-up GSM8K in its public layout (12 train, 2 test questions) and a spec for it with
+    no recorded hashes (the public files' would not match)."""
+    import dataclasses
+
+    from data.datasets import DATASETS
+    os.makedirs(folder)
+    for name, n in (("train.jsonl", 12), ("test.jsonl", 2)):
+        with open(os.path.join(folder, name), "w") as f:
+            f.writelines(json.dumps({"question": f"Ann has {i} figs and buys 1. How many?",
+                                     "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}) + "\n" for i in range(n))
+    spec = DATASETS["gsm8k"]
+    return dataclasses.replace(spec, n_train=12, n_test=2, files=tuple(
+        dataclasses.replace(f, sha256=None, git_blob=None, size=None) for f in spec.files))
+
+
+def test_an_interrupted_dataset_conversion_leaves_nothing_and_is_redone(tmp_path, monkeypatch):
+    """prepare.py --tokenizer_from on a dataset, killed after train.jsonl: that file used to be
+    left alone in --out_dir, and the rerun refused to replace it without --overwrite."""
+    from data import datasets, prepare
+    from data.tokenizer import train_tokenizer
+    monkeypatch.setitem(datasets.DATASETS, "gsm8k", tiny_dataset_source(str(tmp_path / "src")))
+    os.makedirs(tmp_path / "model")
+    train_tokenizer(["Ann has 3 figs"] * 5, 270).save(str(tmp_path / "model" / "tokenizer.json"))
+    out = tmp_path / "out"
+    argv = ["--task", "gsm8k", "--source", str(tmp_path / "src"), "--tokenizer_from", str(tmp_path / "model"),
+            "--out_dir", str(out)]
+    real = datasets.write_jsonl
+
+    def killed(path, rows):
+        if path.endswith("test.jsonl"):
+            raise KeyboardInterrupt
+        return real(path, rows)
+    monkeypatch.setattr(datasets, "write_jsonl", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.main(argv)
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["model", "src"]
+    monkeypatch.setattr(datasets, "write_jsonl", real)
+    prepare.main(argv)  # no --overwrite needed
+    assert sorted(os.listdir(out)) == ["meta.json", "test.jsonl", "tokenizer.json", "train.jsonl", "val.jsonl"]
+
+
+def test_a_fresh_start_over_a_finished_checkpoint_removes_it_first(tiny_run, tmp_path, monkeypatch):
+    """The finished checkpoint is the stage's done-mark (run.sh skips a stage whose output
+    exists): replaced with --overwrite and killed midway, the old one must not say "done"
+    beside the new run's log."""
+    import pretrain
+    out = tmp_path / "base.pt"
+    out.write_bytes(open(tiny_run["base"], "rb").read())
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pretrain, "train_lm", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(["--data_dir", tiny_run["data"], "--out", str(out), "--overwrite", "--preset", "tiny",
+                       "--device", "cpu"])
+    assert not out.exists()
+
+
+def test_a_reward_model_rerun_removes_the_old_checkpoint_before_its_report(tiny_run, tmp_path, monkeypatch):
+    """rm.pt says the stage is done (run.sh skips it): rerun with --overwrite and killed after
+    the report, the old rm.pt used to stay beside the new report."""
+    import train_rm
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "Question: a\nAnswer:", "chosen": " yes.",
+                                         "rejected": " no."}) + "\n" for i in range(8)))
+    out, report = tmp_path / "rm.pt", tmp_path / "rm_report.json"
+    out.write_text("an earlier run's reward model")
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_rm, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_rm.main(["--init", tiny_run["base"], "--pairs", str(pairs), "--data_dir", tiny_run["data"],
+                       "--out", str(out), "--report", str(report), "--overwrite", "--preset", "tiny",
+                       "--max_steps", "2", "--auc_questions", "2", "--auc_samples", "1", "--device", "cpu"])
+    assert report.exists() and not out.exists()
+
+
+def test_an_eval_rerun_removes_the_old_summary_before_its_predictions(tiny_run, tmp_path, monkeypatch):
+    """The summary, written last, says an eval stage is done; a rerun with --overwrite killed
+    after its predictions used to leave the old summary beside them."""
+    import evaluate
+    summary, preds = tmp_path / "eval.json", tmp_path / "preds.jsonl"
+    summary.write_text('{"accuracy": 0.5}\n')
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluate, "write_jsonl", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(["eval", "--ckpt", tiny_run["base"], "--data_dir", tiny_run["data"], "--limit", "2",
+                       "--out", str(preds), "--summary", str(summary), "--overwrite", "--device", "cpu"])
+    assert not summary.exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_ppo_rerun_removes_summary_json_before_it_writes(tiny_run, tmp_path, monkeypatch, resume):
+    """summary.json says a PPO run is finished: a rerun into its folder, fresh (--overwrite) or
+    continued (--resume, e.g. with more --updates), removes it before anything else happens."""
+    from dataclasses import asdict
+
+    import train_ppo
+    from model import load_checkpoint, save_checkpoint
+    out = tmp_path / "ppo"
+    out.mkdir()
+    (out / "summary.json").write_text('{"best_update": 4}\n')
+    model, ckpt = load_checkpoint(tiny_run["base"])  # stands in for a finished run's resume point
+    save_checkpoint(str(out / "ppo_last.pt"), model, ckpt["tokenizer"], {"step": 4},
+                    extra={"critic_config": asdict(model.config), "critic": {}})
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_ppo, "checked_config" if resume else "start", killed)  # the first step after the choice
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo.main(["--sft", tiny_run["base"], "--reward", "exact", "--data_dir", tiny_run["data"],
+                        "--out_dir", str(out), "--resume" if resume else "--overwrite", "--preset", "tiny",
+                        "--device", "cpu"])
+    assert not (out / "summary.json").exists()
+
+
+def test_an_output_that_cannot_be_written_is_found_before_any_work(tiny_run, tmp_path, monkeypatch):
+    """An output under a folder no file can be made in (/proc) was found when the results were
+    written, after the training."""
+    import train_rm
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"id": "q0", "prompt": "Question: a\nAnswer:", "chosen": " yes.",
+                                 "rejected": " no."}) + "\n")
+
+    def no_work(*a, **kw):
+        raise AssertionError("work started before the outputs were checked")
+    monkeypatch.setattr(train_rm, "load_checkpoint", no_work)
+    for out, report in (("/proc/sml-test/rm.pt", None), (str(tmp_path / "rm.pt"), "/proc/sml-test/rm.json")):
+        with pytest.raises(common.UserError, match="/proc/sml-test/.*cannot be written"):
+            train_rm.main(["--init", tiny_run["base"], "--pairs", str(pairs), "--data_dir", tiny_run["data"],
+                           "--out", out, *(["--report", report] if report else []), "--device", "cpu"])
+
+
+# -----------------------------------------------------------------------------
+# One clear line, before any work
+
+
+def one_line_parse_error(capsys, parse, argv):
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+BIG = str(10 ** 12)
+
+
+@pytest.mark.parametrize("script,argv,said", [
+    ("pretrain", ["--lr", "1e300"], "--lr: must be at most 10"),
+    ("train_sft", ["--lr", "1e300"], "--lr: must be at most 10"),
+    ("train_rm", ["--lr", "11"], "--lr: must be at most 10"),
+    ("train_ppo", ["--critic_lr", "1e300"], "--critic_lr: must be at most 10"),
+    ("train_sft", ["--val_frac", "1"], "--val_frac: must be less than 1"),
+    ("train_rm", ["--val_frac", "1"], "--val_frac: must be less than 1"),
+    ("pretrain", ["--seed", str(10 ** 20)], "--seed: must be at most 4294967295"),
+    ("prepare", ["--seed", str(10 ** 20)], "--seed: must be at most 4294967295"),
+    ("generate", ["--k", BIG], "--k: must be at most 1000"),
+    ("generate", ["--k_unhinted", BIG], "--k_unhinted: must be at most 1000"),
+    ("evaluate", ["--k", BIG], "--k: must be at most 1000"),
+    ("train_rm", ["--auc_samples", BIG], "--auc_samples: must be at most 1000"),
+    ("train_ppo", ["--samples_per_question", BIG], "--samples_per_question: must be at most 1000"),
+    ("train_ppo", ["--val_samples", BIG], "--val_samples: must be at most 1000"),
+    ("bench", ["--questions", BIG], "--questions: must be at most 10000"),
+    ("bench", ["--k", BIG], "--k: must be at most 1000"),
+    ("bench", ["--hf_layers", BIG], "--hf_layers: must be at most 100"),
+    ("prepare", ["--n_train", BIG], "--n_train: must be at most 1000000"),
+    ("prepare", ["--n_test", BIG], "--n_test: must be at most 1000000"),
+    ("prepare", ["--n_corpus", BIG], "--n_corpus: must be at most 10000000"),
+    ("prepare", ["--max_steps", BIG], "--max_steps: must be at most 100"),
+    ("prepare", ["--vocab_size", BIG], "--vocab_size: must be at most 1000000"),
+    ("pretrain", ["--n_layer", BIG], "--n_layer: must be at most 100000"),
+    ("pretrain", ["--n_embd", BIG], "--n_embd: must be at most 100000"),
+    ("pretrain", ["--block_size", BIG], "--block_size: must be at most 100000"),
+    ("pretrain", ["--n_layer", "1000", "--n_embd", "10000"], "about 1200.0B parameters; at most 2B"),
+    ("pretrain", ["--n_head", "3"], "--n_head 3 does not divide --n_embd 128"),
+    ("pretrain", ["--n_head", "200", "--n_embd", "64"], "--n_head 200 does not divide --n_embd 64"),
+])
+def test_out_of_range_flags_are_one_line_at_parse_time(capsys, script, argv, said):
+    """Each used to run: into a traceback (AdamW's overflow, torch's seed), for ever, out of
+    memory, into a Rust panic (the tokenizer's vocabulary), or silently wrong (heads of width 0)."""
+    import importlib
+    module = importlib.import_module("data.prepare" if script == "prepare" else script)
+    required = {"pretrain": ["--data_dir", "d", "--out", "o.pt"],
+                "train_sft": ["--init", "i", "--data", "x", "--data_dir", "d", "--out", "o"],
+                "train_rm": ["--init", "i", "--pairs", "p", "--data_dir", "d", "--out", "o"],
+                "train_ppo": ["--sft", "s", "--reward", "exact", "--data_dir", "d", "--out_dir", "o"],
+                "generate": ["--ckpt", "c", "--data_dir", "d", "--out_dir", "o"],
+                "evaluate": ["eval", "--ckpt", "c", "--data_dir", "d"], "prepare": ["--out_dir", "o"],
+                "bench": []}[script]
+    parse = module.main if script == "bench" else module.get_args  # bench parses in main, first thing
+    assert said in one_line_parse_error(capsys, parse, required + argv)
+
+
+def test_device_cuda_without_cuda_is_one_line(monkeypatch):
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(common.UserError, match=f"--device {device}: CUDA is not available"):
+            common.setup_runtime(device)
+    with pytest.raises(common.UserError, match="--device gpu: not a device"):
+        common.setup_runtime("gpu")
+
+
+def test_a_meta_json_without_a_task_is_one_line(tiny_run, tmp_path):
+    import shutil
+
+    from data import load_world
+    from data.jsonl import DataError
+    data = tmp_path / "data"
+    shutil.copytree(tiny_run["data"], data)
+    (data / "meta.json").write_text('{"counts": {}}\n')
+    with pytest.raises(DataError, match=r"meta\.json: no 'task' field"):
+        load_world(str(data))
+
+
+def test_files_that_are_not_utf8_are_one_line_naming_the_file_and_line(tmp_path):
+    from data.jsonl import DataError, read_jsonl
+    bad = tmp_path / "sft.jsonl"
+    bad.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n')  # Latin-1
+    with pytest.raises(DataError, match=rf"{bad}:2: not UTF-8"):
+        read_jsonl(str(bad), {"prompt": str, "completion": str})
+    meta = tmp_path / "meta.json"
+    meta.write_bytes(b'{"task": "arithm\xe9tic"}\n')
+    with pytest.raises(common.UserError, match=rf"{meta}: not UTF-8"):
+        common.read_json(str(meta))
+
+
+def test_a_truncated_eval_summary_is_one_line_naming_it(tmp_path):
+    import results
+    (tmp_path / "eval_base.json").write_text('{"accuracy": 0.5, "n"')  # cut short
+    with pytest.raises(common.UserError, match=r"eval_base\.json:1: not valid JSON"):
+        results.main([str(tmp_path)])
