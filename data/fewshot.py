@@ -1,5 +1,6 @@
 """Few-shot exemplars written for this project, for the datasets that have no gold rationales
-(GSM8K, AQuA and StrategyQA take theirs from their own train split instead).
+(GSM8K, AQuA and StrategyQA take theirs from their own train split instead; AQuA's written ones
+serve a test-only conversion, whose train split is missing).
 
 Every question is original (none is copied from a dataset or from Wei et al.'s prompts) and
 is written in that dataset's own question format, line breaks included. Answers are written
@@ -170,7 +171,29 @@ COMMONSENSE_QA = [
          answer="E"),
 ]
 
+AQUA = [
+    dict(question="A shop sells pencils at 3 for $0.75. How much do 20 pencils cost? "
+                  "Answer choices: (A) $4.00, (B) $4.50, (C) $5.00, (D) $5.25, (E) $6.00.",
+         rationale="One pencil costs 0.75 / 3 = $0.25. So 20 pencils cost 20 * 0.25 = $5.00.",
+         answer="C"),
+    dict(question="A train travels 180 km in 2 hours and then 120 km in 3 hours. What is its average speed "
+                  "for the whole journey? Answer choices: (A) 50 km/h, (B) 60 km/h, (C) 64 km/h, (D) 70 km/h, "
+                  "(E) 75 km/h.",
+         rationale="The train covers 180 + 120 = 300 km in 2 + 3 = 5 hours. Its average speed is 300 / 5 = 60 km/h.",
+         answer="B"),
+    dict(question="If 2x + 7 = 31, what is the value of x - 4? "
+                  "Answer choices: (A) 8, (B) 10, (C) 12, (D) 14, (E) 16.",
+         rationale="2x = 31 - 7 = 24, so x = 24 / 2 = 12. Then x - 4 = 12 - 4 = 8.",
+         answer="A"),
+    dict(question="The price of a coat is raised by 20% and then lowered by 25%. By what percent is the final "
+                  "price lower than the original? Answer choices: (A) 5%, (B) 8%, (C) 10%, (D) 12%, (E) 15%.",
+         rationale="A price of 100 is raised to 100 * 1.2 = 120 and lowered to 120 * 0.75 = 90. "
+                   "That is 100 - 90 = 10 less than the original, 10% of it.",
+         answer="C"),
+]
+
 WRITTEN = {
+    "aqua": AQUA,  # for a test-only conversion (AQuA's 97,467-question train file is not always at hand)
     "single_eq": MATH,
     "addsub": MATH,
     "multiarith": MATH,
