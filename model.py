@@ -110,6 +110,13 @@ def rope_inv_freq(config, device):
     return inv_freq
 
 
+def compute_dtype(x):
+    """The dtype the layers compute in: autocast's where it is on (an embedding's output stays
+    float32 under autocast, while the matmuls after it run in autocast's dtype), else x's own."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
 def rope_cos_sin(config, positions, dtype):
     """cos and sin of every (position, frequency), (B or 1, 1, T, head_dim), for per-row
     positions (B, T) or shared ones (T,). Angles in float32 whatever the model's dtype."""
@@ -275,7 +282,9 @@ class GPT(nn.Module):
         x = self.wte(idx)
         rope = None
         if self.config.pos_emb == "rope":
-            rope = rope_cos_sin(self.config, positions, x.dtype)
+            # cos / sin in the dtype q and k come out of their matmul in: float32 ones would
+            # turn q and k (and the cached keys) back into float32 under bf16 autocast
+            rope = rope_cos_sin(self.config, positions, compute_dtype(x))
         else:
             x = x + self.wpe(positions)
         x = self.drop(x)

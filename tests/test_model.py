@@ -247,3 +247,19 @@ def test_kv_cache_holds_the_compute_dtype_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.tensor([[1, 2, 3]]), kv_cache=cache)
     assert cache.k.dtype == torch.bfloat16 and cache.v.dtype == torch.bfloat16
+
+
+def test_a_rope_model_caches_its_keys_in_the_compute_dtype_under_autocast():
+    """RoPE's cos / sin in float32 would turn q and k, and so the cached keys, back into
+    float32 beside bf16 values; they are made in the compute dtype instead."""
+    from model import KVCache
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, norm="rmsnorm",
+                          mlp="swiglu", pos_emb="rope", bias=False)).eval()
+    cache = KVCache(model.config, 1, 8, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.tensor([[1, 2, 3]]), kv_cache=cache)
+    assert cache.k.dtype == torch.bfloat16 and cache.v.dtype == torch.bfloat16
+    cache = KVCache(model.config, 1, 8, "cpu")
+    model(torch.tensor([[1, 2, 3]]), kv_cache=cache)  # no autocast: float32, as the weights
+    assert cache.k.dtype == torch.float32 and cache.v.dtype == torch.float32
