@@ -27,7 +27,8 @@ import rationales
 from data import load_world
 from data.jsonl import load_dataset
 from data.tokenizer import eot_id
-from model import GPT, GPTConfig, configure_optimizer, load_checkpoint, sample
+from model import GPT, GPTConfig, configure_optimizer, load_checkpoint
+from sampler import sample
 
 # Without --ckpt: a fresh model of pretrain.py's default shape
 DEFAULT_MODEL = dict(vocab_size=512, block_size=128, n_layer=3, n_head=4, n_embd=128)
@@ -239,7 +240,7 @@ def main(argv=None):
         eot = None
         prompts = [[1 + (i * 7 + j) % (c.vocab_size - 1) for j in range(24)] for i in range(args.questions)]
         t0 = time.time()
-        out = sample(model, prompts, num_samples=args.k, max_new_tokens=40, temperature=1.0, eot_id=eot,
+        out = sample(model, prompts, num_samples=args.k, max_new_tokens=40, temperature=1.0, stop_ids=eot,
                      seeds=list(range(len(prompts) * args.k)))
         engine = int(out.lengths.sum()) / (time.time() - t0)
         g = torch.Generator().manual_seed(args.seed)

@@ -4,7 +4,7 @@ steps 1-2, generate.py), every evaluation (evaluate.py, and the checks inside tr
 train_rm.py and train_ppo.py) and the benchmark share.
 
 - sample_rationales(): prompts for (question, given answer or none) -> k rationales each,
-  through the KV-cache fan-out sampler, with each one's final answer read back.
+  through the KV-cache fan-out sampler (sampler.py), with each one's final answer read back.
 - evaluate(): accuracy of a model on a split (majority vote over k samples), with a 95%
   Wilson interval, and per-question predictions.
 
@@ -19,7 +19,7 @@ from collections import Counter
 
 import common
 from data.tokenizer import encode_after, eot_id, newline_ids
-from model import sample
+from sampler import sample
 
 # The presets of the two scripts that sample rationales, generate.py and evaluate.py eval:
 # tiny looks at 100 questions; pretrained (run.sh with INIT: a pretrained model of up to ~0.5B
@@ -80,7 +80,7 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
         chunk = list(range(start, min(start + batch_prompts, len(requests))))
         seeds = [derive_seed(seed, i, j) for i in chunk for j in range(k)]
         out = sample(model, [prompts[i] for i in chunk], num_samples=k, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_k=top_k, top_p=top_p, eot_id=stop_ids,
+                     temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_ids,
                      pad_id=eot, seeds=seeds, share_prefix=bool(exemplars))
         n_tok += int(out.lengths.sum())
         for r, ids in enumerate(out.token_lists()):
@@ -138,7 +138,7 @@ def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts,
             ids = prompts[i] + encode_after(tok, task.prompt(questions[i]), " " + s["text"] + task.ANSWER_PREFIX)
             answer_prompts.append(ids[-(block - 8):])  # keep the tail if it is too long
         out = sample(model, answer_prompts, max_new_tokens=8, temperature=0,
-                     eot_id=stop_ids, pad_id=eot, share_prefix=one_line)
+                     stop_ids=stop_ids, pad_id=eot, share_prefix=one_line)
         for ids in out.token_lists():
             ids = ids[:-1] if ids and ids[-1] == eot else ids
             text = tok.decode(ids)

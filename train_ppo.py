@@ -66,8 +66,9 @@ from data import load_world
 from data.jsonl import DataError, load_dataset
 from data.tokenizer import eot_id
 from lm_training import read_log
-from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint, sample, \
+from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint, \
     save_checkpoint, sequence_scores
+from sampler import sample
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {},
@@ -267,7 +268,7 @@ class Batch:
 def rollout(policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, device):
     """k samples per prompt, as a Rollout."""
     out = sample(policy, prompts, num_samples=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                 eot_id=eot_id, pad_id=eot_id, seeds=seeds)
+                 stop_ids=eot_id, pad_id=eot_id, seeds=seeds)
     responses = out.token_lists()
     seqs = [prompts[i // k] + r for i, r in enumerate(responses)]
     T = max(len(s) for s in seqs)

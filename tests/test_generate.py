@@ -210,18 +210,18 @@ class FakeModel:
 
 
 class ScriptedSampler:
-    """Stands in for model.sample: answers each prompt with a scripted text chosen by
+    """Stands in for sampler.sample: answers each prompt with a scripted text chosen by
     `respond(prompt_text)`; a prompt that ends in the answer line gets the hint copied
     (what a real model does when its prompt still holds the given answer)."""
 
     def __init__(self, tok, respond):
         self.tok, self.respond = tok, respond
 
-    def __call__(self, model, prompts, num_samples=1, eot_id=None, pad_id=0, **kw):
+    def __call__(self, model, prompts, num_samples=1, stop_ids=None, pad_id=0, **kw):
         import re
         import torch
-        from model import Samples
-        eot_id = eot_id[0] if isinstance(eot_id, list) else eot_id  # [end of text, line breaks...]
+        from sampler import Samples
+        eot_id = stop_ids[0] if isinstance(stop_ids, list) else stop_ids  # [end of text, line breaks...]
         rows = []
         for p in prompts:
             text = self.tok.decode(p)
@@ -305,16 +305,16 @@ def test_evaluation_completes_a_missing_answer_line_only_without_a_hint(tiny_run
 
 
 class FewShotSampler:
-    """Stands in for model.sample behind a few-shot prompt: respond(prompt_text) -> (text,
+    """Stands in for sampler.sample behind a few-shot prompt: respond(prompt_text) -> (text,
     finished); a row that finishes ends in a line break, as the real sampler stops there.
     Records every prompt it is given."""
 
     def __init__(self, tok, respond):
         self.tok, self.respond, self.prompts = tok, respond, []
 
-    def __call__(self, model, prompts, num_samples=1, eot_id=None, pad_id=0, **kw):
+    def __call__(self, model, prompts, num_samples=1, stop_ids=None, pad_id=0, **kw):
         import torch
-        from model import Samples
+        from sampler import Samples
         rows, done = [], []
         for p in prompts:
             text = self.tok.decode(p)

@@ -1,0 +1,200 @@
+"""sampler.py: the KV-cache sampler (prefill once, fan out, left padding, per-sample seeds,
+stop ids)."""
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import sampler
+from sampler import filter_logits, sample
+from test_model import tiny_model
+
+EOT = 3
+
+
+def full_recompute_logprobs(model, prompt, tokens):
+    """Log-probs of `tokens` after `prompt` from one plain forward pass."""
+    x = torch.tensor([prompt + tokens])
+    logits, _ = model(x)
+    lp = logits[0, len(prompt) - 1:-1].log_softmax(-1)
+    return lp.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1)
+
+
+
+def test_kv_cache_sampler_matches_full_recompute():
+    """Same tokens as a naive loop that reruns the whole sequence, same log-probs. The naive
+    loop draws one uniform per token from a torch.Generator seeded with the row's seed: the
+    stream this project has always sampled with, so a seed gives the samples it gave before."""
+    model = tiny_model()
+    prompt = [5, 6, 7, 8]
+    out = sample(model, [prompt], max_new_tokens=12, temperature=1.0, seeds=[42])
+    gen = torch.Generator().manual_seed(42)
+    ids = list(prompt)
+    for _ in range(12):  # naive: full forward per token, same inverse-CDF draw
+        logits, _ = model(torch.tensor([ids]))
+        cdf = logits[0, -1].float().softmax(-1).double().cumsum(-1)
+        u = 1.0 - torch.rand((), generator=gen, dtype=torch.float64)
+        ids.append(int(torch.searchsorted(cdf, (u * cdf[-1]).view(1))))
+    assert out.tokens[0].tolist() == ids[len(prompt):]
+    lp = full_recompute_logprobs(model, prompt, ids[len(prompt):])
+    assert torch.allclose(out.logprobs[0].double(), lp, atol=1e-5)
+
+
+def test_left_padded_batch_equals_one_by_one_and_fan_out_equals_separate_runs():
+    model = tiny_model()
+    prompts = [[1, 2, 4, 5, 6, 7], [8, 9], [10, 11, 12]]
+    N = 3
+    seeds = list(range(100, 100 + len(prompts) * N))
+    batch = sample(model, prompts, num_samples=N, max_new_tokens=10, stop_ids=EOT, seeds=seeds)
+    for i, p in enumerate(prompts):
+        for j in range(N):
+            r = i * N + j
+            one = sample(model, [p], num_samples=1, max_new_tokens=10, stop_ids=EOT, seeds=[seeds[r]])
+            n = int(one.lengths[0])
+            assert int(batch.lengths[r]) == n
+            assert batch.tokens[r, :n].tolist() == one.tokens[0, :n].tolist()
+            assert torch.allclose(batch.logprobs[r, :n], one.logprobs[0, :n], atol=1e-6)
+            # ... and the returned log-probs are those of a forward pass over the tokens
+            lp = full_recompute_logprobs(model, p, one.tokens[0, :n].tolist())
+            assert torch.allclose(one.logprobs[0, :n].double(), lp, atol=1e-5)
+
+
+def test_sampler_stops_at_eot_and_greedy_is_argmax():
+    model = tiny_model()
+    out = sample(model, [[1, 2, 3, 4]], num_samples=4, max_new_tokens=30, stop_ids=7, seeds=[1, 2, 3, 4],
+                 temperature=2.0)
+    for r, ids in enumerate(out.token_lists()):
+        assert 7 not in ids[:-1]
+        assert out.finished[r] == (ids[-1] == 7)
+        assert out.tokens[r, len(ids):].eq(0).all() and out.logprobs[r, len(ids):].eq(0).all()
+    g = sample(model, [[1, 2, 3, 4]], max_new_tokens=5, temperature=0)
+    ids = [1, 2, 3, 4]
+    for _ in range(5):
+        ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    assert g.tokens[0].tolist() == ids[4:]
+
+
+def test_sampler_stops_at_any_of_several_stop_ids():
+    """A few-shot prompt ends a rationale at any line-break token: each row is what it is
+    without stops, cut just after the first stop id it writes."""
+    model = tiny_model()
+    seeds = list(range(8))
+    free = sample(model, [[1, 2, 3, 4], [5, 6]], num_samples=4, max_new_tokens=30, temperature=2.0, seeds=seeds)
+    stops = {7, 11, 19}
+    out = sample(model, [[1, 2, 3, 4], [5, 6]], num_samples=4, max_new_tokens=30, temperature=2.0, seeds=seeds,
+                 stop_ids=sorted(stops))
+    cut = 0
+    for r, (ids, full) in enumerate(zip(out.token_lists(), free.token_lists())):
+        first = next((i for i, t in enumerate(full) if t in stops), None)
+        assert ids == (full if first is None else full[:first + 1])
+        assert bool(out.finished[r]) == (first is not None)
+        cut += first is not None and first + 1 < len(full)
+    assert cut  # the stops did cut some rows short
+
+
+def test_a_shared_prefix_is_encoded_once_with_the_same_samples():
+    """Few-shot prompts share their exemplars: encoding them once for the batch gives the same
+    samples and log-probs as encoding every prompt whole, with ragged rest lengths and a row
+    at the context limit."""
+    model = tiny_model()
+    prefix = [5, 9, 2, 8, 1, 4, 4, 7, 30, 31, 32, 33]
+    prompts = [prefix + [1, 2, 3], prefix + [6], prefix + [9, 9, 9, 9, 9, 9, 9], prefix + [1] * 30]
+    seeds = list(range(8))
+    whole = sample(model, prompts, num_samples=2, max_new_tokens=12, temperature=1.5, seeds=seeds, stop_ids=[7, 11])
+    shared = sample(model, prompts, num_samples=2, max_new_tokens=12, temperature=1.5, seeds=seeds, stop_ids=[7, 11],
+                    share_prefix=True)
+    assert shared.token_lists() == whole.token_lists()
+    assert torch.allclose(shared.logprobs, whole.logprobs, atol=1e-9)
+    assert int(shared.lengths[6]) <= 48 - 42  # the long prompt keeps to its budget
+    assert shared.finished.tolist() == whole.finished.tolist()
+
+
+def test_context_bound():
+    model = tiny_model()
+    out = sample(model, [[1] * 40], max_new_tokens=50, seeds=[0])  # bounded by block_size 48
+    assert int(out.lengths[0]) == 8
+    with pytest.raises(ValueError, match="context"):
+        sample(model, [[1] * 48], max_new_tokens=5, seeds=[0])
+
+
+def test_top_k_top_p_filter():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    k2 = filter_logits(logits, top_k=2)
+    assert torch.isfinite(k2).tolist() == [[True, True, False, False, False]]
+    p = filter_logits(logits, top_p=0.8)  # 0.5 + 0.2 < 0.8, so 0.15 is needed too
+    assert torch.isfinite(p).tolist() == [[True, True, True, False, False]]
+
+
+def test_batch_neighbours_do_not_cut_each_other_short_at_the_context_limit():
+    """Each row's budget is min(max_new_tokens, block_size - its prompt length): a short
+    prompt batched with one near the context limit gets what it gets alone."""
+    model = tiny_model()  # block_size 48
+    prompts = [[1] * 40, [2, 3, 4, 5, 6], [7] * 30]
+    seeds = [11, 12, 13]
+    batch = sample(model, prompts, max_new_tokens=20, seeds=seeds)  # no eot: rows run to budget
+    assert batch.lengths.tolist() == [8, 20, 18]
+    assert batch.finished.tolist() == [False, False, False]  # budget used up, not stopped
+    for r, p in enumerate(prompts):
+        one = sample(model, [p], max_new_tokens=20, seeds=[seeds[r]])
+        n = int(one.lengths[0])
+        assert int(batch.lengths[r]) == n
+        assert batch.tokens[r, :n].tolist() == one.tokens[0, :n].tolist()
+        assert torch.allclose(batch.logprobs[r, :n], one.logprobs[0, :n], atol=1e-6)
+
+
+def test_top_p_boundary_ties_and_off_values():
+    # four equally likely tokens: probabilities are exactly 0.25, so the boundary is exact
+    logits = torch.zeros(1, 4)
+    kept = torch.isfinite(filter_logits(logits, top_p=0.5)).tolist()
+    assert kept == [[True, True, False, False]]  # two tokens reach 0.5; ties keep vocab order
+    assert torch.isfinite(filter_logits(logits, top_p=0.51)).sum() == 3
+    skewed = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    assert torch.isfinite(filter_logits(skewed, top_p=0.0)).tolist() == [[False, True, False]]
+    assert torch.equal(filter_logits(skewed, top_k=0), skewed)  # 0 = off, as in Hugging Face
+    assert torch.equal(filter_logits(skewed, top_p=1.0), skewed)
+    for bad in (dict(top_k=-1), dict(top_p=1.5), dict(top_p=-0.1), dict(top_k=2.5)):
+        with pytest.raises(ValueError, match="top_"):
+            filter_logits(skewed, **bad)
+    out = sample(tiny_model(), [[1, 2]], max_new_tokens=4, seeds=[0], top_k=0, top_p=0.0)
+    assert torch.isfinite(out.logprobs).all() and int(out.lengths[0]) == 4
+
+
+@pytest.mark.parametrize("every", [3, 8])
+def test_looking_for_stopped_rows_every_few_steps_changes_nothing(monkeypatch, every):
+    """On a GPU the sampler asks whether every row has stopped only every few steps; the steps
+    it runs past the last stop feed stopped rows as padding and change no result."""
+    model = tiny_model()
+    prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9]]
+    kw = dict(num_samples=3, max_new_tokens=30, temperature=2.0, seeds=list(range(9)), stop_ids=list(range(0, 50, 4)))
+    each_step = sample(model, prompts, **kw)
+    assert each_step.finished.all() and int(each_step.lengths.max()) < 30 - every  # steps past the last stop run
+    monkeypatch.setattr(sampler, "stop_check_every", lambda device: every)
+    few = sample(model, prompts, **kw)
+    assert torch.equal(few.tokens, each_step.tokens) and torch.equal(few.logprobs, each_step.logprobs)
+    assert torch.equal(few.lengths, each_step.lengths) and torch.equal(few.finished, each_step.finished)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the reads of a tensor's value on the host: on a GPU each waits for the device."""
+    READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_host_waits_for_the_device_only_to_look_for_stopped_rows(monkeypatch):
+    """Sampling stays on the device: no copy of the probabilities to the host and no look at
+    the rows' state at every step, only every stop_check_every steps (and once at the end)."""
+    monkeypatch.setattr(sampler, "stop_check_every", lambda device: 8)
+    model = tiny_model()
+    for temperature in (1.0, 0.0):
+        with HostReads() as reads:
+            out = sample(model, [[1, 2, 3], [4, 5]], num_samples=2, max_new_tokens=40, temperature=temperature,
+                         seeds=[1, 2, 3, 4], top_k=20)
+        assert out.lengths.tolist() == [40] * 4  # no stop ids: every row runs all 40 steps
+        assert reads.count <= 40 // 8 + 1
