@@ -18,7 +18,7 @@ import time
 from collections import Counter
 
 import common
-from data.tokenizer import encode_after, eot_id, newline_ids
+from data.tokenizer import encode_after, eot_id, newline_ids, stop_ids
 from sampler import sample
 
 # The presets of the two scripts that sample rationales, generate.py and evaluate.py eval:
@@ -69,8 +69,8 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
     """
     if complete_missing and any(h is not None for _, h in requests):
         raise ValueError("the answer-line completion is for prompts without a given answer only")
-    eot = eot_id(tok)
-    stop_ids = [eot] + (newline_ids(tok) if exemplars else [])
+    eot, ends = eot_id(tok), stop_ids(tok, model.config)
+    stops = ends + (newline_ids(tok) if exemplars else [])
     block = model.config.block_size
     prompts = [encode_prompt(tok, task, q, h, exemplars, max_new_tokens, block) for q, h in requests]
     results = []
@@ -80,13 +80,13 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
         chunk = list(range(start, min(start + batch_prompts, len(requests))))
         seeds = [derive_seed(seed, i, j) for i in chunk for j in range(k)]
         out = sample(model, [prompts[i] for i in chunk], num_samples=k, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stop_ids,
-                     pad_id=eot, seeds=seeds, share_prefix=bool(exemplars))
+                     temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stops, pad_id=eot,
+                     seeds=seeds, share_prefix=bool(exemplars), n_vocab=tok.get_vocab_size())
         n_tok += int(out.lengths.sum())
         for r, ids in enumerate(out.token_lists()):
             if r % k == 0:
                 results.append([])
-            text = tok.decode(ids[:-1] if ids and ids[-1] == eot else ids)
+            text = tok.decode(ids[:-1] if ids and ids[-1] in ends else ids)
             text = (text.split("\n")[0] if exemplars else text).strip()  # a few-shot row: its line
             results[-1].append({"text": text, "answer_text": text, "final_answer": task.extract_answer(text),
                                 "tokens": ids,
@@ -102,7 +102,7 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
         todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
                 for s in samples if s["finished"] and s["text"]]
         lines = read_answer_lines(model, tok, task, unhinted, [q for q, _ in requests], todo, batch_prompts,
-                                  stop_ids, one_line=True, desc=f"{desc}: reading answers", quiet=quiet)
+                                  stops, one_line=True, desc=f"{desc}: reading answers", quiet=quiet)
         for (i, s), line in zip(todo, lines):
             s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
             s["final_answer"] = task.extract_answer(s["answer_text"])
@@ -110,7 +110,7 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
     if complete_missing:
         missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
         lines = read_answer_lines(model, tok, task, prompts, [q for q, _ in requests], missing, batch_prompts,
-                                  stop_ids, one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
+                                  stops, one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
         for (i, s), line in zip(missing, lines):
             s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
             s["final_answer"] = task.extract_answer(s["answer_text"])
@@ -137,8 +137,8 @@ def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts,
         for i, s in chunk:
             ids = prompts[i] + encode_after(tok, task.prompt(questions[i]), " " + s["text"] + task.ANSWER_PREFIX)
             answer_prompts.append(ids[-(block - 8):])  # keep the tail if it is too long
-        out = sample(model, answer_prompts, max_new_tokens=8, temperature=0,
-                     stop_ids=stop_ids, pad_id=eot, share_prefix=one_line)
+        out = sample(model, answer_prompts, max_new_tokens=8, temperature=0, stop_ids=stop_ids, pad_id=eot,
+                     share_prefix=one_line, n_vocab=tok.get_vocab_size())
         for ids in out.token_lists():
             ids = ids[:-1] if ids and ids[-1] == eot else ids
             text = tok.decode(ids)

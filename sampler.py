@@ -18,8 +18,12 @@ collection (SML step 1), every evaluation and PPO's rollouts go through sample()
   the host once per call (one vector per row, copied to the device once); everything else
   (filtering, inverse-CDF sampling, log-probs, stopping) stays on the device, and the host
   waits for the device only to ask whether every row has stopped (stop_check_every).
-- Stopping. A row stops after any of stop_ids (the tokenizer's end-of-text; a few-shot
-  prompt adds the line breaks), or when it has written its budget.
+- Stopping. A row stops after any of stop_ids (the tokenizer's end-of-text and every
+  end-of-sequence id the checkpoint declares: data/tokenizer.stop_ids; a few-shot prompt adds
+  the line breaks), or when it has written its budget.
+- Padded vocabularies. A checkpoint may have more embedding rows than its tokenizer has
+  tokens (Qwen2.5 pads 151,665 tokens to 151,936 rows); n_vocab masks the extra ids, which
+  decode to nothing, out of sampling and out of the log-probs (mask_padded_vocab).
 """
 
 from dataclasses import dataclass
@@ -115,6 +119,17 @@ def filter_logits(logits, top_k=None, top_p=None):
     return logits
 
 
+def mask_padded_vocab(logits, n_vocab):
+    """logits (..., V) with the ids >= n_vocab set to -inf. A checkpoint may pad its embedding
+    to more rows than its tokenizer has tokens (Qwen2.5: 151,665 tokens, 151,936 rows); a
+    padding id decodes to nothing, so it is never sampled, and log-probs are over the
+    tokenizer's vocabulary. n_vocab None (or >= V): logits unchanged."""
+    if n_vocab is None or n_vocab >= logits.size(-1):
+        return logits
+    padding = torch.arange(logits.size(-1), device=logits.device) >= n_vocab
+    return logits.masked_fill(padding, float("-inf"))
+
+
 def cdf_dtype(device):
     """The dtype of inverse-CDF sampling's uniforms and running sums: float64, as a float32
     running sum over 150k tokens drifts by more than a rare token's probability. MPS has no
@@ -200,7 +215,7 @@ def prefill(model, prompts, num_samples, new_tokens, pad_id, share_prefix):
 
 @torch.no_grad()
 def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, top_k=None, top_p=None,
-           stop_ids=None, pad_id=0, seeds=None, generator=None, share_prefix=False):
+           stop_ids=None, pad_id=0, seeds=None, generator=None, share_prefix=False, n_vocab=None):
     """Sample num_samples completions for each prompt (a list of token-id lists).
 
     seeds: one per row (R = len(prompts) * num_samples), row r = sample r % num_samples of
@@ -213,7 +228,9 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
     prompt batched with a long one gets as many as it would alone; a row that uses its budget
     up without stopping comes back with finished = False.
 
-    share_prefix: see prefill. Runs under whatever autocast the caller entered.
+    n_vocab: the tokenizer's vocabulary size; ids at or beyond it are never sampled
+    (mask_padded_vocab). share_prefix: see prefill. Runs under whatever autocast the caller
+    entered.
     """
     check_sampling_args(top_k, top_p)
     if temperature < 0:
@@ -245,7 +262,8 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
     finished = torch.zeros(R, dtype=torch.bool, device=device)
     check_every = stop_check_every(device)
     for t in range(steps):
-        next_tok, lp = next_tokens(logits.float(), temperature, top_k, top_p, u[:, t] if u is not None else None)
+        logits = mask_padded_vocab(logits.float(), n_vocab)
+        next_tok, lp = next_tokens(logits, temperature, top_k, top_p, u[:, t] if u is not None else None)
         active = ~finished & (t < budget)
         tokens[:, t] = torch.where(active, next_tok, pad_id)
         logprobs[:, t] = torch.where(active, lp, 0.0)

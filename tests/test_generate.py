@@ -206,7 +206,7 @@ def test_bad_input(tiny_run, tmp_path):
 
 class FakeModel:
     """Only what sample_rationales reads of a model; ScriptedSampler does the sampling."""
-    config = type("Config", (), {"block_size": 128})()
+    config = type("Config", (), {"block_size": 128, "eos_id": None})()
 
 
 class ScriptedSampler:
@@ -358,7 +358,7 @@ def test_fewshot_collect_reads_the_answer_without_the_given_one(tiny_run, monkey
     monkeypatch.setattr(rationales, "sample", sampler)
     rows = [{"id": n, "question": f"A coin is heads up. {n} flips the coin. {n} flips the coin. Is the coin "
              f"still heads up?", "answer": "yes"} for n in ("Ann", "Bob", "Cy", "Dee")]
-    big = type("M", (), {"config": type("C", (), {"block_size": 4096})()})()
+    big = type("M", (), {"config": type("C", (), {"block_size": 4096, "eos_id": None})()})()
     records, stats = generate.collect(big, tok, task, rows, k=2, m=1, k_unhinted=1, temperature=1.0, seed=0,
                                       quiet=True, exemplars=exemplars)
     generation = [p for p in sampler.prompts if p.endswith("Explanation:")]

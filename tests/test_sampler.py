@@ -1,22 +1,28 @@
 """sampler.py: the KV-cache sampler (prefill once, fan out, left padding, per-sample seeds,
-stop ids)."""
+stop ids, a padded vocabulary) and data/tokenizer.stop_ids."""
+
+import json
+import os
 
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+import rationales
 import sampler
-from sampler import filter_logits, sample
+from data.tokenizer import eot_id, stop_ids, train_tokenizer
+from model import GPT, GPTConfig
+from sampler import filter_logits, mask_padded_vocab, sample
 from test_model import tiny_model
 
 EOT = 3
 
 
-def full_recompute_logprobs(model, prompt, tokens):
+def full_recompute_logprobs(model, prompt, tokens, n_vocab=None):
     """Log-probs of `tokens` after `prompt` from one plain forward pass."""
     x = torch.tensor([prompt + tokens])
     logits, _ = model(x)
-    lp = logits[0, len(prompt) - 1:-1].log_softmax(-1)
+    lp = mask_padded_vocab(logits[0, len(prompt) - 1:-1], n_vocab).log_softmax(-1)
     return lp.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1)
 
 
@@ -198,3 +204,77 @@ def test_the_host_waits_for_the_device_only_to_look_for_stopped_rows(monkeypatch
                          seeds=[1, 2, 3, 4], top_k=20)
         assert out.lengths.tolist() == [40] * 4  # no stop ids: every row runs all 40 steps
         assert reads.count <= 40 // 8 + 1
+
+
+def test_mask_padded_vocab():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
+    masked = mask_padded_vocab(logits, 3)
+    assert masked[0, :3].tolist() == [1.0, 2.0, 3.0] and torch.isinf(masked[0, 3:]).all()
+    assert mask_padded_vocab(logits, None) is logits and mask_padded_vocab(logits, 5) is logits
+
+
+def test_ids_beyond_the_tokenizers_vocabulary_are_never_sampled():
+    """A checkpoint may have more embedding rows than its tokenizer has tokens (Qwen2.5: 151,665
+    tokens, 151,936 rows). The padding ids decode to nothing: with n_vocab they are never
+    sampled, greedy or not, and the log-probs are over the tokenizer's vocabulary."""
+    model, n_vocab = tiny_model(), 40  # 50 embedding rows
+    padding = (torch.arange(50) >= n_vocab).double()
+    model.lm_head.register_forward_hook(lambda module, inputs, out: out + 6.0 * padding)  # padding would win
+    prompts, seeds = [[1, 2, 3], [4, 5, 6, 7, 8]], list(range(6))
+    unmasked = sample(model, prompts, num_samples=3, max_new_tokens=20, seeds=seeds)
+    assert (unmasked.tokens >= n_vocab).float().mean() > 0.5  # the test has teeth
+    for kw in (dict(temperature=1.0), dict(temperature=2.0, top_k=10), dict(temperature=0.7, top_p=0.9),
+               dict(temperature=0)):
+        out = sample(model, prompts, num_samples=3, max_new_tokens=20, seeds=seeds, n_vocab=n_vocab, **kw)
+        assert int(out.tokens.max()) < n_vocab and out.lengths.tolist() == [20] * 6
+        if "top_k" not in kw and "top_p" not in kw:
+            t = kw["temperature"] or 1.0
+            for r, ids in enumerate(out.token_lists()):
+                with torch.no_grad():
+                    logits, _ = model(torch.tensor([prompts[r // 3] + ids]))
+                lp = mask_padded_vocab(logits[0, len(prompts[r // 3]) - 1:-1] / t, n_vocab).log_softmax(-1)
+                assert torch.allclose(out.logprobs[r], lp.gather(1, torch.tensor(ids)[:, None])[:, 0].float(),
+                                      atol=1e-5)
+
+
+def test_stop_ids_are_the_end_of_text_and_every_declared_eos():
+    tok = train_tokenizer(["a b c d"] * 5, vocab_size=270)
+    tok.add_special_tokens(["<|im_end|>"])
+    eot, im_end = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|im_end|>")
+    assert stop_ids(tok, GPTConfig()) == [eot]  # our own models: the end-of-text only
+    assert stop_ids(tok, GPTConfig(eos_id=im_end)) == [eot, im_end]
+    assert stop_ids(tok, GPTConfig(eos_id=[im_end, eot])) == [eot, im_end]  # Qwen2.5-Instruct's pair
+
+
+def test_an_instruct_checkpoint_stops_at_its_own_eos_and_never_writes_padding(tmp_path):
+    """A Qwen-style checkpoint in Hugging Face format: generation_config.json declares
+    <|im_end|> and the end-of-text as EOS, and the embedding has 24 rows more than the
+    tokenizer. Its rationales stop at <|im_end|> (finished, not run to the budget and taken
+    for unfinished), and no padding id is written."""
+    from data.tasks import get_task
+    from model import from_pretrained, save_pretrained
+    texts = [f"Tom has {i} pens. Tom finds 1 more. How many pens does Tom have now?" for i in range(30)]
+    tok = train_tokenizer(texts, vocab_size=300)
+    tok.add_special_tokens(["<|im_end|>"])
+    n_vocab, eot, im_end = tok.get_vocab_size(), eot_id(tok), tok.token_to_id("<|im_end|>")
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=n_vocab + 24, block_size=256, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                       norm="rmsnorm", mlp="swiglu", pos_emb="rope", bias=False, qkv_bias=True, eos_id=im_end)
+    folder = str(tmp_path / "qwen")
+    save_pretrained(GPT(config), tok, folder)
+    with open(os.path.join(folder, "generation_config.json"), "w") as f:  # as Qwen2.5-Instruct's
+        json.dump({"eos_token_id": [im_end, eot]}, f)
+    model, tok = from_pretrained(folder)
+    assert model.config.eos_id == [im_end, eot] and model.config.vocab_size == n_vocab + 24
+    # the habits of an instruct model on a padded embedding: it ends its turn with <|im_end|>
+    # after a few tokens, and its padding rows would outweigh the real tokens without the mask
+    bias = torch.zeros(model.config.vocab_size)
+    bias[n_vocab:], bias[im_end] = 8.0, 4.0
+    model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
+    results, _ = rationales.sample_rationales(model, tok, get_task("arithmetic"), [(texts[3], None), (texts[5], "6")],
+                                              4, 1.0, 0, max_new_tokens=48, quiet=True)
+    samples = [s for r in results for s in r]
+    assert all(s["finished"] for s in samples)
+    assert sum(s["tokens"][-1] == im_end for s in samples) > len(samples) / 2
+    assert all(max(s["tokens"]) < n_vocab for s in samples)
+    assert any(len(s["tokens"]) > 2 for s in samples)
