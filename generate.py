@@ -64,7 +64,8 @@ def get_args(argv=None):
     g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")
     g.add_argument("--top_p", type=common.FRACTION, default=None, help="unset or 1: off")
     g.add_argument("--max_new_tokens", type=common.COUNT, default=64)
-    g.add_argument("--batch_prompts", type=common.COUNT, default=64, help="prompts per batch (x k samples)")
+    g.add_argument("--batch_prompts", type=common.COUNT, default=None,
+                   help="prompts per batch (x k samples; default: as many as the GPU's free memory holds, 64 on a CPU)")
     g = p.add_argument_group("SML step 2: the reward model's pairs")
     g.add_argument("--max_pairs_per_question", type=common.NONNEG, default=8, help="0 = all pairs")
     common.add_runtime_args(p)

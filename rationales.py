@@ -19,13 +19,13 @@ from collections import Counter
 
 import common
 from data.tokenizer import encode_after, eot_id, newline_ids, stop_ids
-from sampler import sample
+from sampler import prompts_per_batch, sample
 
 # The presets of the two scripts that sample rationales, generate.py and evaluate.py eval:
 # tiny looks at 100 questions; pretrained (run.sh with INIT: a pretrained model of up to ~0.5B
 # parameters on one of the paper's datasets) writes longer rationales (GSM8K's run to ~150
-# tokens) in smaller batches.
-SAMPLING_PRESETS = {"default": {}, "tiny": dict(limit=100), "pretrained": dict(max_new_tokens=128, batch_prompts=16)}
+# tokens). Batches are as large as the device's memory holds (sampler.prompts_per_batch).
+SAMPLING_PRESETS = {"default": {}, "tiny": dict(limit=100), "pretrained": dict(max_new_tokens=128)}
 
 
 def derive_seed(*parts):
@@ -48,7 +48,7 @@ def encode_prompt(tok, task, question, hint, exemplars, room, block):
 
 
 def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_tokens=64,
-                      batch_prompts=64, top_k=None, top_p=None, complete_missing=False,
+                      batch_prompts=None, top_k=None, top_p=None, complete_missing=False,
                       exemplars=None, desc="sampling", quiet=False):
     """requests: list of (question, hint or None). Returns one list per request of k dicts
     {"text", "answer_text", "final_answer", "tokens", "logprobs", "finished"}.
@@ -66,6 +66,9 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
     its own: the answer line is completed on the prompt WITHOUT the given answer, from the
     question and the rationale alone, as the paper reads it (answer_text = rationale + that
     line).
+
+    batch_prompts: prompts per batch (x k samples); None: as many as the device's memory
+    holds. The answer-reading passes sample one row per rationale, as many rows per batch.
     """
     if complete_missing and any(h is not None for _, h in requests):
         raise ValueError("the answer-line completion is for prompts without a given answer only")
@@ -73,6 +76,8 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
     stops = ends + (newline_ids(tok) if exemplars else [])
     block = model.config.block_size
     prompts = [encode_prompt(tok, task, q, h, exemplars, max_new_tokens, block) for q, h in requests]
+    if batch_prompts is None:
+        batch_prompts = prompts_per_batch(model, max(map(len, prompts), default=0) + max_new_tokens, k)
     results = []
     n_tok, t0 = 0, time.time()
     bar = common.progress(total=len(requests) * k, desc=desc, disable=quiet, leave=False)
@@ -101,7 +106,7 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
                     for q, _ in requests]
         todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
                 for s in samples if s["finished"] and s["text"]]
-        lines = read_answer_lines(model, tok, task, unhinted, [q for q, _ in requests], todo, batch_prompts,
+        lines = read_answer_lines(model, tok, task, unhinted, [q for q, _ in requests], todo, batch_prompts * k,
                                   stops, one_line=True, desc=f"{desc}: reading answers", quiet=quiet)
         for (i, s), line in zip(todo, lines):
             s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
@@ -109,7 +114,7 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
             s["answer_read"] = True
     if complete_missing:
         missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
-        lines = read_answer_lines(model, tok, task, prompts, [q for q, _ in requests], missing, batch_prompts,
+        lines = read_answer_lines(model, tok, task, prompts, [q for q, _ in requests], missing, batch_prompts * k,
                                   stops, one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
         for (i, s), line in zip(missing, lines):
             s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read

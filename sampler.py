@@ -24,11 +24,14 @@ collection (SML step 1), every evaluation and PPO's rollouts go through sample()
 - Padded vocabularies. A checkpoint may have more embedding rows than its tokenizer has
   tokens (Qwen2.5 pads 151,665 tokens to 151,936 rows); n_vocab masks the extra ids, which
   decode to nothing, out of sampling and out of the log-probs (mask_padded_vocab).
+- Batch sizes. prompts_per_batch: as many prompts as the GPU's free memory holds.
 """
 
 from dataclasses import dataclass
 
 import torch
+
+from model import compute_dtype
 
 
 class KVCache:
@@ -70,6 +73,11 @@ class KVCache:
         self.k = self.k.repeat_interleave(n, dim=1)
         self.v = self.v.repeat_interleave(n, dim=1)
         self.pad_mask = self.pad_mask.repeat_interleave(n, dim=0)
+
+
+def kv_cache_bytes_per_row(config, dtype, length):
+    """What one row's cache holds: keys and values of every layer for `length` tokens."""
+    return config.n_layer * config.n_kv_head * config.head_dim * 2 * dtype.itemsize * length
 
 
 @dataclass
@@ -279,3 +287,39 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
     L = int(lengths.max()) if R else 0
     return Samples(tokens[:, :L], logprobs[:, :L], lengths, finished)
 
+
+# -----------------------------------------------------------------------------
+# Batch sizes
+
+CPU_BATCH_PROMPTS = 64  # on the CPU (or MPS) a fixed number: there memory is rarely what limits
+# A decoding step reads every weight once whatever the batch; past a few hundred rows its
+# matmuls take longer than that read, so a larger batch is hardly faster and only delays the
+# first results.
+MAX_ROWS = 1024
+
+
+def prompts_per_batch(model, seq_len, num_samples=1):
+    """How many prompts (each fanned out to num_samples rows) to sample at once, for rows of
+    up to seq_len tokens (prompt + new tokens). On CUDA: as many as half the free memory holds
+    (prompts_that_fit; the other half is the allocator's and the model's slack); elsewhere
+    CPU_BATCH_PROMPTS. Call it under the autocast the sampling runs in: the cache is kept in
+    the compute dtype."""
+    param = next(model.parameters())
+    if param.device.type != "cuda":
+        return CPU_BATCH_PROMPTS
+    free, _ = torch.cuda.mem_get_info(param.device)
+    return prompts_that_fit(model.config, compute_dtype(param), seq_len, num_samples, free // 2)
+
+
+def prompts_that_fit(config, dtype, seq_len, num_samples, memory):
+    """The prompts whose num_samples rows of seq_len tokens fit in `memory` bytes: at least 1,
+    at most MAX_ROWS rows. A row holds its KV cache and, at each step, its logits, their
+    log-softmax and softmax (float32) and their cumulative sums (float64). Each row is also
+    counted as a prompt of its own in the prefill (the answer-reading passes prefill one
+    prompt per row, as many rows as collection), which holds per token the widest activations
+    of a layer (the MLP's, in float32 at most) and, if the attention runs unfused, a float32
+    score per head and pair of tokens."""
+    decode = kv_cache_bytes_per_row(config, dtype, seq_len) + config.vocab_size * (4 + 4 + 4 + 8)
+    prefill = seq_len * 4 * (config.mlp_hidden + config.n_embd) * 4 + config.n_head * seq_len**2 * 4
+    rows = min(memory // (decode + prefill), MAX_ROWS)
+    return int(max(1, rows // num_samples))

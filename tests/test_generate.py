@@ -208,6 +208,10 @@ class FakeModel:
     """Only what sample_rationales reads of a model; ScriptedSampler does the sampling."""
     config = type("Config", (), {"block_size": 128, "eos_id": None})()
 
+    def parameters(self):  # on the CPU: the batch size is the CPU's default
+        import torch
+        return iter([torch.zeros(1)])
+
 
 class ScriptedSampler:
     """Stands in for sampler.sample: answers each prompt with a scripted text chosen by
@@ -358,7 +362,8 @@ def test_fewshot_collect_reads_the_answer_without_the_given_one(tiny_run, monkey
     monkeypatch.setattr(rationales, "sample", sampler)
     rows = [{"id": n, "question": f"A coin is heads up. {n} flips the coin. {n} flips the coin. Is the coin "
              f"still heads up?", "answer": "yes"} for n in ("Ann", "Bob", "Cy", "Dee")]
-    big = type("M", (), {"config": type("C", (), {"block_size": 4096, "eos_id": None})()})()
+    big = FakeModel()
+    big.config = type("Config", (), {"block_size": 4096, "eos_id": None})()
     records, stats = generate.collect(big, tok, task, rows, k=2, m=1, k_unhinted=1, temperature=1.0, seed=0,
                                       quiet=True, exemplars=exemplars)
     generation = [p for p in sampler.prompts if p.endswith("Explanation:")]

@@ -1,5 +1,5 @@
 """sampler.py: the KV-cache sampler (prefill once, fan out, left padding, per-sample seeds,
-stop ids, a padded vocabulary) and data/tokenizer.stop_ids."""
+stop ids, a padded vocabulary), its batch sizes, and data/tokenizer.stop_ids."""
 
 import json
 import os
@@ -12,7 +12,8 @@ import rationales
 import sampler
 from data.tokenizer import eot_id, stop_ids, train_tokenizer
 from model import GPT, GPTConfig
-from sampler import filter_logits, mask_padded_vocab, sample
+from sampler import (KVCache, filter_logits, kv_cache_bytes_per_row, mask_padded_vocab, prompts_per_batch,
+                     prompts_that_fit, sample)
 from test_model import tiny_model
 
 EOT = 3
@@ -278,3 +279,52 @@ def test_an_instruct_checkpoint_stops_at_its_own_eos_and_never_writes_padding(tm
     assert sum(s["tokens"][-1] == im_end for s in samples) > len(samples) / 2
     assert all(max(s["tokens"]) < n_vocab for s in samples)
     assert any(len(s["tokens"]) > 2 for s in samples)
+
+
+def test_batch_sizes_come_from_the_cache_the_sampler_really_keeps():
+    model = tiny_model().float()
+    c = model.config
+    cache = KVCache(c, 3, 20, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.tensor([[1, 2, 3]] * 3), kv_cache=cache)
+    assert cache.k.nbytes + cache.v.nbytes == 3 * kv_cache_bytes_per_row(c, torch.bfloat16, 20)
+
+    qwen = GPTConfig(vocab_size=151936, block_size=32768, n_layer=24, n_head=14, n_kv_head=2, n_embd=896,
+                     mlp_hidden=4864)  # Qwen2.5-0.5B's shapes
+
+    def fit(memory, k=1, dtype=torch.bfloat16):
+        return prompts_that_fit(qwen, dtype, 400, k, memory)
+    assert fit(2**30) < fit(2**31) <= 2 * fit(2**30) + 1  # twice the memory, about twice the batch
+    assert fit(2**33, dtype=torch.float32) < fit(2**33)  # a float32 cache is twice as large
+    assert fit(2**33, k=4) == fit(2**33) // 4  # the budget is in rows: k samples a prompt
+    assert fit(2**50) == sampler.MAX_ROWS and fit(2**50, k=4) == sampler.MAX_ROWS // 4
+    assert fit(1) == 1  # one prompt at a time rather than none
+    assert prompts_per_batch(model, 100, 4) == sampler.CPU_BATCH_PROMPTS  # not on CUDA: a fixed default
+
+
+def test_rationales_batch_by_memory_and_read_answers_in_batches_as_large_as_collection(monkeypatch):
+    """Collection samples batch_prompts prompts x k rows a call (batch_prompts: the device's
+    default unless given); the few-shot answer-reading pass, one row per rationale, as many
+    rows a call."""
+    from data import fewshot
+    from data.tasks import get_task
+    task = get_task("coin_flip")
+    tok = train_tokenizer(["A coin is heads up. Ann flips the coin. Is the coin still heads up?"] * 5, 300)
+    calls = []
+
+    def one_line_each(model, prompts, num_samples=1, **kw):  # every rationale and answer: one finished line
+        calls.append(len(prompts) * num_samples)
+        ids, R = tok.encode(" Ann flips it once.\n").ids, len(prompts) * num_samples
+        return sampler.Samples(torch.tensor([ids] * R), torch.zeros(R, len(ids)), torch.full((R,), len(ids)),
+                               torch.ones(R, dtype=torch.bool))
+    monkeypatch.setattr(rationales, "sample", one_line_each)
+    model = type("M", (), {"config": GPTConfig(block_size=4096), "parameters": lambda self: iter([torch.zeros(1)])})()
+    requests = [(f"A coin is heads up. Ann flips the coin {i} times. Is the coin still heads up?", "yes")
+                for i in range(70)]
+    exemplars = fewshot.exemplars(task, [], 2)
+    rationales.sample_rationales(model, tok, task, requests, 3, 1.0, 0, exemplars=exemplars, quiet=True)
+    assert calls == [64 * 3, 6 * 3] * 2  # collection, then the answers read: 64 prompts on a CPU
+    calls.clear()
+    rationales.sample_rationales(model, tok, task, requests, 3, 1.0, 0, batch_prompts=5, exemplars=exemplars,
+                                 quiet=True)
+    assert calls == [5 * 3] * 14 * 2
