@@ -162,8 +162,9 @@ def next_tokens(logits, temperature, top_k, top_p, u):
     per row u (R,). temperature 0: the argmax (u unused).
 
     Inverse-CDF sampling: the token is the first whose cumulative probability reaches
-    u * total (sums in cdf_dtype). The log-prob is under softmax(logits / temperature) before top-k / top-p (greedy: under
-    softmax(logits)), what a forward pass over the same tokens gives."""
+    u * total (sums in cdf_dtype). The log-prob is under softmax(logits / temperature)
+    before top-k / top-p (greedy: under softmax(logits)), what a forward pass over the same
+    tokens gives."""
     if temperature == 0:
         tok = logits.argmax(-1)
         return tok, logits.log_softmax(-1).gather(1, tok.unsqueeze(1)).squeeze(1)
@@ -301,13 +302,15 @@ MAX_ROWS = 1024
 def prompts_per_batch(model, seq_len, num_samples=1):
     """How many prompts (each fanned out to num_samples rows) to sample at once, for rows of
     up to seq_len tokens (prompt + new tokens). On CUDA: as many as half the free memory holds
-    (prompts_that_fit; the other half is the allocator's and the model's slack); elsewhere
-    CPU_BATCH_PROMPTS. Call it under the autocast the sampling runs in: the cache is kept in
+    (prompts_that_fit; the other half is headroom for what that estimate leaves out and for
+    the allocator's fragmentation); elsewhere CPU_BATCH_PROMPTS. Call it under the autocast the sampling runs in: the cache is kept in
     the compute dtype."""
     param = next(model.parameters())
     if param.device.type != "cuda":
         return CPU_BATCH_PROMPTS
     free, _ = torch.cuda.mem_get_info(param.device)
+    # what torch's allocator holds without using it (after a training step, say) is free to us
+    free += torch.cuda.memory_reserved(param.device) - torch.cuda.memory_allocated(param.device)
     return prompts_that_fit(model.config, compute_dtype(param), seq_len, num_samples, free // 2)
 
 

@@ -281,7 +281,7 @@ def test_an_instruct_checkpoint_stops_at_its_own_eos_and_never_writes_padding(tm
     assert any(len(s["tokens"]) > 2 for s in samples)
 
 
-def test_batch_sizes_come_from_the_cache_the_sampler_really_keeps():
+def test_batch_sizes_come_from_the_cache_the_sampler_really_keeps(monkeypatch):
     model = tiny_model().float()
     c = model.config
     cache = KVCache(c, 3, 20, "cpu")
@@ -300,6 +300,14 @@ def test_batch_sizes_come_from_the_cache_the_sampler_really_keeps():
     assert fit(2**50) == sampler.MAX_ROWS and fit(2**50, k=4) == sampler.MAX_ROWS // 4
     assert fit(1) == 1  # one prompt at a time rather than none
     assert prompts_per_batch(model, 100, 4) == sampler.CPU_BATCH_PROMPTS  # not on CUDA: a fixed default
+
+    class OnGPU:  # what prompts_per_batch reads of a parameter on a GPU
+        device, dtype = torch.device("cuda", 0), torch.bfloat16
+    gpu_model = type("M", (), {"config": qwen, "parameters": lambda self: iter([OnGPU()])})()
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**33, 2**37))  # 8 GiB free
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 2**32)  # 4 GiB held by torch,
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2**31)  # half of it unused
+    assert prompts_per_batch(gpu_model, 400, 4) == fit((2**33 + 2**31) // 2, k=4)
 
 
 def test_rationales_batch_by_memory_and_read_answers_in_batches_as_large_as_collection(monkeypatch):
