@@ -19,13 +19,13 @@ from test_model import tiny_model
 EOT = 3
 
 
-def full_recompute_logprobs(model, prompt, tokens, n_vocab=None):
+def full_recompute_logprobs(model, prompt, tokens, temperature=1.0, n_vocab=None):
     """Log-probs of `tokens` after `prompt` from one plain forward pass."""
     x = torch.tensor([prompt + tokens])
-    logits, _ = model(x)
-    lp = mask_padded_vocab(logits[0, len(prompt) - 1:-1], n_vocab).log_softmax(-1)
+    with torch.no_grad():
+        logits, _ = model(x)
+    lp = mask_padded_vocab(logits[0, len(prompt) - 1:-1] / temperature, n_vocab).log_softmax(-1)
     return lp.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1)
-
 
 
 def test_kv_cache_sampler_matches_full_recompute():
@@ -228,14 +228,10 @@ def test_ids_beyond_the_tokenizers_vocabulary_are_never_sampled():
                dict(temperature=0)):
         out = sample(model, prompts, num_samples=3, max_new_tokens=20, seeds=seeds, n_vocab=n_vocab, **kw)
         assert int(out.tokens.max()) < n_vocab and out.lengths.tolist() == [20] * 6
-        if "top_k" not in kw and "top_p" not in kw:
-            t = kw["temperature"] or 1.0
+        if "top_k" not in kw and "top_p" not in kw:  # log-probs of the distribution sampled
             for r, ids in enumerate(out.token_lists()):
-                with torch.no_grad():
-                    logits, _ = model(torch.tensor([prompts[r // 3] + ids]))
-                lp = mask_padded_vocab(logits[0, len(prompts[r // 3]) - 1:-1] / t, n_vocab).log_softmax(-1)
-                assert torch.allclose(out.logprobs[r], lp.gather(1, torch.tensor(ids)[:, None])[:, 0].float(),
-                                      atol=1e-5)
+                lp = full_recompute_logprobs(model, prompts[r // 3], ids, kw["temperature"] or 1.0, n_vocab)
+                assert torch.allclose(out.logprobs[r].double(), lp, atol=1e-5)
 
 
 def test_stop_ids_are_the_end_of_text_and_every_declared_eos():
