@@ -9,9 +9,10 @@ How fast is this machine for this project? Prints, from one run:
 
 Against transformers on the same config and the same weights (test-only dependency), at the
 shapes of pretrained models: training tokens/s (forward + backward + AdamW) and sampling
-tokens/s (16 prompts, 64 new tokens, temperature 1), ours and theirs in the same run:
+tokens/s (16 prompts, or --hf_prompts, 64 new tokens, temperature 1), ours and theirs in the
+same run:
 
-    python bench.py --hf_compare all [--hf_layers 4]
+    python bench.py --hf_compare all [--hf_layers 4] [--hf_prompts 16]
 
 Without --ckpt a fresh model of the default pretraining preset is timed (random weights:
 its samples run to max_new_tokens, so sampling figures are per token, not per rationale).
@@ -34,7 +35,8 @@ import train_ppo
 from data import load_world
 from data.jsonl import load_dataset
 from data.tokenizer import eot_id
-from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint, sample
+from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint
+from sampler import sample
 
 # Without --ckpt: a fresh model of pretrain.py's default shape
 DEFAULT_MODEL = dict(vocab_size=512, block_size=128, n_layer=3, n_head=4, n_embd=128)
@@ -130,7 +132,7 @@ HF_SHAPES = {
 HF_COMPARE = ("gpt2", "qwen2.5-0.5b")
 
 
-def hf_compare(name, layers, device, train_steps, batch, seq, seed):
+def hf_compare(name, layers, device, train_steps, batch, seq, seed, n_prompts):
     """Ours vs transformers on one shape, the same weights in both."""
     import transformers
 
@@ -169,7 +171,7 @@ def hf_compare(name, layers, device, train_steps, batch, seq, seed):
 
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(1, shape["vocab_size"], (int(n),), generator=g).tolist()
-               for n in torch.randint(16, 33, (16,), generator=g)]
+               for n in torch.randint(16, 33, (n_prompts,), generator=g)]
     new = 64
 
     def time_it(fn):
@@ -198,7 +200,7 @@ def hf_compare(name, layers, device, train_steps, batch, seq, seed):
     ours_rate, theirs_rate = time_it(ours_sample), time_it(theirs_sample)
     print(f"  training (batch {batch} x {seq} tokens, AdamW): ours {ours_train:,.0f} tokens/s, transformers "
           f"{theirs_train:,.0f} tokens/s, {ours_train / theirs_train:.2f}x")
-    print(f"  sampling (16 prompts of 16-32 tokens, {new} new, temperature 1): ours {ours_rate:,.0f} tokens/s, "
+    print(f"  sampling ({n_prompts} prompts of 16-32 tokens, {new} new, temperature 1): ours {ours_rate:,.0f} tokens/s, "
           f"transformers generate {theirs_rate:,.0f} tokens/s, {ours_rate / theirs_rate:.2f}x")
 
 
@@ -404,6 +406,7 @@ def main(argv=None):
     p.add_argument("--hf_seq", type=common.number(int, low=1, high=32768), default=128,
                    help="training sequence length of the comparison")
     p.add_argument("--hf_train_steps", type=common.COUNT, default=3, help="timed training steps of the comparison")
+    p.add_argument("--hf_prompts", type=common.COUNT, default=16, help="prompts sampled at once in the comparison")
     g = p.add_argument_group("PPO at a pretrained model's shape (random weights)")
     g.add_argument("--ppo", default=None, choices=sorted(HF_SHAPES),
                    help="only measure one PPO update's memory and speed per (rollouts, micro-batch)")
@@ -434,7 +437,7 @@ def main(argv=None):
     if args.hf_compare:
         for name in (HF_COMPARE if args.hf_compare == "all" else [args.hf_compare]):
             hf_compare(name, args.hf_layers, rt.device, args.hf_train_steps, args.hf_batch,
-                       args.hf_seq, args.seed)
+                       args.hf_seq, args.seed, args.hf_prompts)
         return
 
     if args.ckpt:
@@ -465,7 +468,7 @@ def main(argv=None):
         eot = None
         prompts = [[1 + (i * 7 + j) % (c.vocab_size - 1) for j in range(24)] for i in range(args.questions)]
         t0 = time.time()
-        out = sample(model, prompts, num_samples=args.k, max_new_tokens=40, temperature=1.0, eot_id=eot,
+        out = sample(model, prompts, num_samples=args.k, max_new_tokens=40, temperature=1.0, stop_ids=eot,
                      seeds=list(range(len(prompts) * args.k)))
         engine = int(out.lengths.sum()) / (time.time() - t0)
         g = torch.Generator().manual_seed(args.seed)

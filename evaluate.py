@@ -20,7 +20,8 @@ import common
 import rationales
 from data import fewshot, load_world
 from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
-from model import check_sampling_args, load_checkpoint
+from model import load_checkpoint
+from sampler import check_sampling_args
 
 
 PRESETS = rationales.SAMPLING_PRESETS

@@ -34,7 +34,8 @@ import rationales
 from data import fewshot, load_world
 from data.jsonl import load_dataset, write_jsonl
 from data.tasks import DATASET_TASKS
-from model import check_sampling_args, load_checkpoint
+from model import load_checkpoint
+from sampler import check_sampling_args
 
 PRESETS = rationales.SAMPLING_PRESETS
 OUTPUTS = ["rationales.jsonl", "sft.jsonl", "pairs.jsonl", "sft_unhinted.jsonl", "stats.json"]  # --out_dir's files

@@ -4,10 +4,8 @@ A small GPT, written out by hand, plus everything SML needs from a model:
 - GPT: token + position embeddings, pre-norm transformer blocks, a language-model
   head (kind "lm") or a scalar head (kind "scalar": the reward model and the PPO critic
   share the trunk and read one number per position).
-- sample(): a batched, KV-cached sampler. Each prompt is encoded once (prefill) and its
-  cache is fanned out to N samples; prompts of different lengths share a batch through
-  left padding with correct positions and attention masks. It returns the sampled tokens
-  and their log-probs (PPO needs them).
+- forward() takes left-padded batches (pad_mask) and a KV cache, which is what the sampler
+  (sampler.py) needs.
 - Self-contained checkpoints (config, weights, tokenizer, provenance), written atomically;
   load_checkpoint also reads a Hugging Face folder or hub id (from_pretrained /
   save_pretrained: GPT-2, Llama, Mistral, Qwen2, Qwen3; the format itself lives in hf.py).
@@ -55,7 +53,7 @@ class GPTConfig:
     tie_embeddings: bool = True  # the output layer shares the token embedding's weights
     # Special tokens of a pretrained checkpoint (None for ours: they use <|endoftext|>).
     bos_id: int = None
-    eos_id: object = None  # an id, or a list of ids as the checkpoint gives them (sample() takes one)
+    eos_id: object = None  # an id, or a list of ids as the checkpoint gives them (data/tokenizer.stop_ids)
     pad_id: int = None
 
     def __post_init__(self):
@@ -157,6 +155,13 @@ def rope_inv_freq(config, device):
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         inv_freq = torch.where(medium, blended, scaled)
     return inv_freq
+
+
+def compute_dtype(x):
+    """The dtype the layers compute in: autocast's where it is on (an embedding's output stays
+    float32 under autocast, while the matmuls after it run in autocast's dtype), else x's own."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
 def rope_cos_sin(config, positions, dtype):
@@ -305,7 +310,7 @@ class GPT(nn.Module):
         pad_mask: (B, T) bool, True at real tokens. Without it every token is real and the
           plain causal mask is used. With it (left padding), each row's positions count
           real tokens only and no query attends to a padding key.
-        kv_cache: a KVCache for incremental decoding (see sample()).
+        kv_cache: a sampler.KVCache for incremental decoding (see sampler.py).
         last_only: logits at the last position only (a prefill needs no more; with a large
           vocabulary the output layer is most of the prefill's work).
         Returns (out, loss): out is logits (B, T, V) for kind "lm", scores (B, T) for "scalar".
@@ -330,7 +335,7 @@ class GPT(nn.Module):
         if positions is None:
             positions = torch.arange(T, device=idx.device)
         # The length check uses host-side numbers only (reading positions.max() would wait
-        # for the device at every decoding step). With a cache, sample() keeps every row's
+        # for the device at every decoding step). With a cache, the sampler keeps every row's
         # position inside the context through its per-row token budget.
         if kv_cache is None and T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than the model's context of "
@@ -338,7 +343,9 @@ class GPT(nn.Module):
         x = self.wte(idx)
         rope = None
         if self.config.pos_emb == "rope":
-            rope = rope_cos_sin(self.config, positions, x.dtype)
+            # cos / sin in the dtype q and k come out of their matmul in: float32 ones would
+            # turn q and k (and the cached keys) back into float32 under bf16 autocast
+            rope = rope_cos_sin(self.config, positions, compute_dtype(x))
         else:
             x = x + self.wpe(positions)
         x = self.drop(x)
@@ -390,203 +397,6 @@ def sequence_scores(scores, pad_mask):
     idx = torch.arange(T, device=pad_mask.device).expand_as(pad_mask)
     last = torch.where(pad_mask, idx, -1).max(dim=1).values
     return scores.gather(1, last.clamp(min=0).unsqueeze(1)).squeeze(1)
-
-
-# -----------------------------------------------------------------------------
-# Sampling with a KV cache
-
-
-class KVCache:
-    """Keys and values of every layer for a batch of sequences, max_len slots each.
-
-    The buffers are made at the first append, in the dtype the keys arrive in: under bf16
-    autocast the cache holds bf16, as the attention computes in it (half the memory)."""
-
-    class _Layer:
-        def __init__(self, cache, i):
-            self.cache, self.i = cache, i
-
-        def append(self, k, v):
-            c = self.cache
-            if c.k is None:
-                shape = (c.n_layer, k.size(0), k.size(1), c.max_len, k.size(3))
-                c.k = torch.zeros(shape, device=k.device, dtype=k.dtype)
-                c.v = torch.zeros(shape, device=v.device, dtype=v.dtype)
-            T = k.size(2)
-            c.k[self.i, :, :, c.length:c.length + T] = k
-            c.v[self.i, :, :, c.length:c.length + T] = v
-            return c.k[self.i, :, :, :c.length + T], c.v[self.i, :, :, :c.length + T]
-
-    def __init__(self, config, batch_size, max_len, device):
-        self.n_layer, self.max_len = config.n_layer, max_len
-        self.k = self.v = None
-        self.pad_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
-        self.length = 0
-
-    def layer(self, i):
-        return KVCache._Layer(self, i)
-
-    def advance(self, T):
-        self.length += T
-
-    def fan_out(self, n):
-        """Repeat each row n times: the prompt is encoded once and shared by n samples."""
-        self.k = self.k.repeat_interleave(n, dim=1)
-        self.v = self.v.repeat_interleave(n, dim=1)
-        self.pad_mask = self.pad_mask.repeat_interleave(n, dim=0)
-
-
-@dataclass
-class Samples:
-    """What sample() returns. Row r is sample r % n of prompt r // n."""
-    tokens: torch.Tensor  # (R, L) sampled tokens, padded with pad_id after a row stops
-    logprobs: torch.Tensor  # (R, L) log-prob of each sampled token (0 after the row stops)
-    lengths: torch.Tensor  # (R,) number of generated tokens, the stop token included
-    finished: torch.Tensor  # (R,) True if the row stopped (end-of-text or a stop string)
-
-    def token_lists(self):
-        return [self.tokens[r, :int(n)].tolist() for r, n in enumerate(self.lengths)]
-
-
-def check_sampling_args(top_k=None, top_p=None):
-    """top_k: an int >= 0 (0 or None: off); top_p: a float in [0, 1] (None or 1: off; 0 keeps
-    only the most likely token). The same meaning as Hugging Face's samplers."""
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    if top_p is not None and not 0.0 <= top_p <= 1.0:
-        raise ValueError(f"top_p must be between 0 and 1, got {top_p!r}")
-
-
-def filter_logits(logits, top_k=None, top_p=None):
-    """Keep the top_k most likely tokens (ties at the k-th value are all kept) and / or the
-    smallest set of most likely tokens whose mass reaches top_p. The most likely token is
-    always kept, so a row never ends up empty."""
-    check_sampling_args(top_k, top_p)
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        # a stable sort: tokens of equal probability keep their vocabulary order, so which of
-        # them falls at the boundary does not depend on the sort's implementation
-        sorted_logits, order = torch.sort(logits, descending=True, stable=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        mass_before = probs.cumsum(-1) - probs
-        drop_sorted = mass_before >= top_p  # the set before this token already reaches top_p
-        drop_sorted[..., 0] = False
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-@torch.no_grad()
-def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, top_k=None,
-           top_p=None, eot_id=None, pad_id=0, stop_fn=None, seeds=None, generator=None,
-           share_prefix=False):
-    """Sample num_samples completions for each prompt (a list of token-id lists).
-
-    Randomness: row r draws from its own torch.Generator seeded with seeds[r], so a
-    sample does not depend on what else is in the batch: a batch gives what one-by-one
-    sampling gives, and N fanned-out samples equal N runs with the same seeds. Without
-    seeds, they are drawn from `generator` (or the global generator).
-
-    Budget: each row may write min(max_new_tokens, block_size - its prompt's length) tokens,
-    so a short prompt batched with a long one gets as many as it would alone. A row that
-    uses its budget up without stopping comes back with finished = False.
-
-    temperature 0 means greedy. The returned log-probs are those of the sampled token under
-    softmax(logits / temperature) before top-k / top-p filtering (greedy: temperature 1),
-    i.e. what a forward pass over the same tokens gives. For PPO, sample with no top-k /
-    top-p so that these are the log-probs of the distribution that was sampled.
-
-    stop_fn(row, generated_token_ids) -> bool may stop a row early (a stop string); a row
-    also stops after eot_id (one id, or a list of ids that each end a row: a few-shot prompt
-    stops at any line break). Runs under whatever autocast the caller entered.
-
-    share_prefix: the tokens every prompt starts with (a few-shot prompt's exemplars) are
-    encoded once for the whole batch, not once per prompt: the same numbers up to rounding,
-    and most of a few-shot prefill saved.
-    """
-    check_sampling_args(top_k, top_p)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    model.eval()
-    device = next(model.parameters()).device
-    P, N = len(prompts), num_samples
-    R = P * N
-    lens = [len(p) for p in prompts]
-    if min(lens) == 0:
-        raise ValueError("empty prompt")
-    block = model.config.block_size
-    if max(lens) >= block:
-        raise ValueError(f"prompt of {max(lens)} tokens does not fit the model's context of {block}")
-    budgets = [min(max_new_tokens, block - n) for n in lens]  # host-side: no device sync
-    shared = 0
-    if share_prefix and P > 1:  # the longest common prefix, leaving each prompt a token of its own
-        first, shortest = prompts[0], min(lens) - 1
-        while shared < shortest and all(p[shared] == first[shared] for p in prompts):
-            shared += 1
-    T0, steps = max(lens) - shared, max(budgets)
-    budget = torch.tensor(budgets, device=device).repeat_interleave(N)  # (R,)
-    if seeds is None:
-        seeds = torch.randint(0, 2**62, (R,), generator=generator).tolist()
-    assert len(seeds) == R, f"need one seed per sample ({R}), got {len(seeds)}"
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    if eot_id is not None:
-        stop_ids = torch.tensor([eot_id] if isinstance(eot_id, int) else list(eot_id), device=device)
-
-    # Left-pad the prompts into one batch and encode each prompt once (prefill). A shared
-    # prefix is encoded first, for one row, and the padding goes between it and the rest.
-    cache = KVCache(model.config, 1 if shared else P, shared + T0 + steps, device)
-    if shared:
-        model(torch.tensor([prompts[0][:shared]], device=device), kv_cache=cache, last_only=True)
-        cache.fan_out(P)
-    idx = torch.full((P, T0), pad_id, dtype=torch.long, device=device)
-    pad_mask = torch.zeros(P, T0, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        idx[i, T0 - len(p) + shared:] = torch.tensor(p[shared:], dtype=torch.long)
-        pad_mask[i, T0 - len(p) + shared:] = True
-    logits, _ = model(idx, pad_mask=pad_mask, kv_cache=cache, last_only=True)
-    logits = logits[:, -1, :].repeat_interleave(N, dim=0)  # (R, V)
-    cache.fan_out(N)  # ... and share it among the prompt's N samples
-
-    tokens = torch.full((R, steps), pad_id, dtype=torch.long, device=device)
-    logprobs = torch.zeros(R, steps, device=device)
-    lengths = torch.zeros(R, dtype=torch.long, device=device)
-    finished = torch.zeros(R, dtype=torch.bool, device=device)
-    for t in range(steps):
-        logits = logits.float()
-        if temperature == 0:
-            next_tok = logits.argmax(-1)
-            lp = logits.log_softmax(-1)
-        else:
-            logits = logits / temperature
-            lp = logits.log_softmax(-1)
-            probs = filter_logits(logits, top_k, top_p).softmax(-1).cpu().double()
-            # Inverse-CDF sampling with one uniform draw per row from that row's generator.
-            # 1 - U(0,1) lies in (0, 1], so a token of probability 0 is never drawn.
-            u = 1.0 - torch.tensor([torch.rand((), generator=g, dtype=torch.float64) for g in gens])
-            cdf = probs.cumsum(-1)
-            next_tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1)
-            next_tok = next_tok.clamp(max=probs.size(-1) - 1).to(device)
-        active = ~finished & (t < budget)
-        tokens[:, t] = torch.where(active, next_tok, pad_id)
-        logprobs[:, t] = torch.where(active, lp.gather(1, next_tok.unsqueeze(1)).squeeze(1), 0.0)
-        lengths += active.long()
-        if eot_id is not None:
-            finished |= active & torch.isin(next_tok, stop_ids)
-        if stop_fn is not None:
-            for r in torch.nonzero(active & ~finished).flatten().tolist():
-                if stop_fn(r, tokens[r, :t + 1].tolist()):
-                    finished[r] = True
-        going = ~finished & (t + 1 < budget)
-        if t == steps - 1 or not bool(going.any()):
-            break
-        # A row that is done is fed as padding: its position no longer advances, so it
-        # never runs past the context while its neighbours go on.
-        logits, _ = model(next_tok.unsqueeze(1), kv_cache=cache, pad_mask=going.unsqueeze(1))
-        logits = logits[:, -1, :]
-    L = int(lengths.max()) if R else 0
-    return Samples(tokens[:, :L], logprobs[:, :L], lengths, finished)
 
 
 # -----------------------------------------------------------------------------

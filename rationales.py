@@ -4,7 +4,7 @@ steps 1-2, generate.py), every evaluation (evaluate.py, and the checks inside tr
 train_rm.py and train_ppo.py) and the benchmark share.
 
 - sample_rationales(): prompts for (question, given answer or none) -> k rationales each,
-  through the KV-cache fan-out sampler, with each one's final answer read back.
+  through the KV-cache fan-out sampler (sampler.py), with each one's final answer read back.
 - evaluate(): accuracy of a model on a split (majority vote over k samples), with a 95%
   Wilson interval, and per-question predictions.
 
@@ -18,13 +18,14 @@ import time
 from collections import Counter
 
 import common
-from data.tokenizer import encode_after, eot_id, newline_ids
-from model import sample
+from data.tokenizer import encode_after, eot_id, newline_ids, stop_ids
+from sampler import prompts_per_batch, sample
 
 # The presets of the two scripts that sample rationales, generate.py and evaluate.py eval:
 # tiny looks at 100 questions; pretrained (run.sh with INIT: a pretrained model on one of the
 # paper's datasets) collects the whole train split. The rationale budget is the task's own
-# (Task.rationale_tokens: GSM8K's gold rationales need 256 tokens).
+# (Task.rationale_tokens: GSM8K's gold rationales need 256 tokens); batches are as large as
+# the device's memory holds (sampler.prompts_per_batch).
 SAMPLING_PRESETS = {"default": {}, "tiny": dict(limit=100), "pretrained": dict(limit=0)}
 
 
@@ -66,15 +67,19 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
     its own: the answer line is completed on the prompt WITHOUT the given answer, from the
     question and the rationale alone, as the paper reads it (answer_text = rationale + that
     line).
+
+    batch_prompts: prompts per batch (x k samples); None: as many as the device's memory
+    holds. The answer-reading passes sample one row per rationale, as many rows per batch.
     """
     if complete_missing and any(h is not None for _, h in requests):
         raise ValueError("the answer-line completion is for prompts without a given answer only")
-    eot = eot_id(tok)
-    stop_ids = [eot] + (newline_ids(tok) if exemplars else [])
+    eot, ends = eot_id(tok), stop_ids(tok, model.config)
+    stops = ends + (newline_ids(tok) if exemplars else [])
     block = model.config.block_size
     max_new_tokens = max_new_tokens or task.rationale_tokens
-    batch_prompts = batch_prompts or 64
     prompts = [encode_prompt(tok, task, q, h, exemplars, max_new_tokens, block) for q, h in requests]
+    if batch_prompts is None:
+        batch_prompts = prompts_per_batch(model, max(map(len, prompts), default=0) + max_new_tokens, k)
     results = []
     n_tok, t0 = 0, time.time()
     bar = common.progress(total=len(requests) * k, desc=desc, disable=quiet, leave=False)
@@ -82,13 +87,13 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
         chunk = list(range(start, min(start + batch_prompts, len(requests))))
         seeds = [derive_seed(seed, i, j) for i in chunk for j in range(k)]
         out = sample(model, [prompts[i] for i in chunk], num_samples=k, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_k=top_k, top_p=top_p, eot_id=stop_ids,
-                     pad_id=eot, seeds=seeds, share_prefix=bool(exemplars))
+                     temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stops, pad_id=eot,
+                     seeds=seeds, share_prefix=bool(exemplars), n_vocab=tok.get_vocab_size())
         n_tok += int(out.lengths.sum())
         for r, ids in enumerate(out.token_lists()):
             if r % k == 0:
                 results.append([])
-            text = tok.decode(ids[:-1] if ids and ids[-1] == eot else ids)
+            text = tok.decode(ids[:-1] if ids and ids[-1] in ends else ids)
             text = (text.split("\n")[0] if exemplars else text).strip()  # a few-shot row: its line
             results[-1].append({"text": text, "answer_text": text, "final_answer": task.extract_answer(text),
                                 "tokens": ids,
@@ -103,16 +108,16 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
                     for q, _ in requests]
         todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
                 for s in samples if s["finished"] and s["text"]]
-        lines = read_answer_lines(model, tok, task, unhinted, [q for q, _ in requests], todo, batch_prompts,
-                                  stop_ids, one_line=True, desc=f"{desc}: reading answers", quiet=quiet)
+        lines = read_answer_lines(model, tok, task, unhinted, [q for q, _ in requests], todo, batch_prompts * k,
+                                  stops, one_line=True, desc=f"{desc}: reading answers", quiet=quiet)
         for (i, s), line in zip(todo, lines):
             s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
             s["final_answer"] = task.extract_answer(s["answer_text"])
             s["answer_read"] = True
     if complete_missing:
         missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
-        lines = read_answer_lines(model, tok, task, prompts, [q for q, _ in requests], missing, batch_prompts,
-                                  stop_ids, one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
+        lines = read_answer_lines(model, tok, task, prompts, [q for q, _ in requests], missing, batch_prompts * k,
+                                  stops, one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
         for (i, s), line in zip(missing, lines):
             s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
             s["final_answer"] = task.extract_answer(s["answer_text"])
@@ -139,8 +144,8 @@ def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts,
         for i, s in chunk:
             ids = prompts[i] + encode_after(tok, task.prompt(questions[i]), " " + s["text"] + task.ANSWER_PREFIX)
             answer_prompts.append(ids[-(block - 8):])  # keep the tail if it is too long
-        out = sample(model, answer_prompts, max_new_tokens=8, temperature=0,
-                     eot_id=stop_ids, pad_id=eot, share_prefix=one_line)
+        out = sample(model, answer_prompts, max_new_tokens=8, temperature=0, stop_ids=stop_ids, pad_id=eot,
+                     share_prefix=one_line, n_vocab=tok.get_vocab_size())
         for ids in out.token_lists():
             ids = ids[:-1] if ids and ids[-1] == eot else ids
             text = tok.decode(ids)

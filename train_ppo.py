@@ -93,10 +93,11 @@ import common
 import rationales
 from data import load_world
 from data.jsonl import DataError, load_dataset
-from data.tokenizer import eot_id
+from data.tokenizer import stop_ids
 from lm_training import read_log
-from model import (GPT, checked_config, configure_optimizer, lm_to_scalar, load_checkpoint, sample,
-                   save_checkpoint, sequence_scores)
+from model import (GPT, checked_config, configure_optimizer, lm_to_scalar, load_checkpoint, save_checkpoint,
+                   sequence_scores)
+from sampler import mask_padded_vocab, prompts_per_batch, sample
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {},
@@ -216,14 +217,6 @@ def masked_whiten(x, mask, eps=1e-8):
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
     return (x - mean) * torch.rsqrt(var + eps) * mask
-
-
-def mask_padded_vocab(logits, n_vocab):
-    """Rows of the output layer past the tokenizer's vocabulary (Qwen pads 151,665 tokens to
-    151,936) are never sampled and carry no probability."""
-    if n_vocab is None or n_vocab >= logits.size(-1):
-        return logits
-    return logits.index_fill(-1, torch.arange(n_vocab, logits.size(-1), device=logits.device), float("-inf"))
 
 
 def _head_logprobs(head, hidden, targets, temperature, n_vocab):
@@ -377,23 +370,26 @@ class Batch:
 
 
 @torch.no_grad()
-def rollout(policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, device, batch_prompts=None,
-            amp=nullcontext()):
-    """k samples per prompt, as a Rollout (sampled batch_prompts prompts at a time)."""
-    batch_prompts = batch_prompts or len(prompts)
+def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, device, batch_prompts=None,
+            amp=nullcontext(), n_vocab=None):
+    """k samples per prompt, as a Rollout, sampled batch_prompts prompts at a time (None: as
+    many as the device's memory holds). stop_ids: an id or a list; the first pads the rows."""
+    stop_ids = [stop_ids] if isinstance(stop_ids, int) else list(stop_ids)
+    with amp:  # the batch size counts the cache in the dtype it will be kept in
+        batch_prompts = batch_prompts or prompts_per_batch(policy, max(map(len, prompts)) + max_new_tokens, k)
     responses, sampler_logp, finished = [], [], []
     for s in range(0, len(prompts), batch_prompts):
         with amp:
             out = sample(policy, prompts[s:s + batch_prompts], num_samples=k, max_new_tokens=max_new_tokens,
-                         temperature=temperature, eot_id=eot_id, pad_id=eot_id,
-                         seeds=seeds[s * k:(s + batch_prompts) * k])
+                         temperature=temperature, stop_ids=stop_ids, pad_id=stop_ids[0],
+                         seeds=seeds[s * k:(s + batch_prompts) * k], n_vocab=n_vocab)
         chunk = out.token_lists()
         responses += chunk
         sampler_logp += [out.logprobs[i, :len(r)].tolist() for i, r in enumerate(chunk)]
         finished.append(out.finished.cpu())
     seqs = [prompts[i // k] + r for i, r in enumerate(responses)]
     T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), eot_id, dtype=torch.long)
+    idx = torch.full((len(seqs), T), stop_ids[0], dtype=torch.long)
     mask = torch.zeros(len(seqs), T - 1)
     for i, s in enumerate(seqs):
         idx[i, :len(s)] = torch.tensor(s)
@@ -584,11 +580,11 @@ def check_reward_model(report, path, allow_weak):
 
 
 @torch.no_grad()
-def reward_scale(rm, policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, device,
-                 batch_prompts=None, micro_batch_size=None, amp=nullcontext()):
+def reward_scale(rm, policy, prompts, k, temperature, max_new_tokens, stops, seeds, device,
+                 batch_prompts=None, micro_batch_size=None, amp=nullcontext(), n_vocab=None):
     """The RM's raw scores on finished rationales the SFT model writes: mean, std and range,
     what every later score is measured against. Computed once, before the first update."""
-    ro = rollout(policy, prompts, k, temperature, max_new_tokens, eot_id, seeds, device, batch_prompts, amp)
+    ro = rollout(policy, prompts, k, temperature, max_new_tokens, stops, seeds, device, batch_prompts, amp, n_vocab)
     scores = score_sequences(rm, ro, micro_batch_size, amp)[ro.finished].double()
     if scores.numel() < 2:
         raise common.UserError("too few of the SFT model's rationales finish to measure the reward "
@@ -611,7 +607,8 @@ class PPOData:
     val_rows: list
     test_rows: list
     prompt_ids: dict  # question id -> prompt token ids
-    eot: int
+    stop_ids: list  # the end-of-text and every end id the checkpoint declares (the first pads)
+    n_vocab: int  # the tokenizer's vocabulary: ids past it (a padded embedding) are never sampled
     max_new_tokens: int  # the rationale budget of rollouts and of every evaluation
 
 
@@ -644,8 +641,8 @@ def load_data(args, policy_config):
                 raise DataError(f"{name} question {r['id']!r} does not fit the model's context of "
                                 f"{policy_config.block_size} tokens")
     prompt_ids = {r["id"]: tok.encode(task.prompt(r["question"])).ids for r in train_rows}
-    return PPOData(tok, task, train_rows, val_rows, test_rows, prompt_ids, eot_id(tok),
-                   args.max_new_tokens or task.rationale_tokens)
+    return PPOData(tok, task, train_rows, val_rows, test_rows, prompt_ids, stop_ids(tok, policy_config),
+                   tok.get_vocab_size(), args.max_new_tokens or task.rationale_tokens)
 
 
 def start(args, rt, data, policy, ref, rm, rm_report):
@@ -659,8 +656,8 @@ def start(args, rt, data, policy, ref, rm, rm_report):
         rows = rng.sample(data.train_rows, min(args.norm_questions, len(data.train_rows)))
         seeds = [rationales.derive_seed(args.seed, "norm", i) for i in range(len(rows) * k)]
         scale = reward_scale(rm, policy, [data.prompt_ids[r["id"]] for r in rows], k, args.temperature,
-                             data.max_new_tokens, data.eot, seeds, rt.device, args.batch_prompts,
-                             args.micro_batch_size, rt.autocast)
+                             data.max_new_tokens, data.stop_ids, seeds, rt.device, args.batch_prompts,
+                             args.micro_batch_size, rt.autocast, data.n_vocab)
         floor = args.reward_std_floor * (rm_report or {}).get("val_score_std", 0.0)
         state.update(reward_scale=scale, reward_mean=scale["mean"], reward_std=max(scale["std"], floor))
         print(f"reward model on {scale['n']} finished SFT rationales: mean {scale['mean']:.3f}, std "
@@ -780,7 +777,7 @@ def choose_checkpoint(args, rt, data, models, state, update, rec, best_path):
 def rollout_rewards(args, rt, data, models, state, rows, ro):
     """Step 2: the sequence reward of each rollout, and the decoded texts with their reading."""
     k, task = args.samples_per_question, data.task
-    texts = [data.tok.decode([t for t in r if t != data.eot]) for r in ro.responses]
+    texts = [data.tok.decode(r[:-1] if r and r[-1] in data.stop_ids else r) for r in ro.responses]
     golds = [rows[i // k]["answer"] for i in range(len(texts))]
     # rewards read answers strictly: only an answer the rationale states counts
     correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=rt.device)
@@ -827,20 +824,21 @@ def main(argv=None):
         rows = rng.sample(data.train_rows, min(args.questions_per_update, len(data.train_rows)))
         seeds = [rationales.derive_seed(args.seed, "rollout", update, i) for i in range(len(rows) * k)]
         ro = rollout(models.policy, [data.prompt_ids[r["id"]] for r in rows], k, args.temperature,
-                     data.max_new_tokens, data.eot, seeds, rt.device, args.batch_prompts, rt.autocast)
+                     data.max_new_tokens, data.stop_ids, seeds, rt.device, args.batch_prompts, rt.autocast,
+                     data.n_vocab)
         # 2. The sequence reward: the standardised RM score (SML) and/or the exact answer check.
         seq_reward, rm_z, correct, has_answer, texts = rollout_rewards(args, rt, data, models, state, rows, ro)
         # 3. Old/ref log-probs, values, per-token KL-penalised rewards, GAE.
         batch = prepare_batch(models.policy, models.ref, models.critic, ro, seq_reward, state["kl_coef"],
                               args.temperature, args.gamma, args.lam, args.micro_batch_size, rt.autocast,
-                              estimator=args.estimator, k=k)
+                              data.n_vocab, args.estimator, k)
         # 4. PPO epochs over minibatches (the critic alone during its warmup).
         stats = ppo_update(models.policy, models.critic, models.opt_policy, models.opt_critic, batch, models.gen,
                            epochs=args.ppo_epochs, minibatch_size=args.minibatch_size,
                            micro_batch_size=args.micro_batch_size, temperature=args.temperature, clip=args.clip,
                            value_clip=args.value_clip, grad_clip=args.grad_clip, target_kl=args.target_kl,
                            train_policy=update >= args.critic_warmup_updates, lr_at=lr_schedule(args, update),
-                           amp=rt.autocast)
+                           amp=rt.autocast, n_vocab=data.n_vocab)
         if not all(v is None or np.isfinite(v) for v in (stats["policy_loss"], stats["value_loss"])):
             raise common.UserError(f"loss is not finite at update {update + 1}; try a lower --lr "
                                    f"(the last good checkpoint is {last_path})")

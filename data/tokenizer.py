@@ -27,6 +27,19 @@ def eot_id(tok):
     raise DataError(f"the tokenizer has no end-of-text token (none of {', '.join(END_OF_TEXT)})")
 
 
+def stop_ids(tok, config):
+    """The ids a sampled text ends at: the tokenizer's end-of-text (eot_id) and every
+    end-of-sequence id the checkpoint declares (config.eos_id: an id or a list, from its
+    config.json / generation_config.json). An instruct model ends its turn with its own
+    (Qwen's <|im_end|>, Llama 3's <|eot_id|>) and would otherwise run on to the budget."""
+    declared = config.eos_id if isinstance(config.eos_id, list) else [config.eos_id]
+    ids = [eot_id(tok)]
+    for i in declared:
+        if i is not None and i not in ids:
+            ids.append(i)
+    return ids
+
+
 def encode_after(tok, before, text):
     """The ids of `text` as the tokenizer writes it after `before` in one string: the tokens a
     model given `before` should go on with (an SFT target, a pair's side, a rationale before

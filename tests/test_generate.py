@@ -206,22 +206,26 @@ def test_bad_input(tiny_run, tmp_path):
 
 class FakeModel:
     """Only what sample_rationales reads of a model; ScriptedSampler does the sampling."""
-    config = type("Config", (), {"block_size": 128})()
+    config = type("Config", (), {"block_size": 128, "eos_id": None})()
+
+    def parameters(self):  # on the CPU: the batch size is the CPU's default
+        import torch
+        return iter([torch.zeros(1)])
 
 
 class ScriptedSampler:
-    """Stands in for model.sample: answers each prompt with a scripted text chosen by
+    """Stands in for sampler.sample: answers each prompt with a scripted text chosen by
     `respond(prompt_text)`; a prompt that ends in the answer line gets the hint copied
     (what a real model does when its prompt still holds the given answer)."""
 
     def __init__(self, tok, respond):
         self.tok, self.respond = tok, respond
 
-    def __call__(self, model, prompts, num_samples=1, eot_id=None, pad_id=0, **kw):
+    def __call__(self, model, prompts, num_samples=1, stop_ids=None, pad_id=0, **kw):
         import re
         import torch
-        from model import Samples
-        eot_id = eot_id[0] if isinstance(eot_id, list) else eot_id  # [end of text, line breaks...]
+        from sampler import Samples
+        eot_id = stop_ids[0] if isinstance(stop_ids, list) else stop_ids  # [end of text, line breaks...]
         rows = []
         for p in prompts:
             text = self.tok.decode(p)
@@ -305,16 +309,16 @@ def test_evaluation_completes_a_missing_answer_line_only_without_a_hint(tiny_run
 
 
 class FewShotSampler:
-    """Stands in for model.sample behind a few-shot prompt: respond(prompt_text) -> (text,
+    """Stands in for sampler.sample behind a few-shot prompt: respond(prompt_text) -> (text,
     finished); a row that finishes ends in a line break, as the real sampler stops there.
     Records every prompt it is given."""
 
     def __init__(self, tok, respond):
         self.tok, self.respond, self.prompts = tok, respond, []
 
-    def __call__(self, model, prompts, num_samples=1, eot_id=None, pad_id=0, **kw):
+    def __call__(self, model, prompts, num_samples=1, stop_ids=None, pad_id=0, **kw):
         import torch
-        from model import Samples
+        from sampler import Samples
         rows, done = [], []
         for p in prompts:
             text = self.tok.decode(p)
@@ -358,7 +362,8 @@ def test_fewshot_collect_reads_the_answer_without_the_given_one(tiny_run, monkey
     monkeypatch.setattr(rationales, "sample", sampler)
     rows = [{"id": n, "question": f"A coin is heads up. {n} flips the coin. {n} flips the coin. Is the coin "
              f"still heads up?", "answer": "yes"} for n in ("Ann", "Bob", "Cy", "Dee")]
-    big = type("M", (), {"config": type("C", (), {"block_size": 4096})()})()
+    big = FakeModel()
+    big.config = type("Config", (), {"block_size": 4096, "eos_id": None})()
     records, stats = generate.collect(big, tok, task, rows, k=2, m=1, k_unhinted=1, temperature=1.0, seed=0,
                                       quiet=True, exemplars=exemplars)
     generation = [p for p in sampler.prompts if p.endswith("Explanation:")]
@@ -407,4 +412,4 @@ def test_exemplars_come_from_gold_rationales_or_the_written_ones():
     written = fewshot.exemplars(get_task("coin_flip"), rows[1:2], 3)
     assert written == fewshot.WRITTEN["coin_flip"][:3]
     with pytest.raises(ValueError, match="--shots 0"):
-        fewshot.exemplars(get_task("aqua"), rows[1:2], 2)
+        fewshot.exemplars(get_task("strategy_qa"), rows[1:2], 2)  # gold rationales only

@@ -20,7 +20,8 @@ import torch
 import hf
 from data.tokenizer import train_tokenizer
 from model import (GPT, CheckpointError, GPTConfig, configure_optimizer, from_pretrained, lm_to_scalar,
-                   load_checkpoint, sample, save_checkpoint, save_pretrained, sequence_scores)
+                   load_checkpoint, save_checkpoint, save_pretrained, sequence_scores)
+from sampler import sample
 
 import transformers  # test-only (requirements-test.txt): without it these tests fail, never skip
 
@@ -92,7 +93,7 @@ def _assert_same_logits(a, b, mask, tol=1e-4):
 def _assert_same_greedy(model, hf_model, tokenizer, n=32):
     ids, x, mask = _batch(tokenizer)
     eos = model.config.eos_id
-    ours = sample(model, ids, max_new_tokens=n, temperature=0, eot_id=eos, pad_id=0)
+    ours = sample(model, ids, max_new_tokens=n, temperature=0, stop_ids=eos, pad_id=0)
     with torch.no_grad():
         theirs = hf_model.generate(x, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=0,
                                    eos_token_id=eos, pad_token_id=0)[:, x.size(1):]
@@ -469,7 +470,7 @@ def test_smollm2_real_checkpoint():
     x = torch.tensor([[pad] * (T - len(p)) + p for p in ids])
     mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in ids])
     _assert_same_logits(_our_logits(model, x, mask), _hf_logits(hf_model, x, mask), mask)
-    ours = sample(model, ids, max_new_tokens=32, temperature=0, eot_id=c.eos_id, pad_id=pad)
+    ours = sample(model, ids, max_new_tokens=32, temperature=0, stop_ids=c.eos_id, pad_id=pad)
     with torch.no_grad():
         theirs = hf_model.generate(x, attention_mask=mask, do_sample=False, max_new_tokens=32,
                                    eos_token_id=c.eos_id, pad_token_id=pad)[:, T:]

@@ -157,7 +157,7 @@ def test_ppo_penalises_a_rationale_that_states_no_answer(tiny_run):
                          finished=torch.tensor([True, True]))
     args = SimpleNamespace(samples_per_question=2, reward="exact", no_answer_penalty=1.0, unfinished_penalty=2.0,
                            reward_clip=5.0)
-    data = SimpleNamespace(tok=tok, task=get_task("gsm8k"), eot=eot)
+    data = SimpleNamespace(tok=tok, task=get_task("gsm8k"), stop_ids=[eot])
     models = SimpleNamespace(rm=None)
     rows = [{"question": "How many apples?", "answer": "5"}]
     seq_reward, _, correct, has_answer, _ = train_ppo.rollout_rewards(

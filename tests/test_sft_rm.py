@@ -196,7 +196,7 @@ def test_a_completion_is_encoded_as_it_follows_its_prompt_with_a_sentencepiece_t
     word marker from a SentencePiece-style tokenizer, which SFT would then teach."""
     import rationales
     from data.tasks import get_task
-    from model import Samples
+    from sampler import Samples
     tok = sentencepiece_style_tokenizer()
     prompt, completion = "Question: Ann has 3 figs. How many?\nAnswer:", " It is 3. So the answer is 3."
     whole, eos = tok.encode(prompt + completion).ids, tok.token_to_id("</s>")
