@@ -382,3 +382,31 @@ def test_sft_keeps_the_checkpoint_with_the_lowest_held_out_loss(tiny_run, tmp_pa
     assert torch.load(out, weights_only=True)["provenance"]["step"] == chosen["step"]
     assert f"step {chosen['step']} of 12, the lowest held-out loss" in capsys.readouterr().out
     assert not os.path.exists(out + ".best") and not os.path.exists(out + ".partial")
+
+
+# -----------------------------------------------------------------------------
+# Stop ids and a padded vocabulary, in PPO's rollouts and log-probs
+
+
+def test_rollouts_stop_at_every_end_id_and_score_the_sampled_distribution():
+    """A checkpoint whose embedding has rows past its tokenizer's vocabulary, and which ends its
+    turn with an id of its own: rollouts stop there, and PPO's log-probs are those of the
+    distribution the sampler drew from (padding rows masked), so the first ratio is 1."""
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(vocab_size=64, block_size=64, n_layer=1, n_head=2, n_embd=32))
+    with torch.no_grad():  # an end id of the checkpoint's own, and padding rows, both likely
+        policy.lm_head.weight[40:] += 0.3 * torch.randn(24, 32)
+    eot, turn_end, n_vocab = 0, 39, 40
+    prompts = [[5, 6, 7], [8, 9]]
+    ro = train_ppo.rollout(policy, prompts, 4, 1.0, 30, [eot, turn_end], list(range(8)), "cpu", n_vocab=n_vocab)
+    ends = [r[-1] for r, f in zip(ro.responses, ro.finished.tolist()) if f]
+    assert turn_end in ends  # finished at the checkpoint's own end id
+    assert all(t < n_vocab for r in ro.responses for t in r)  # never a padding id
+    ref = copy.deepcopy(policy)
+    critic = lm_to_scalar(policy)
+    batch = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(8), 0.0, 1.0, 1.0, 0.95, n_vocab=n_vocab)
+    for i, r in enumerate(ro.responses):
+        on = batch.mask[i] > 0
+        assert torch.allclose(batch.old_logp[i][on], torch.tensor(ro.sampler_logp[i]), atol=1e-5)
+    unmasked = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(8), 0.0, 1.0, 1.0, 0.95)
+    assert not torch.allclose(unmasked.old_logp, batch.old_logp, atol=1e-3)  # the mask matters here
