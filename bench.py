@@ -146,7 +146,9 @@ def hf_compare(name, layers, device, train_steps, batch, seq, seed, n_prompts):
     theirs = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa").to(device)
     ours = GPT(hf.config_from_hf(hf_config.to_dict(), name, block_size=1024))
     sd = theirs.state_dict()
-    hf.state_dict_from_hf(ours, shape["model_type"], lambda n: (sd[n], name), set(sd), name)
+    plan = hf.hf_tensor_plan(ours, shape["model_type"], {n: t.shape for n, t in sd.items()},
+                             dict.fromkeys(sd, name), name, name)
+    hf.state_dict_from_hf(ours, plan, sd.__getitem__)
     ours = ours.to(device)
     print(f"{name}: {shape[layer_key]} layers, {ours.num_params() / 1e6:.1f}M parameters, device {device}, "
           f"threads {torch.get_num_threads()}, transformers {transformers.__version__}")
@@ -202,6 +204,9 @@ def hf_compare(name, layers, device, train_steps, batch, seq, seed, n_prompts):
           f"{theirs_train:,.0f} tokens/s, {ours_train / theirs_train:.2f}x")
     print(f"  sampling ({n_prompts} prompts of 16-32 tokens, {new} new, temperature 1): ours {ours_rate:,.0f} tokens/s, "
           f"transformers generate {theirs_rate:,.0f} tokens/s, {ours_rate / theirs_rate:.2f}x")
+    return {"train_tokens_per_s": {"ours": ours_train, "transformers": theirs_train},
+            "sample_tokens_per_s": {"ours": ours_rate, "transformers": theirs_rate},
+            "sample_ratio": ours_rate / theirs_rate, "prompts": n_prompts, "new_tokens": new}
 
 
 # -----------------------------------------------------------------------------
@@ -230,10 +235,14 @@ def peak_memory(device):
     return int(kb) * 1024
 
 
-def shape_config(name, layers=None, block_size=None):
+def shape_config(name, layers=None, block_size=None, vocab_size=None):
+    """The GPTConfig of a named shape, with fewer layers or a smaller vocabulary where asked (a
+    CPU run of the same code)."""
     shape = dict(HF_SHAPES[name])
     if layers:
         shape["n_layer" if shape["model_type"] == "gpt2" else "num_hidden_layers"] = layers
+    if vocab_size:
+        shape["vocab_size"] = vocab_size
     return hf.config_from_hf(shape, name, block_size=block_size)
 
 
@@ -250,11 +259,11 @@ def ppo_models(config, rt, seed):
 
 
 def ppo_phases(name, layers, rollouts, k, micro_batch_size, prompt_tokens, rationale_tokens, rt, seed,
-               updates=1, epochs=1, lr=1e-6, grad_checkpointing=False):
+               updates=1, epochs=1, lr=1e-6, grad_checkpointing=False, vocab_size=None):
     """`updates` PPO updates at a named shape on random prompts, with random rewards: per phase
     (rollout, scoring, update) its seconds, tokens/s and peak memory. The rollouts run to the
     budget (random weights seldom write the stop id), the worst case for memory."""
-    config = shape_config(name, layers, prompt_tokens + rationale_tokens)
+    config = shape_config(name, layers, prompt_tokens + rationale_tokens, vocab_size)
     policy, ref, rm, critic = ppo_models(config, rt, seed)
     for model in (policy, critic):
         model.grad_checkpointing = grad_checkpointing
@@ -340,37 +349,38 @@ def gpu_check(args, rt):
       3. sampling tokens/s against transformers' generate at Qwen2.5-0.5B (goal: 2x or more)
       4. training MFU at GPT-2 124M in bf16 (goal: 40% or more)"""
     cut = args.cut
-    layers, rationale, rollouts = (2, 16, 8) if cut else (None, 256, 64)
+    # cut: one layer, a 4,096-token vocabulary, short sequences, few rollouts
+    layers, vocab, prompt, rationale, rollouts = (1, 4096, 16, 16, 8) if cut else (None, None, 128, 256, 64)
     report = {"device": str(rt.device), "dtype": str(rt.dtype), "cut": cut}
     t0 = time.time()
-    check = ppo_phases("qwen2.5-0.5b", layers, rollouts, 4, 8, 32 if cut else 128, rationale, rt, args.seed,
-                       updates=2, epochs=2, lr=1e-5, grad_checkpointing=True)
+    check = ppo_phases("qwen2.5-0.5b", layers, rollouts, 4, 8, prompt, rationale, rt, args.seed,
+                       updates=2, epochs=2, lr=1e-5, grad_checkpointing=True, vocab_size=vocab)
     report["ppo_two_updates"] = check
     for u, upd in enumerate(check["updates"], 1):
         print(f"[1] update {u}: first-minibatch approx KL {upd['first_approx_kl']:.2e}, clip fraction by epoch "
               f"{', '.join(f'{c:.4f}' for c in upd['epoch_clip_frac'])}; peak GiB " +
               ", ".join(f"{k} {v['peak_gib']:.2f}" for k, v in upd["phases"].items()))
     for name in ("qwen2.5-0.5b", "qwen2.5-1.5b"):
-        r = ppo_phases(name, 1 if cut else None, rollouts, 4, 8, 32 if cut else 128, rationale, rt, args.seed,
-                       grad_checkpointing=True)
+        r = ppo_phases(name, layers, rollouts, 4, 8, prompt, rationale, rt, args.seed, grad_checkpointing=True,
+                       vocab_size=vocab)
         report[f"ppo_memory_{name}"] = r
         phases = r["updates"][0]["phases"]
         each = ", ".join(f"{k} {v['peak_gib']:.1f}" for k, v in phases.items())
         print(f"[2] {name} ({r['parameters'] / 1e9:.2f}B parameters): PPO peak "
               f"{max(v['peak_gib'] for v in phases.values()):.1f} GiB ({each})")
     try:
-        report["sampling_vs_generate"] = hf_compare("qwen2.5-0.5b", 2 if cut else None, rt.device, 1, 2, 32, args.seed,
-                                                    64 if not cut else 4)
+        report["sampling_vs_generate"] = hf_compare("gpt2" if cut else "qwen2.5-0.5b", layers, rt.device, 1, 2, 32,
+                                                    args.seed, 4 if cut else 64)
     except ImportError:
         print("[3] transformers is not installed: no comparison with generate")
-    model = GPT(shape_config("gpt2", 2 if cut else None, 1024)).to(rt.device)
+    model = GPT(shape_config("gpt2", layers, 1024, vocab)).to(rt.device)
     if args.compile:
         model = torch.compile(model)
     peak = max(matmul_flops(n, rt.dtype, rt.device) for n in ((1024,) if cut else (4096, 8192)))
     tok_s, flops = train_rate(model, 4 if cut else 16, 64 if cut else 1024, 2 if cut else 20, rt)
     report["train_mfu"] = {"tokens_per_s": tok_s, "flops": flops, "matmul_peak": peak, "mfu": flops / peak}
     print(f"[4] GPT-2 124M training: {tok_s:,.0f} tokens/s, MFU {100 * flops / peak:.1f}% of the measured "
-          f"{str(rt.dtype).replace('torch.', '')} matmul rate ({peak / 1e12:.0f} TFLOP/s)")
+          f"{str(rt.dtype).replace('torch.', '')} matmul rate ({peak / 1e12:.2f} TFLOP/s)")
     report["seconds"] = time.time() - t0
     print(f"gpu check: {report['seconds']:.0f} s")
     if args.out:
