@@ -14,7 +14,8 @@ the STaR / rejection-sampling baseline's data (sft_unhinted.jsonl), never SML's.
 A pretrained model on one of the paper's datasets (--shots, on by default there) is shown
 solved exemplars first and writes its explanation for the given answer on one line; its final
 answer is then read from the question and the explanation alone, on a prompt without the given
-answer, and the check compares the two (rationales.sample_rationales). Kept rationales are
+answer, and the check compares the two (rationales.sample_rationales; a choice or yes/no
+answer is the candidate the model prefers, calibrated against a content-free prompt). Kept rationales are
 written in the zero-shot format, "<explanation> So the answer is X.", that SFT teaches.
 
 Writes into --out_dir (all at once: a half-finished collection never has the folder's name):
@@ -158,8 +159,10 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
             kind = "correct" if hint == row["answer"] else "wrong"
             requests.append((row["question"], hint))
             meta.append((row, hint, kind))
+    # a choice or yes/no dataset: the few-shot answer line is read among the row's answers
+    candidates = rationales.answer_candidates(task, [row for row, _, _ in meta])
     results, speed = rationales.sample_rationales(model, tok, task, requests, k, temperature, seed,
-                                       desc="collect", quiet=quiet, **kw)
+                                       desc="collect", quiet=quiet, candidates=candidates, **kw)
     if k_unhinted:  # the STaR baseline's samples: no answer given
         res_u, sp_u = rationales.sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
                                         k_unhinted, temperature, rationales.derive_seed(seed, "unhinted"),

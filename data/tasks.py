@@ -98,6 +98,11 @@ class Task:
         training: SML's point is that the answers alone have to do."""
         return None
 
+    def answer_candidates(self, row):
+        """The answers an answer line is read among (rationales.read_answers_by_candidates),
+        or None: read what the model writes, greedily (numbers, letters, the built-in world)."""
+        return None
+
     def wrong_answers(self, row, m, rng):
         """m distinct wrong answers: the other choices for multiple choice, else the task's own."""
         if row.get("choices"):
@@ -434,17 +439,19 @@ _UNIT_WORD = r"[a-z]{2,}"  # lower case: a capitalized word starts a sentence or
                            # letter is a variable ("2x")
 # a unit after a number, skipped where an operator or "=" follows: "7 stickers/page *",
 # "6 pages=", "3 large stickers +"; or a rate: "$8/hour"
-_UNIT = (rf"(?:\s*(?:{_UNIT_WORD}\s+){{0,2}}{_UNIT_WORD}(?:/{_UNIT_WORD})?(?=\s*(?:[-+*×÷−–=)]|/(?![a-z])|[xX]\s))"
-         rf"|/{_UNIT_WORD})?")
+_OPERATOR_AHEAD = r"(?=\s*(?:[-+*×÷−–=)]|/(?![a-z])|[xX]\s))"  # a "/" before a letter is a rate's
+_UNIT = rf"(?:\s*(?:{_UNIT_WORD}\s+){{0,2}}{_UNIT_WORD}(?:/{_UNIT_WORD})?{_OPERATOR_AHEAD}|/{_UNIT_WORD})?"
 # and the number ends there: "1.2Y", "2x + 3" are a variable's coefficients, not read
 _NOT_A_COEFFICIENT = r"(?![^\W\d_xX]|[xX](?!\d)|[.,]?\d)"
+_DIGITS = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?|\$?\.\d+%?"  # $1,234.50 50% .5
 EQUATION_TOKEN_RE = re.compile(
     rf"(?P<time>\d{{1,2}}:\d{{2}}(?!\d))"  # 6:00 is a time of day, not math
     rf"|(?P<fraction>{_START}\$?\d+(?:\.\d+)?/\d+(?:\.\d+)?){_UNIT}{_NOT_A_COEFFICIENT}"  # unspaced: one number
-    rf"|(?P<number>{_START}\$?(?:\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.\d+)?%?|{_START}\$?\.\d+%?){_UNIT}{_NOT_A_COEFFICIENT}"
+    rf"|(?P<number>{_START}(?:{_DIGITS})){_UNIT}{_NOT_A_COEFFICIENT}"
     rf"|(?P<op>[-+*/×÷−–]|(?<=\s)[xX](?=\s)|(?<=\d)[xX](?=\d))"
     rf"|(?P<open>\()|(?P<close>\))|(?P<equals>=)|(?P<space>\s+)|(?P<other>[^\W\d_]+|.)")
-EQUATION_OPS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "x": "*", "X": "*", "×": "*", "/": "/", "÷": "/"}
+EQUATION_OPS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "x": "*", "X": "*", "×": "*",
+                "/": "/", "÷": "/"}
 
 
 def _equation_runs(text):
@@ -698,6 +705,11 @@ class ChoiceTask(DatasetTask):
     def _wrong_answers(self, answer, m, rng):
         raise ValueError("a multiple-choice row needs its 'choices' (the letters) for wrong answers")
 
+    def answer_candidates(self, row):
+        if not row.get("choices"):
+            raise ValueError("a multiple-choice row needs its 'choices' (the letters) to read an answer among")
+        return list(row["choices"])
+
 
 class YesNoTask(DatasetTask):
     """yes or no: "Yes," -> "yes". Unstated: the text opens with "Yes,"/"No." (a word of its
@@ -716,6 +728,9 @@ class YesNoTask(DatasetTask):
         return found.pop() if len(found) == 1 else None
 
     _wrong_answers = CoinFlip._wrong_answers  # the other side
+
+    def answer_candidates(self, row):
+        return ["yes", "no"]
 
 
 class LettersTask(DatasetTask):
@@ -745,6 +760,10 @@ DATASET_TASKS = {key: type(key, (answer_type,), {"name": key}) for key, answer_t
     "coin_flip": YesNoTask, "commonsense_qa": ChoiceTask, "strategy_qa": YesNoTask,
 }.items()}  # one class per key, so that task.name says which dataset
 
+
+# The answer types with a few classes, whose class balance the reports show: a model that
+# answers the majority class everywhere must not pass for one that reasons
+CLASS_KINDS = ("yesno", "choice")
 
 TASKS = {"arithmetic": Arithmetic, "coinflip": CoinFlip, "lastletter": LastLetter}
 WORLD_TASKS = tuple(TASKS)  # the built-in world: generated, with a corpus and a step checker

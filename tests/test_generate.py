@@ -328,20 +328,24 @@ class FewShotSampler:
         return Samples(tokens, torch.zeros(tokens.shape), torch.tensor([len(r) for r in rows]), torch.tensor(done))
 
 
-def test_fewshot_collect_reads_the_answer_without_the_given_one(tiny_run, monkeypatch):
+def test_fewshot_collect_reads_the_answer_without_the_given_one(monkeypatch):
     """SML steps 1-2 with a pretrained model's few-shot prompt: the rationale is written behind
     'Given answer: X', states no answer, ends at its line break; its answer is read on a
-    prompt that holds the question, the exemplars and the rationale, never the given answer."""
-    from data import fewshot, load_world
-    tok, _ = load_world(tiny_run["data"])
+    prompt that holds the question, the exemplars and the rationale, never the given answer
+    (a yes/no dataset: the answer the model prefers, calibrated, test_reader.py)."""
+    from data import fewshot
+    from test_reader import ScoredLM, tokenizer
+    tok = tokenizer()
     task = get_task("coin_flip")
     exemplars = fewshot.exemplars(task, [], 2)
 
+    def reads(context):  # the model's preference after "So the answer is"
+        assert "Given answer" not in context and context.endswith("So the answer is")
+        block = context.split("\n\n")[-1]  # the question being asked, after the exemplars
+        return {"yes": 2.0} if "an even number" in block else {"no": 2.0} if "an odd number" in block else {}
+
     def respond(prompt):
         block = prompt.split("\n\n")[-1]  # the question being asked, after the exemplars
-        if block.endswith("So the answer is"):  # reading the answer
-            assert "Given answer" not in prompt
-            return (" yes." if "an even number" in block else " no."), True
         q = block.split("Question: ")[1].split(" Is the coin")[0]
         hint = block.split("Given answer: ")[1].split("\n")[0] if "Given answer" in block else None
         if hint is None:  # unhinted, for the STaR baseline: states its answer itself
@@ -358,9 +362,8 @@ def test_fewshot_collect_reads_the_answer_without_the_given_one(tiny_run, monkey
     monkeypatch.setattr(rationales, "sample", sampler)
     rows = [{"id": n, "question": f"A coin is heads up. {n} flips the coin. {n} flips the coin. Is the coin "
              f"still heads up?", "answer": "yes"} for n in ("Ann", "Bob", "Cy", "Dee")]
-    big = type("M", (), {"config": type("C", (), {"block_size": 4096})()})()
-    records, stats = generate.collect(big, tok, task, rows, k=2, m=1, k_unhinted=1, temperature=1.0, seed=0,
-                                      quiet=True, exemplars=exemplars)
+    records, stats = generate.collect(ScoredLM(tok, reads), tok, task, rows, k=2, m=1, k_unhinted=1,
+                                      temperature=1.0, seed=0, quiet=True, exemplars=exemplars)
     generation = [p for p in sampler.prompts if p.endswith("Explanation:")]
     assert len(generation) == 8 and all(p.count("Given answer:") == 3 for p in generation)  # 2 shots + the question
     assert all(exemplars[0]["rationale"] in p for p in sampler.prompts)
@@ -408,3 +411,4 @@ def test_exemplars_come_from_gold_rationales_or_the_written_ones():
     assert written == fewshot.WRITTEN["coin_flip"][:3]
     with pytest.raises(ValueError, match="--shots 0"):
         fewshot.exemplars(get_task("aqua"), rows[1:2], 2)
+
