@@ -412,3 +412,66 @@ def test_exemplars_come_from_gold_rationales_or_the_written_ones():
     with pytest.raises(ValueError, match="--shots 0"):
         fewshot.exemplars(get_task("aqua"), rows[1:2], 2)
 
+
+# --- a hinted explanation that refers to the hint; class balance in stats.json ------------
+
+
+def test_a_hinted_explanation_that_refers_to_the_hint_is_discarded():
+    task = get_task("coin_flip")
+    for text in ("As given, the coin is heads up. So the answer is yes.",
+                 "The given answer is yes, so the coin is heads up. So the answer is yes.",
+                 "The hint says yes. So the answer is yes."):
+        assert generate.label_rationale(task, "yes", "yes", text, True)[2:] == ("discarded", "mentions_hint")
+        assert generate.label_rationale(task, "yes", "no", text, True)[2:] == ("discarded", "mentions_hint")
+        # no answer given (STaR's samples): nothing to refer to, the answer decides
+        assert generate.label_rationale(task, "yes", None, text, True)[2:] == ("star", None)
+    assert generate.label_rationale(task, "yes", "yes", "Flipped twice, an even number. So the answer is yes.",
+                                    True)[2:] == ("high", None)
+    assert "mentions_hint" in generate.DISCARD_REASONS
+
+
+def test_the_worlds_rationales_never_refer_to_a_hint():
+    """The built-in world's corpus, its rationalizations and its prompts never say "hint",
+    "given answer" or "as given", so a model pretrained on them that writes well-formed
+    rationales is never discarded for it. (A model a few dozen steps into pretraining writes
+    junk that copies "Hint:" from its prompt; junk that states one answer is discarded as
+    "mentions_hint" instead of kept or "inconsistent".)"""
+    rng = random.Random(0)
+    for name in ("arithmetic", "coinflip", "lastletter"):
+        task = get_task(name)
+        for _ in range(300):
+            prob = task.make_problem(rng)
+            hint = rng.choice([prob["answer"]] + task.wrong_answers(prob, 2, rng))
+            for text in (task.careless_rationale(prob, rng, 0.3)[0], task.rationalization(prob, hint, rng, 0.3),
+                         task.assertion(prob, hint, rng), prob["rationale"], prob["question"]):
+                assert not generate.MENTIONS_HINT_RE.search(text), text
+        assert generate.MENTIONS_HINT_RE.search(task.prompt("q", hint="1"))  # only the prompt says it
+
+
+def test_collect_counts_the_yield_and_the_classes_of_each_answer(monkeypatch):
+    """A model that argues well for "no" but not for "yes" (the Coin Flip run on SmolLM2):
+    stats.json shows the yield for each given answer, and SFT rows that are mostly "no"
+    against questions that are half "yes"."""
+    task = get_task("coin_flip")
+
+    def stub(model, tok, task, requests, k, *a, **kw):  # "yes" is argued for on question q1 only
+        texts = [f"It is so. So the answer is {'no' if h == 'yes' and q != 'q1' else h}." for q, h in requests]
+        return [[{"text": t, "answer_text": t, "finished": True}] * k for t in texts], {"tokens": 1, "seconds": 1.0}
+
+    monkeypatch.setattr(rationales, "sample_rationales", stub)
+    rows = [{"id": str(i), "question": f"q{i}", "answer": "yes" if i % 2 else "no"} for i in range(6)]
+    records, stats = generate.collect(None, None, task, rows, k=2, m=1, k_unhinted=0, temperature=1.0, seed=0,
+                                      quiet=True)
+    by_class = {kind: stats["by_hint_type"][kind]["by_class"] for kind in ("correct", "wrong")}
+    assert by_class["correct"] == {"no": {"samples": 6, "kept": 6, "yield": 1.0},
+                                   "yes": {"samples": 6, "kept": 2, "yield": 2 / 6}}
+    assert by_class["wrong"] == {"no": {"samples": 6, "kept": 6, "yield": 1.0},
+                                 "yes": {"samples": 6, "kept": 0, "yield": 0.0}}
+    sft = generate.build_sft_rows(task, records)
+    pairs = generate.build_pairs(task, records, 0, random.Random(0))
+    assert generate.class_histograms(task, rows, sft, pairs) == {
+        "questions": {"no": 3, "yes": 3}, "sft_rows": {"no": 3, "yes": 1}, "pairs": {"yes": 1}}
+    assert generate.class_histograms(get_task("gsm8k"), rows, sft, pairs) == {}  # numbers: not counted
+    _, stats = generate.collect(None, None, get_task("gsm8k"), [{"id": "1", "question": "q", "answer": "4"}],
+                                k=1, m=1, k_unhinted=0, temperature=1.0, seed=0, quiet=True)
+    assert "by_class" not in stats["by_hint_type"]["correct"]
