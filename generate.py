@@ -85,9 +85,11 @@ def get_args(argv=None):
 
 
 DISCARD_REASONS = ("unfinished", "no_answer", "two_answers", "mentions_hint", "inconsistent", "wrong")
-# An explanation that leans on the given answer itself ("as given", "the hint says") argues
-# nothing: a base model behind "Given answer: X" writes these, and the consistency check
-# would keep them. The built-in world's rationales never say these words.
+# An explanation on one of the paper's datasets that leans on the given answer itself ("as
+# given", "the hint says") argues nothing: a base model behind "Given answer: X" writes these,
+# and the consistency check would keep them. Not in the built-in world, whose measured figures
+# stay as they were: its coin flip model copies "Hint:" from its prompt into about 1 rationale
+# in 400 (6 of 2,400 hinted samples of the default preset's base model), which it always did.
 MENTIONS_HINT_RE = re.compile(r"\bgiven answer\b|\bas given\b|\bhint", re.IGNORECASE)
 
 
@@ -97,8 +99,8 @@ def label_rationale(task, gold, hint, text, finished):
 
     A rationale counts only if it ended (end-of-text) and states exactly one final answer;
     otherwise it is discarded ("unfinished", "no_answer", "two_answers"). Given an answer
-    (hint): discarded if it refers to the hint itself ("mentions_hint": "the given answer",
-    "as given", "hint"), else kept if its final answer agrees with the hint, as "high" quality
+    (hint): on the paper's datasets, discarded if it refers to the hint itself ("mentions_hint":
+    "the given answer", "as given", "hint"); else kept if its final answer agrees with the hint, as "high" quality
     for the correct answer and "low" for a wrong one; otherwise discarded ("inconsistent"). No answer given
     (the STaR baseline's samples, never SML's): kept as "star" if the answer is correct,
     else discarded ("wrong").
@@ -112,7 +114,7 @@ def label_rationale(task, gold, hint, text, finished):
         return final, correct, "discarded", "no_answer"
     if len(stated) > 1:
         return final, correct, "discarded", "two_answers"
-    if hint is not None and MENTIONS_HINT_RE.search(text):
+    if hint is not None and task.name in DATASET_TASKS and MENTIONS_HINT_RE.search(text):
         return final, correct, "discarded", "mentions_hint"
     if hint is None:
         return (final, correct, "star", None) if correct else (final, correct, "discarded", "wrong")

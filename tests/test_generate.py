@@ -430,12 +430,12 @@ def test_a_hinted_explanation_that_refers_to_the_hint_is_discarded():
     assert "mentions_hint" in generate.DISCARD_REASONS
 
 
-def test_the_worlds_rationales_never_refer_to_a_hint():
-    """The built-in world's corpus, its rationalizations and its prompts never say "hint",
-    "given answer" or "as given", so a model pretrained on them that writes well-formed
-    rationales is never discarded for it. (A model a few dozen steps into pretraining writes
-    junk that copies "Hint:" from its prompt; junk that states one answer is discarded as
-    "mentions_hint" instead of kept or "inconsistent".)"""
+def test_the_world_keeps_its_labels_whatever_its_rationales_say():
+    """The built-in world's corpus, rationalizations and questions never say "hint", "given
+    answer" or "as given"; but its coin flip model copies "Hint:" from its prompt into about 1
+    rationale in 400 (6 of 2,400 hinted samples of the default preset's base model, seed 1337),
+    and those were labelled by their answer when the project's figures were measured. The
+    world keeps that: the discard is for the paper's datasets."""
     rng = random.Random(0)
     for name in ("arithmetic", "coinflip", "lastletter"):
         task = get_task(name)
@@ -445,7 +445,10 @@ def test_the_worlds_rationales_never_refer_to_a_hint():
             for text in (task.careless_rationale(prob, rng, 0.3)[0], task.rationalization(prob, hint, rng, 0.3),
                          task.assertion(prob, hint, rng), prob["rationale"], prob["question"]):
                 assert not generate.MENTIONS_HINT_RE.search(text), text
-        assert generate.MENTIONS_HINT_RE.search(task.prompt("q", hint="1"))  # only the prompt says it
+    copied = "Hint: Gus does not flip: heads. Kit flips: tails. Dot flips: heads. So the answer is yes."
+    assert generate.label_rationale(get_task("coinflip"), "yes", "yes", copied, True)[2:] == ("high", None)
+    assert generate.label_rationale(get_task("coin_flip"), "yes", "yes", copied, True)[2:] == \
+        ("discarded", "mentions_hint")
 
 
 def test_collect_counts_the_yield_and_the_classes_of_each_answer(monkeypatch):
