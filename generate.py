@@ -15,8 +15,9 @@ A pretrained model on one of the paper's datasets (--shots, on by default there)
 solved exemplars first and writes its explanation for the given answer on one line; its final
 answer is then read from the question and the explanation alone, on a prompt without the given
 answer, and the check compares the two (rationales.sample_rationales; a choice or yes/no
-answer is the candidate the model prefers, calibrated against a content-free prompt). Kept rationales are
-written in the zero-shot format, "<explanation> So the answer is X.", that SFT teaches.
+answer is the candidate the model prefers, calibrated against a content-free prompt). Kept
+rationales are written in the zero-shot format, "<explanation> So the answer is X.", that SFT
+teaches.
 
 Writes into --out_dir (all at once: a half-finished collection never has the folder's name):
 rationales.jsonl (every sample, labelled), sft.jsonl, pairs.jsonl, sft_unhinted.jsonl,
@@ -99,11 +100,11 @@ def label_rationale(task, gold, hint, text, finished):
 
     A rationale counts only if it ended (end-of-text) and states exactly one final answer;
     otherwise it is discarded ("unfinished", "no_answer", "two_answers"). Given an answer
-    (hint): on the paper's datasets, discarded if it refers to the hint itself ("mentions_hint":
-    "the given answer", "as given", "hint"); else kept if its final answer agrees with the hint, as "high" quality
-    for the correct answer and "low" for a wrong one; otherwise discarded ("inconsistent"). No answer given
-    (the STaR baseline's samples, never SML's): kept as "star" if the answer is correct,
-    else discarded ("wrong").
+    (hint): on the paper's datasets, discarded if it refers to the hint itself
+    ("mentions_hint": "the given answer", "as given", "hint"); else kept if its final answer
+    agrees with the hint, as "high" quality for the correct answer and "low" for a wrong one;
+    otherwise discarded ("inconsistent"). No answer given (the STaR baseline's samples, never
+    SML's): kept as "star" if the answer is correct, else discarded ("wrong").
     """
     stated = task.stated_answers(text)  # (text: with a few-shot prompt, the rationale + the answer line read)
     final = next(iter(stated)) if len(stated) == 1 else None
