@@ -12,6 +12,7 @@ The built-in reasoning tasks. Each task owns, in one place, everything the scrip
                          author who may slip on the way and bends a step to reach it
 - assertion():           right steps, then the given answer asserted anyway
 - step_errors():         an oracle for measuring only: how many steps of a rationale are wrong
+- answer_candidates():   the answers an answer line is read among (choice, yes/no datasets)
 
 A rationale is a list of steps, one sentence each, ending in "So the answer is X."
 
@@ -363,9 +364,10 @@ class LastLetter(Task):
 
 # -----------------------------------------------------------------------------
 # The paper's datasets (the Fine-tune-CoT collection; files read by data/datasets.py).
-# Their questions come from files, not a generator, so these tasks have no make_problem,
-# corpus or step checker: only the prompt (the same template as above), one extractor per
-# answer type, and the wrong answers to give as hints.
+# Their questions come from files, not a generator, so these tasks have no make_problem or
+# corpus: only the prompt (the same template as above), one extractor per answer type, the
+# wrong answers to give as hints, the answers a choice or yes/no line is read among, and for
+# the numeric ones a step checker that reads the rationale's equations.
 
 # Where a model states its final answer: "The answer is 18", "the final answer is (B)",
 # "Answer: yes", GSM8K's "#### 18". The last statement counts (a model that corrects itself
