@@ -14,12 +14,15 @@ the STaR / rejection-sampling baseline's data (sft_unhinted.jsonl), never SML's.
 A pretrained model on one of the paper's datasets (--shots, on by default there) is shown
 solved exemplars first and writes its explanation for the given answer on one line; its final
 answer is then read from the question and the explanation alone, on a prompt without the given
-answer, and the check compares the two (rationales.sample_rationales). Kept rationales are
-written in the zero-shot format, "<explanation> So the answer is X.", that SFT teaches.
+answer, and the check compares the two (rationales.sample_rationales; a choice or yes/no
+answer is the candidate the model prefers, calibrated against a content-free prompt). Kept
+rationales are written in the zero-shot format, "<explanation> So the answer is X.", that SFT
+teaches.
 
 Writes into --out_dir (all at once: a half-finished collection never has the folder's name):
 rationales.jsonl (every sample, labelled), sft.jsonl, pairs.jsonl, sft_unhinted.jsonl,
-stats.json (kept and discarded, by reason).
+stats.json (kept and discarded, by reason; on a choice or yes/no task also the share kept for
+each given answer, and how many questions, SFT rows and pairs have each gold answer).
 
     python generate.py --ckpt runs/default/base.pt --data_dir runs/default/data \\
         --out_dir runs/default/collect
@@ -27,13 +30,15 @@ stats.json (kept and discarded, by reason).
 
 import os
 import random
+import re
 import time
+from collections import Counter
 
 import common
 import rationales
 from data import fewshot, load_world
 from data.jsonl import load_dataset, write_jsonl
-from data.tasks import DATASET_TASKS
+from data.tasks import CLASS_KINDS, DATASET_TASKS
 from model import load_checkpoint
 from sampler import check_sampling_args
 
@@ -82,7 +87,13 @@ def get_args(argv=None):
 # SML step 2: the answer-consistency check, and what it feeds
 
 
-DISCARD_REASONS = ("unfinished", "no_answer", "two_answers", "inconsistent", "wrong")
+DISCARD_REASONS = ("unfinished", "no_answer", "two_answers", "mentions_hint", "inconsistent", "wrong")
+# An explanation on one of the paper's datasets that leans on the given answer itself ("as
+# given", "the hint says") argues nothing: a base model behind "Given answer: X" writes these,
+# and the consistency check would keep them. Not in the built-in world, whose measured figures
+# stay as they were: its coin flip model copies "Hint:" from its prompt into about 1 rationale
+# in 400 (6 of 2,400 hinted samples of the default preset's base model), which it always did.
+MENTIONS_HINT_RE = re.compile(r"\bgiven answer\b|\bas given\b|\bhint", re.IGNORECASE)
 
 
 def label_rationale(task, gold, hint, text, finished):
@@ -91,10 +102,11 @@ def label_rationale(task, gold, hint, text, finished):
 
     A rationale counts only if it ended (end-of-text) and states exactly one final answer;
     otherwise it is discarded ("unfinished", "no_answer", "two_answers"). Given an answer
-    (hint): kept if its final answer agrees with the hint, as "high" quality for the correct
-    answer and "low" for a wrong one; otherwise discarded ("inconsistent"). No answer given
-    (the STaR baseline's samples, never SML's): kept as "star" if the answer is correct,
-    else discarded ("wrong").
+    (hint): on the paper's datasets, discarded if it refers to the hint itself
+    ("mentions_hint": "the given answer", "as given", "hint"); else kept if its final answer
+    agrees with the hint, as "high" quality for the correct answer and "low" for a wrong one;
+    otherwise discarded ("inconsistent"). No answer given (the STaR baseline's samples, never
+    SML's): kept as "star" if the answer is correct, else discarded ("wrong").
     """
     stated = task.stated_answers(text)  # (text: with a few-shot prompt, the rationale + the answer line read)
     final = next(iter(stated)) if len(stated) == 1 else None
@@ -105,6 +117,8 @@ def label_rationale(task, gold, hint, text, finished):
         return final, correct, "discarded", "no_answer"
     if len(stated) > 1:
         return final, correct, "discarded", "two_answers"
+    if hint is not None and task.name in DATASET_TASKS and MENTIONS_HINT_RE.search(text):
+        return final, correct, "discarded", "mentions_hint"
     if hint is None:
         return (final, correct, "star", None) if correct else (final, correct, "discarded", "wrong")
     if not task.answers_match(final, hint):
@@ -160,8 +174,10 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
             kind = "correct" if hint == row["answer"] else "wrong"
             requests.append((row["question"], hint))
             meta.append((row, hint, kind))
+    # a choice or yes/no dataset: the few-shot answer line is read among the row's answers
+    candidates = rationales.answer_candidates(task, [row for row, _, _ in meta])
     results, speed = rationales.sample_rationales(model, tok, task, requests, k, temperature, seed,
-                                       desc="collect", quiet=quiet, **kw)
+                                       desc="collect", quiet=quiet, candidates=candidates, **kw)
     if k_unhinted:  # the STaR baseline's samples: no answer given
         res_u, sp_u = rationales.sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
                                         k_unhinted, temperature, rationales.derive_seed(seed, "unhinted"),
@@ -198,6 +214,8 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
                 "yield": kept / len(sub), "correct": sum(r["correct"] for r in sub),
                 "discarded": {why: n for why in DISCARD_REASONS
                               if (n := sum(r["discard_reason"] == why for r in sub))}}
+            if task.answer_kind in CLASS_KINDS and kind != "none":
+                stats["by_hint_type"][kind]["by_class"] = yield_by_class(task, sub)
     hinted = [r for r in records if r["hint"] is not None]
     for label in ("high", "low"):  # hinted samples only: SML's data
         stats[label] = sum(r["label"] == label for r in hinted)
@@ -205,6 +223,32 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
     stats["star"] = sum(r["label"] == "star" for r in records)
     stats["questions_with_high"] = len({r["id"] for r in records if r["label"] == "high"})
     return records, stats
+
+
+def yield_by_class(task, records):
+    """{given answer: {"samples", "kept", "yield"}} for hinted records of a choice or yes/no
+    task: a model that can argue for "no" but not for "yes" keeps "no" rationales only, and
+    SFT on them teaches it to answer "no" everywhere."""
+    out = {}
+    for r in records:
+        c = out.setdefault(task.normalize(r["hint"]), {"samples": 0, "kept": 0})
+        c["samples"] += 1
+        c["kept"] += r["label"] != "discarded"
+    for c in out.values():
+        c["yield"] = c["kept"] / c["samples"]
+    return dict(sorted(out.items()))
+
+
+def class_histograms(task, rows, sft, pairs):
+    """For a choice or yes/no task, how many of each gold answer: the questions collected from
+    (the train split's, after --limit), the SFT rows and the reward model's pairs. SFT rows
+    that are mostly one class teach the majority class, whatever the split holds. Numeric and
+    letter answers have too many classes to count this way: {} there."""
+    if task.answer_kind not in CLASS_KINDS:
+        return {}
+    gold = {r["id"]: task.normalize(r["answer"]) for r in rows}
+    return {name: dict(sorted(Counter(gold[x["id"]] for x in items).items()))
+            for name, items in (("questions", rows), ("sft_rows", sft), ("pairs", pairs))}
 
 
 # -----------------------------------------------------------------------------
@@ -240,6 +284,7 @@ def main(argv=None):
     sft = build_sft_rows(task, records, "high")
     pairs = build_pairs(task, records, args.max_pairs_per_question, random.Random(args.seed))
     stats.update({"sft_rows": len(sft), "pairs": len(pairs), "wall_seconds": time.time() - t0,
+                  "classes": class_histograms(task, rows, sft, pairs),
                   "exemplars": exemplars, "max_new_tokens": budget,
                   "args": vars(args)})
     with common.atomic_folder(args.out_dir, OUTPUTS) as tmp:
@@ -252,8 +297,11 @@ def main(argv=None):
     for kind, s in stats["by_hint_type"].items():
         kept = "consistent" if kind != "none" else "correct"
         why = ", ".join(f"{n} {r}" for r, n in s["discarded"].items()) or "none"
-        print(f"hint {kind:7s}: {s['kept']}/{s['samples']} {kept} ({100 * s['yield']:.1f}%); "
-              f"discarded: {why}")
+        by_class = ", ".join(f"{c} {100 * v['yield']:.0f}%" for c, v in s.get("by_class", {}).items())
+        print(f"hint {kind:7s}: {s['kept']}/{s['samples']} {kept} ({100 * s['yield']:.1f}%"
+              f"{f'; given {by_class}' if by_class else ''}); discarded: {why}")
+    for name, counts in stats["classes"].items():
+        print(f"{name.replace('_', ' ')} by gold answer: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
     print(f"{len(sft)} SFT rows, {len(pairs)} pairs, {stats['questions_with_high']}/{len(rows)} "
           f"questions with a high-quality rationale, {stats['wall_seconds']:.0f}s, "
           f"{stats['tokens_per_s']:.0f} tok/s -> {args.out_dir}")

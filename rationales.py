@@ -5,6 +5,8 @@ train_rm.py and train_ppo.py) and the benchmark share.
 
 - sample_rationales(): prompts for (question, given answer or none) -> k rationales each,
   through the KV-cache fan-out sampler (sampler.py), with each one's final answer read back.
+- read_answers_by_candidates(): a choice or yes/no answer the model has to complete, read as
+  the candidate it prefers, calibrated against a content-free prompt.
 - evaluate(): accuracy of a model on a split (majority vote over k samples), with a 95%
   Wilson interval, and per-question predictions.
 
@@ -17,7 +19,10 @@ import math
 import time
 from collections import Counter
 
+import torch
+
 import common
+from data.tasks import CLASS_KINDS
 from data.tokenizer import encode_after, eot_id, newline_ids, stop_ids
 from sampler import prompts_per_batch, sample
 
@@ -50,7 +55,7 @@ def encode_prompt(tok, task, question, hint, exemplars, room, block):
 
 def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_tokens=None,
                       batch_prompts=None, top_k=None, top_p=None, complete_missing=False,
-                      exemplars=None, desc="sampling", quiet=False):
+                      exemplars=None, candidates=None, desc="sampling", quiet=False):
     """requests: list of (question, hint or None). Returns one list per request of k dicts
     {"text", "answer_text", "final_answer", "tokens", "logprobs", "finished"}.
 
@@ -67,6 +72,11 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
     its own: the answer line is completed on the prompt WITHOUT the given answer, from the
     question and the rationale alone, as the paper reads it (answer_text = rationale + that
     line).
+
+    candidates (a choice or yes/no dataset: answer_candidates()): per request, the answers
+    its answer line is read among. Both readings above then pick the candidate the model
+    prefers after "So the answer is", calibrated (read_answers_by_candidates), instead of
+    letting it write the line greedily.
 
     batch_prompts: prompts per batch (x k samples); None: as many as the device's memory
     holds. The answer-reading passes sample one row per rationale, as many rows per batch.
@@ -108,16 +118,26 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
                     for q, _ in requests]
         todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
                 for s in samples if s["finished"] and s["text"]]
-        lines = read_answer_lines(model, tok, task, unhinted, [q for q, _ in requests], todo, batch_prompts * k,
-                                  stops, one_line=True, desc=f"{desc}: reading answers", quiet=quiet)
+        if candidates is not None:
+            lines = read_answers_by_candidates(model, tok, task, unhinted, [q for q, _ in requests], todo,
+                                               candidates, exemplars, batch_prompts * k, desc=f"{desc}: reading answers",
+                                               quiet=quiet)
+        else:
+            lines = read_answer_lines(model, tok, task, unhinted, [q for q, _ in requests], todo, batch_prompts * k,
+                                      stops, one_line=True, desc=f"{desc}: reading answers", quiet=quiet)
         for (i, s), line in zip(todo, lines):
             s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
             s["final_answer"] = task.extract_answer(s["answer_text"])
             s["answer_read"] = True
     if complete_missing:
         missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
-        lines = read_answer_lines(model, tok, task, prompts, [q for q, _ in requests], missing, batch_prompts * k,
-                                  stops, one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
+        if candidates is not None:
+            lines = read_answers_by_candidates(model, tok, task, prompts, [q for q, _ in requests], missing,
+                                               candidates, exemplars, batch_prompts * k, desc=f"{desc}: answer lines",
+                                               quiet=quiet)
+        else:
+            lines = read_answer_lines(model, tok, task, prompts, [q for q, _ in requests], missing, batch_prompts * k,
+                                      stops, one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
         for (i, s), line in zip(missing, lines):
             s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
             s["final_answer"] = task.extract_answer(s["answer_text"])
@@ -156,6 +176,81 @@ def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts,
 
 
 # -----------------------------------------------------------------------------
+# Reading a choice or yes/no answer: the candidate the model prefers, calibrated
+
+CONTENT_FREE = "N/A"  # the question of the content-free prompt (Zhao et al. 2021)
+
+
+def answer_candidates(task, rows):
+    """Per row, the answers its answer line is read among (Task.answer_candidates: yes/no, or
+    the row's choices, on the paper's datasets), or None where the task's answers are read as
+    free text (numbers, letters, and every task of the built-in world)."""
+    found = [task.answer_candidates(r) for r in rows]
+    return found if found and all(c is not None for c in found) else None
+
+
+def candidate_logprobs(model, contexts, candidates):
+    """log P(candidate | context) for each context (token ids) and each of its candidates
+    (token-id lists), summed over the candidate's tokens, in one batched forward pass: every
+    distinct context + candidate[:j] whose next token is needed is one left-padded row, read
+    at its last position, so one-token candidates (" yes", " B") cost one row per context."""
+    rows = {}  # (context, candidate prefix) -> row of the batch
+    for c, cands in enumerate(candidates):
+        for cand in cands:
+            for j in range(len(cand)):
+                rows.setdefault((c, tuple(cand[:j])), len(rows))
+    seqs = [contexts[c] + list(prefix) for c, prefix in rows]
+    T = max(len(ids) for ids in seqs)
+    idx = torch.zeros(len(seqs), T, dtype=torch.long)
+    real = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for r, ids in enumerate(seqs):
+        idx[r, T - len(ids):] = torch.tensor(ids)
+        real[r, T - len(ids):] = True
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        logits, _ = model(idx.to(device), pad_mask=real.to(device), last_only=True)
+    next_token = logits[:, -1].float().log_softmax(-1).cpu()
+    return [[sum(next_token[rows[c, tuple(cand[:j])], cand[j]].item() for j in range(len(cand)))
+             for cand in cands] for c, cands in enumerate(candidates)]
+
+
+def read_answers_by_candidates(model, tok, task, prompts, questions, todo, candidates, exemplars,
+                               batch_prompts, desc="reading answers", quiet=False):
+    """How SML step 2 and evaluation read the answer of a choice or yes/no question: for each
+    (i, sample) in todo, the one of candidates[i] the model finds most likely after prompts[i]
+    + the rationale + the answer line ("So the answer is"), each candidate spelled as
+    Task.finish writes answers (" yes", " B"). The candidates are scored against a content-free
+    context too, the same prompt with the question "N/A" and no rationale, and the one whose
+    log-probability rises most over it wins (contextual calibration, Zhao et al. 2021). A
+    greedy answer line copies a model's lean instead: SmolLM2-135M on Coin Flip read 6 of 107
+    explanations written for "yes" as "yes" (what calibration does there: README, "Reading
+    answers"). prompts[i] is an unhinted prompt for questions[i] (with `exemplars`, few-shot),
+    as in read_answer_lines. Returns one candidate per todo item."""
+    block = model.config.block_size
+    spelled = {c: encode_after(tok, task.ANSWER_PREFIX, " " + c) for i, _ in todo for c in candidates[i]}
+    if not spelled:
+        return []
+    longest = max(len(ids) for ids in spelled.values())
+    content_free = (encode_prompt(tok, task, CONTENT_FREE, None, exemplars, longest, block)
+                    + encode_after(tok, task.prompt(CONTENT_FREE), task.ANSWER_PREFIX))
+    prior = dict(zip(spelled, candidate_logprobs(model, [content_free], [list(spelled.values())])[0]))
+    answers = []
+    bar = common.progress(total=len(todo), desc=desc, disable=quiet, leave=False)
+    for start in range(0, len(todo), batch_prompts):
+        chunk = todo[start:start + batch_prompts]
+        contexts = [(prompts[i] + encode_after(tok, task.prompt(questions[i]), " " + s["text"] + task.ANSWER_PREFIX))
+                    [-(block - longest):] for i, s in chunk]  # keep the tail if it is too long
+        scores = candidate_logprobs(model, contexts, [[spelled[c] for c in candidates[i]] for i, _ in chunk])
+        for (i, _), row in zip(chunk, scores):
+            calibrated = [lp - prior[c] for c, lp in zip(candidates[i], row)]
+            answers.append(candidates[i][calibrated.index(max(calibrated))])
+        bar.update(len(chunk))
+    bar.close()
+    return answers
+
+
+# -----------------------------------------------------------------------------
 # Evaluation
 
 
@@ -184,7 +279,7 @@ def evaluate(model, tok, task, rows, temperature=0.0, k=1, seed=0, quiet=False, 
     prediction is the majority vote over k samples. Returns (summary, per-question rows)."""
     results, speed = sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
                                        k, temperature, seed, complete_missing=True, desc="eval",
-                                       quiet=quiet, **kw)
+                                       candidates=answer_candidates(task, rows), quiet=quiet, **kw)
     preds = []
     for row, samples in zip(rows, results):
         answers = [task.normalize(s["final_answer"]) if s["final_answer"] is not None else None
@@ -194,9 +289,23 @@ def evaluate(model, tok, task, rows, temperature=0.0, k=1, seed=0, quiet=False, 
                       "correct": task.answers_match(pred, row["answer"]),
                       "sample_correct": [task.answers_match(s["final_answer"], row["answer"]) for s in samples],
                       "rationale": samples[0]["text"],
-                      # the built-in tasks' step checker, for measuring rationale quality only
+                      # the task's step checker (the numeric datasets': equations), for measuring only
                       "step_errors": task.step_errors(row["question"], samples[0]["text"])})
-    return summarize(preds, temperature, k, speed), preds
+    summary = summarize(preds, temperature, k, speed)
+    if "every_step_right" in summary:
+        summary["step_check"] = task.STEP_CHECK  # on the numeric datasets: "every equation right"
+    summary.update(majority_class(task, rows))
+    return summary, preds
+
+
+def majority_class(task, rows):
+    """For a choice or yes/no task: the split's most common gold answer and the accuracy of
+    always answering it, the floor its accuracy is read against (a model that answers "no"
+    everywhere scores this much on a split that is mostly "no"). Otherwise {}."""
+    if task.answer_kind not in CLASS_KINDS or not rows:
+        return {}
+    answer, n = Counter(task.normalize(r["answer"]) for r in rows).most_common(1)[0]
+    return {"majority_class": answer, "majority_class_accuracy": n / len(rows)}
 
 
 def summarize(preds, temperature, k, speed=None):
@@ -219,4 +328,7 @@ def summarize(preds, temperature, k, speed=None):
 def format_accuracy(s):
     return (f"{100 * s['accuracy']:.1f}% ({s['correct']}/{s['n']}, 95% CI "
             f"{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f})"
-            + (f", every step right in {100 * s['every_step_right']:.1f}%" if "every_step_right" in s else ""))
+            + (f", {s.get('step_check', 'every step right')} in {100 * s['every_step_right']:.1f}%"
+               if "every_step_right" in s else "")
+            + (f"; always '{s['majority_class']}', the majority class, scores {100 * s['majority_class_accuracy']:.1f}%"
+               if "majority_class" in s else ""))

@@ -100,12 +100,24 @@ def pct(m, s=None, n_seeds=1):
     return f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if n_seeds > 1 else "")
 
 
+def step_check_name(seeds):
+    """What the eval summaries call the task's step checker: "every step right" in the
+    built-in world, "every equation right" on the numeric datasets."""
+    return next((row["step_check"] for s in seeds for row in s["rows"].values() if "step_check" in row),
+                "every step right")
+
+
 def render(seeds, run):
     n = len(seeds)
+    rows = [row for s in seeds for row in s["rows"].values()]
+    checked = any("every_step_right" in row for row in rows)
+    check = step_check_name(seeds)
     lines = [f"# Results: {run}", "",
              "Test accuracy, one sample per question at temperature 1"
-             + (f", mean ± std over {n} seeds" if n > 1 else ", with its 95% Wilson interval") + ".", "",
-             "| | accuracy (%) | 95% CI | what it is |", "|---|---|---|---|"]
+             + (f", mean ± std over {n} seeds" if n > 1 else ", with its 95% Wilson interval")
+             + (f"; and the share of rationales with {check} (the task's step checker)" if checked else "") + ".", "",
+             f"| | accuracy (%) | 95% CI |{f' {check} (%) |' if checked else ''} what it is |",
+             "|---|---|---|" + ("---|" if checked else "") + "---|"]
     table = {}
     for key, name, what in ROWS:
         accs = [s["rows"][key]["accuracy"] for s in seeds if key in s["rows"]]
@@ -116,8 +128,24 @@ def render(seeds, run):
         table[key] = {"name": name, "accuracy_mean": m, "accuracy_std": sd, "seeds": len(accs),
                       "ci95": ci, "n_questions": seeds[0]["rows"][key]["n"]}
         ci_text = f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}" if ci else "-"
+        quality = ""
+        if checked:
+            esr, esr_sd = mean_std([s["rows"][key].get("every_step_right") for s in seeds if key in s["rows"]])
+            table[key]["every_step_right_mean"] = esr
+            quality = f" {pct(esr, esr_sd, n)} |"
         shots = seeds[0]["rows"][key].get("shots")  # a pretrained base model answers behind exemplars
-        lines.append(f"| {name} | {pct(m, sd, n)} | {ci_text} | {what}{f', {shots}-shot prompt' if shots else ''} |")
+        lines.append(f"| {name} | {pct(m, sd, n)} | {ci_text} |{quality} {what}"
+                     f"{f', {shots}-shot prompt' if shots else ''} |")
+    majority = {}
+    # a choice or yes/no task: the accuracy of answering the test split's majority class everywhere
+    shares = [next((row["majority_class_accuracy"] for row in s["rows"].values() if "majority_class" in row), None)
+              for s in seeds]
+    if any(x is not None for x in shares):
+        m, sd = mean_std(shares)
+        answer = next(row["majority_class"] for row in rows if "majority_class" in row)
+        majority = {"answer": answer, "accuracy_mean": m, "accuracy_std": sd}
+        lines.append(f"| Majority class | {pct(m, sd, n)} | - |{' - |' if checked else ''} always "
+                     f"'{answer}'{' (first seed)' if n > 1 else ''}: the floor every accuracy above is read against |")
     findings = {}
     lines += ["", "## Findings", ""]
     for key, text, is_pct in [("rm_auc_correctness", "Reward model: AUC of its score for correctness "
@@ -127,10 +155,10 @@ def render(seeds, run):
                               ("ppo_wrong_to_right", "PPO vs SFT, same test questions: wrong -> right", False),
                               ("ppo_right_to_wrong", "PPO vs SFT, same test questions: right -> wrong", False),
                               ("ppo_mcnemar_p", "PPO vs SFT: McNemar p-value", False),
-                              ("every_step_right_sft", "Rationales with every step right (step checker): SFT", True),
-                              ("every_step_right_sml", "Rationales with every step right (step checker): SML", True),
-                              ("ppo_flawed_to_right", "PPO vs SFT, same test questions: flawed -> every step right", False),
-                              ("ppo_right_to_flawed", "PPO vs SFT, same test questions: every step right -> flawed", False),
+                              ("every_step_right_sft", f"Rationales with {check} (step checker): SFT", True),
+                              ("every_step_right_sml", f"Rationales with {check} (step checker): SML", True),
+                              ("ppo_flawed_to_right", f"PPO vs SFT, same test questions: flawed -> {check}", False),
+                              ("ppo_right_to_flawed", f"PPO vs SFT, same test questions: {check} -> flawed", False),
                               ("ppo_every_step_right_p", "PPO vs SFT, rationale quality: McNemar p-value", False),
                               ("ppo_best_update", "PPO: the update chosen on the validation split "
                                "(0 = the SFT model)", False)]:
@@ -162,7 +190,7 @@ def render(seeds, run):
         lines += ["", "## SML against the baselines, same test questions"
                   + (" (each seed)" if n > 1 else ""), "",
                   "| baseline | accuracy: baseline -> SML | only SML right / only baseline right | p "
-                  "| every step right: baseline -> SML | p |", "|---|---|---|---|---|---|"]
+                  f"| {check}: baseline -> SML | p |", "|---|---|---|---|---|---|"]
         for key, cmps in vs:
             for c in cmps:
                 f = c.get("every_step_right")
@@ -179,8 +207,8 @@ def render(seeds, run):
         lines.append(f"| {stage} | {sec:.0f} | {f'{tps:.0f}' if tps else '-'} |")
     total = sum(v["seconds"] for v in stages.values())
     lines.append(f"| total | {total:.0f} | |")
-    return "\n".join(lines) + "\n", {"table": table, "findings": findings, "stages": stages,
-                                     "seeds": n, "per_seed": seeds}
+    return "\n".join(lines) + "\n", {"table": table, "majority_class": majority, "findings": findings,
+                                     "stages": stages, "seeds": n, "per_seed": seeds}
 
 
 def plot(run):

@@ -12,6 +12,7 @@ The built-in reasoning tasks. Each task owns, in one place, everything the scrip
                          author who may slip on the way and bends a step to reach it
 - assertion():           right steps, then the given answer asserted anyway
 - step_errors():         an oracle for measuring only: how many steps of a rationale are wrong
+- answer_candidates():   the answers an answer line is read among (choice, yes/no datasets)
 
 A rationale is a list of steps, one sentence each, ending in "So the answer is X."
 
@@ -19,8 +20,10 @@ At the end: the paper's datasets (read from files by data/datasets.py), one task
 answer type (number, choice, yes/no, letters), registered in TASKS after the built-in ones.
 """
 
+import functools
 import re
 from decimal import Decimal
+from fractions import Fraction
 
 ANSWER_RE = re.compile(r"the answer is\s+(-?[a-z0-9]+)", re.IGNORECASE)
 
@@ -33,6 +36,7 @@ class Task:
     # says otherwise (collection, evaluation, the reward model's report, PPO's rollouts and
     # checkpoint choice), so that no stage judges a rationale cut off where another let it finish.
     rationale_tokens = 64
+    STEP_CHECK = "every step right"  # what step_errors() == 0 is called in reports
 
     # --- the prompt template (used by the corpus, SFT, the RM, PPO and evaluation) ---
     def prompt(self, question, hint=None):
@@ -105,6 +109,11 @@ class Task:
         where the steps cannot be read back (one missing, another format) or the task has no
         checker (a dataset of your own). For measuring rationale quality only, never for
         training: SML's point is that the answers alone have to do."""
+        return None
+
+    def answer_candidates(self, row):
+        """The answers an answer line is read among (rationales.read_answers_by_candidates),
+        or None: read what the model writes, greedily (numbers, letters, the built-in world)."""
         return None
 
     def wrong_answers(self, row, m, rng):
@@ -367,9 +376,10 @@ class LastLetter(Task):
 
 # -----------------------------------------------------------------------------
 # The paper's datasets (the Fine-tune-CoT collection; files read by data/datasets.py).
-# Their questions come from files, not a generator, so these tasks have no make_problem,
-# corpus or step checker: only the prompt (the same template as above), one extractor per
-# answer type, and the wrong answers to give as hints.
+# Their questions come from files, not a generator, so these tasks have no make_problem or
+# corpus: only the prompt (the same template as above), one extractor per answer type, the
+# wrong answers to give as hints, the answers a choice or yes/no line is read among, and for
+# the numeric ones a step checker that reads the rationale's equations.
 
 # Where a model states its final answer: "The answer is 18", "the final answer is (B)",
 # "Answer: yes", GSM8K's "#### 18". The last statement counts (a model that corrects itself
@@ -418,6 +428,214 @@ class DatasetTask(Task):
         return None
 
 
+# -----------------------------------------------------------------------------
+# The equation checker of the numeric datasets: every "a op b = c" a rationale writes, read back
+# and recomputed. An equation is read only where it can be read whole, so that what is counted
+# wrong is wrong as written, not misread:
+#
+#   "Natalia sold 48/2 = 24 clips"             48/2 = 24               right
+#   "$20 - $10 = $10", "0.2 x 50 = $10"        $ and x, ×, ÷           right
+#   "7 stickers/page * 6 pages= 42 stickers"   units after numbers     right
+#   "(5 + 3) * 2 = 16 = 4 * 4"                 brackets, a chain       two equalities, right
+#   "5 + 3 = 8 + 2 = 10"                       a running calculation   5 + 3 = 8, 8 + 2 = 10
+#   "10 / 3 = 3.33", "10 / 3 = 3"              rounded to the digits written: right
+#   "He can bake 2/ 1/5 = 10 cupcakes"         "1/5" unspaced is a number: 2 / (1/5)
+#   "10 x 1,248 = 11,480"                      wrong (GSM8K's gold has this one)
+#   "2x + 5 = 25", "x * 3 + 5 = 20"            a variable: not read
+#   "4=6*15 = 90 packs", "24 = 12 * 2"         a first side that computes nothing: only 6*15 = 90
+#
+# Text is never evaluated as code: a small recursive-descent parser computes each side exactly,
+# in fractions (0.1 + 0.2 = 0.3 holds).
+
+# A number starts where no digit stands right before it ("16,0000" is not read), and is
+# negative where nothing but a space, "(" or "=" stands right before its "-": "= -5", not "5-5"
+_START = r"(?<![\d.])(?<!\d,)(?:(?<![\w).])-)?"
+_UNIT_WORD = r"[a-z]{2,}"  # lower case: a capitalized word starts a sentence or is a name; one
+                           # letter is a variable ("2x")
+# a unit after a number, skipped where an operator or "=" follows: "7 stickers/page *",
+# "6 pages=", "3 large stickers +"; or a rate: "$8/hour"
+_OPERATOR_AHEAD = r"(?=\s*(?:[-+*×÷−–=)]|/(?![a-z])|[xX]\s))"  # a "/" before a letter is a rate's
+_UNIT = rf"(?:\s*(?:{_UNIT_WORD}\s+){{0,2}}{_UNIT_WORD}(?:/{_UNIT_WORD})?{_OPERATOR_AHEAD}|/{_UNIT_WORD})?"
+# and the number ends there: "1.2Y", "2x + 3" are a variable's coefficients, not read
+_NOT_A_COEFFICIENT = r"(?![^\W\d_xX]|[xX](?!\d)|[.,]?\d)"
+_DIGITS = r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?|\$?\.\d+%?"  # $1,234.50 50% .5
+EQUATION_TOKEN_RE = re.compile(
+    rf"(?P<time>\d{{1,2}}:\d{{2}}(?!\d))"  # 6:00 is a time of day, not math
+    rf"|(?P<fraction>{_START}\$?\d+(?:\.\d+)?/\d+(?:\.\d+)?){_UNIT}{_NOT_A_COEFFICIENT}"  # unspaced: one number
+    rf"|(?P<number>{_START}(?:{_DIGITS})){_UNIT}{_NOT_A_COEFFICIENT}"
+    rf"|(?P<op>[-+*/×÷−–]|(?<=\s)[xX](?=\s)|(?<=\d)[xX](?=\d))"
+    rf"|(?P<open>\()|(?P<close>\))|(?P<equals>=)|(?P<space>\s+)|(?P<other>[^\W\d_]+|.)")
+EQUATION_OPS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "x": "*", "X": "*", "×": "*",
+                "/": "/", "÷": "/"}
+
+
+def _equation_runs(text):
+    """The runs of math in a text that hold an "=": lists of tokens (kind, text), numbers,
+    operators, brackets and "=", between other text (words, punctuation), which ends a run.
+    A bracket right after an operand multiplies: "320(1/4) = 80". Two operands side by side
+    end one run and start the next ("= $528 3 * 10 = $30": two lines joined), except where
+    they may be one number, "3 1/2" or "3 000", which is then read as neither."""
+    runs, run = [], []
+    for m in EQUATION_TOKEN_RE.finditer(text):
+        kind, token = m.lastgroup, m.group(m.lastgroup)
+        after_operand = bool(run) and run[-1][0] in ("number", "fraction", "close")
+        if kind == "space":
+            continue
+        one_number = (after_operand and run[-1][0] == "number" and text[m.start() - 1] == " "
+                      and (kind == "fraction" or re.fullmatch(r"\d{3}", token)))
+        if kind in ("other", "time") or one_number:
+            if one_number:
+                run.pop()
+            if run and run[-1] == ("op", "-") and text[m.start() - 1] == "-" and token.isalpha():
+                run.pop()  # "= 13 two-inch fish": a hyphen, not a minus ("= 24/Y" stays unread)
+            runs.append(run)
+            run = []
+        elif kind == "number" and token.startswith("-") and after_operand:
+            run += [("op", "-"), (kind, token[1:])]  # "10 -7": a minus, not a negative number
+        elif kind == "open" and after_operand:
+            run += [("op", "*"), (kind, token)]
+        else:
+            if kind in ("number", "fraction") and after_operand:
+                runs.append(run)
+                run = []
+            run.append((kind, token))
+    return [r for r in runs + [run] if ("equals", "=") in r]
+
+
+@functools.lru_cache(maxsize=4096)
+def _number(text):
+    """'$1,234.50' -> Fraction(123450, 100); '1/5' -> Fraction(1, 5); '50%' -> 50 (the caller
+    reads the %)."""
+    head, _, tail = text.replace("$", "").replace(",", "").rstrip("%").partition("/")
+    if tail and Fraction(tail) == 0:
+        raise ValueError("division by zero")
+    return Fraction(head) / Fraction(tail) if tail else Fraction(head)
+
+
+class _Side:
+    """One side of an equality, parsed and computed: its values with "%" read as /100 and with
+    "%" ignored ("100% - 40% = 60%" and "20 + 10 = 30%" both hold), whether it computes
+    anything, and where it is one number as written, its number of decimals (its rounding).
+    Raises ValueError where the tokens are not one expression."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+        self.values = {}
+        for percent in (True, False):
+            self.pos, self.percent = 0, percent
+            self.values[percent] = self._sum()
+            if self.pos != len(tokens):
+                raise ValueError("not one expression")
+        self.computes = any(kind in ("op", "fraction") for kind, _ in tokens)
+        single = len(tokens) == 1 and tokens[0][0] == "number"
+        self.decimals = len(tokens[0][1].rstrip("%").partition(".")[2]) if single else None
+        self.text = " ".join(text for _, text in tokens)
+
+    def _take(self, kind, ops=""):
+        if self.pos < len(self.tokens):
+            k, text = self.tokens[self.pos]
+            if k == kind and (not ops or EQUATION_OPS[text] in ops):
+                self.pos += 1
+                return text
+        return None
+
+    def _sum(self):  # sum := product (("+" | "-") product)*
+        value = self._product()
+        while (op := self._take("op", "+-")) is not None:
+            value = value + self._product() if EQUATION_OPS[op] == "+" else value - self._product()
+        return value
+
+    def _product(self):  # product := factor (("*" | "/") factor)*
+        value = self._factor()
+        while (op := self._take("op", "*/")) is not None:
+            right = self._factor()
+            if EQUATION_OPS[op] == "/" and right == 0:
+                raise ValueError("division by zero")
+            value = value * right if EQUATION_OPS[op] == "*" else value / right
+        return value
+
+    def _factor(self):  # factor := number | fraction | "(" sum ")"
+        if (number := self._take("number")) is not None:
+            return _number(number) / (100 if number.endswith("%") and self.percent else 1)
+        if (fraction := self._take("fraction")) is not None:
+            return _number(fraction)
+        if self._take("open") is not None:
+            value = self._sum()
+            if self._take("close") is None:
+                raise ValueError("unclosed bracket")
+            return value
+        raise ValueError("not a number")
+
+
+def _parse(tokens):
+    try:
+        return _Side(tokens) if tokens else None
+    except ValueError:
+        return None
+
+
+def _side(piece, first, last):
+    """The side of an equality in `piece`, the tokens next to an "=". The first piece of a run
+    may keep its longest tail that is one expression, the last its longest head, so that
+    "(48 / 2 = 24)" reads 48 / 2 = 24; but only where what is left is a bracket, never part of
+    an expression ("x * 3 + 5 = 20" is not 3 + 5 = 20). Between two "="s: the piece whole."""
+    if first:
+        starts = [n for n in range(len(piece)) if all(kind == "open" for kind, _ in piece[:n])]
+        return next((side for n in starts if (side := _parse(piece[n:]))), None)
+    if last:
+        ends = [n for n in range(len(piece), 0, -1) if all(kind == "close" for kind, _ in piece[n:])]
+        return next((side for n in ends if (side := _parse(piece[:n]))), None)
+    return _parse(piece)
+
+
+def _agree(left, right):
+    """Whether two sides are equal: exactly, or, where one is a number as written, rounded
+    up, down or to the nearest to the digits it is written with: 10 / 3 = 3.33, 2 / 3 = 0.66,
+    17 / 3 = 5 ("5 and 2/3 loads") and 10 / 3 = 4 ("4 buses") hold; 7 + 3 = 11 does not."""
+    number = right if right.decimals is not None else left if left.decimals is not None else None
+    for percent in (True, False):
+        difference = abs(left.values[percent] - right.values[percent])
+        if not number:
+            if difference == 0:
+                return True
+            continue
+        unit = Fraction(1, 10 ** number.decimals)  # of its last digit, in the units it is read in
+        if percent and number.tokens[0][1].endswith("%"):
+            unit /= 100
+        if difference < unit:
+            return True
+    return False
+
+
+def read_equations(text):
+    """Every equality a text writes that can be read whole: a list of (equation, holds). A
+    run of math with n "="s holds n equalities, each between the sides next to it. One is read
+    where both sides are single expressions, its first side computes something (a run that
+    opens with a lone number, "24 = 12 * 2", is most often a result followed by the next
+    step's label: "... = 90 minutes. Total = 210 + 90"), and so does one side of a later
+    equality ("48/2 = 24 = 24" checks one). Between two "="s, a side that computes and
+    starts with a number may be a running calculation: "5 + 3 = 8 + 2 = 10" holds where
+    5 + 3 = 8 does."""
+    found = []
+    for run in _equation_runs(text):
+        pieces = [[]]
+        for token in run:
+            if token[0] == "equals":
+                pieces.append([])
+            else:
+                pieces[-1].append(token)
+        last = len(pieces) - 1
+        sides = [_side(p, i == 0, i == last) for i, p in enumerate(pieces)]
+        for i, (left, right) in enumerate(zip(sides, sides[1:])):
+            if not left or not right or not (left.computes or i > 0 and right.computes):
+                continue
+            holds = _agree(left, right)
+            if not holds and i + 1 < last and right.computes and right.tokens[0][0] == "number":
+                holds = _agree(left, _Side(right.tokens[:1]))  # a running calculation
+            found.append((f"{left.text} = {right.text}", holds))
+    return found
+
+
 def canonical_number(sign, digits, fraction):
     """'1,234' '.50' -> '1234.5': one spelling per value, so numbers compare as numbers."""
     value = Decimal(sign + digits.replace(",", "") + (fraction or ""))
@@ -427,8 +645,10 @@ def canonical_number(sign, digits, fraction):
 
 class NumberTask(DatasetTask):
     """A number: "The answer is $1,234.50." -> "1234.5", "18 dollars" -> "18", "42.0" -> "42".
-    Unstated: the last number of the text (Kojima et al.'s fallback)."""
+    Unstated: the last number of the text (Kojima et al.'s fallback). Its steps are checked
+    by the equation checker."""
     answer_kind = "number"
+    STEP_CHECK = "every equation right"
 
     def normalize(self, answer):
         m = NUMBER_RE.fullmatch(answer.strip().rstrip("."))
@@ -441,6 +661,15 @@ class NumberTask(DatasetTask):
     def read_unstated(self, text):
         found = NUMBER_RE.findall(text)
         return canonical_number(*found[-1]) if found else None
+
+    def step_errors(self, question, text):
+        """The equation checker: how many of the equations a rationale writes are wrong
+        (read_equations, above). None where it writes none that can be read: a rationale of
+        words alone has no steps to check, which is not the same as all of them right. The
+        question is not read: each equation is checked as written, not against the numbers
+        the question gives, nor against the final answer."""
+        equations = read_equations(text)
+        return sum(not holds for _, holds in equations) if equations else None
 
     def _wrong_answers(self, answer, m, rng):
         """The paper's rule: random integers in 0-100 other than the gold answer. A gold answer
@@ -491,6 +720,11 @@ class ChoiceTask(DatasetTask):
     def _wrong_answers(self, answer, m, rng):
         raise ValueError("a multiple-choice row needs its 'choices' (the letters) for wrong answers")
 
+    def answer_candidates(self, row):
+        if not row.get("choices"):
+            raise ValueError("a multiple-choice row needs its 'choices' (the letters) to read an answer among")
+        return list(row["choices"])
+
 
 class YesNoTask(DatasetTask):
     """yes or no: "Yes," -> "yes". Unstated: the text opens with "Yes,"/"No." (a word of its
@@ -509,6 +743,9 @@ class YesNoTask(DatasetTask):
         return found.pop() if len(found) == 1 else None
 
     _wrong_answers = CoinFlip._wrong_answers  # the other side
+
+    def answer_candidates(self, row):
+        return ["yes", "no"]
 
 
 class LettersTask(DatasetTask):
@@ -541,6 +778,10 @@ DATASET_TASKS = {key: type(key, (answer_type,), {"name": key}) for key, answer_t
 # exceed 128 tokens, 0.3% and 3.5% exceed 256.
 DATASET_TASKS["gsm8k"].rationale_tokens = DATASET_TASKS["aqua"].rationale_tokens = 256
 
+
+# The answer types with a few classes, whose class balance the reports show: a model that
+# answers the majority class everywhere must not pass for one that reasons
+CLASS_KINDS = ("yesno", "choice")
 
 TASKS = {"arithmetic": Arithmetic, "coinflip": CoinFlip, "lastletter": LastLetter}
 WORLD_TASKS = tuple(TASKS)  # the built-in world: generated, with a corpus and a step checker

@@ -332,20 +332,24 @@ class FewShotSampler:
         return Samples(tokens, torch.zeros(tokens.shape), torch.tensor([len(r) for r in rows]), torch.tensor(done))
 
 
-def test_fewshot_collect_reads_the_answer_without_the_given_one(tiny_run, monkeypatch):
+def test_fewshot_collect_reads_the_answer_without_the_given_one(monkeypatch):
     """SML steps 1-2 with a pretrained model's few-shot prompt: the rationale is written behind
     'Given answer: X', states no answer, ends at its line break; its answer is read on a
-    prompt that holds the question, the exemplars and the rationale, never the given answer."""
-    from data import fewshot, load_world
-    tok, _ = load_world(tiny_run["data"])
+    prompt that holds the question, the exemplars and the rationale, never the given answer
+    (a yes/no dataset: the answer the model prefers, calibrated, test_reader.py)."""
+    from data import fewshot
+    from test_reader import ScoredLM, tokenizer
+    tok = tokenizer()
     task = get_task("coin_flip")
     exemplars = fewshot.exemplars(task, [], 2)
 
+    def reads(context):  # the model's preference after "So the answer is"
+        assert "Given answer" not in context and context.endswith("So the answer is")
+        block = context.split("\n\n")[-1]  # the question being asked, after the exemplars
+        return {"yes": 2.0} if "an even number" in block else {"no": 2.0} if "an odd number" in block else {}
+
     def respond(prompt):
         block = prompt.split("\n\n")[-1]  # the question being asked, after the exemplars
-        if block.endswith("So the answer is"):  # reading the answer
-            assert "Given answer" not in prompt
-            return (" yes." if "an even number" in block else " no."), True
         q = block.split("Question: ")[1].split(" Is the coin")[0]
         hint = block.split("Given answer: ")[1].split("\n")[0] if "Given answer" in block else None
         if hint is None:  # unhinted, for the STaR baseline: states its answer itself
@@ -362,10 +366,8 @@ def test_fewshot_collect_reads_the_answer_without_the_given_one(tiny_run, monkey
     monkeypatch.setattr(rationales, "sample", sampler)
     rows = [{"id": n, "question": f"A coin is heads up. {n} flips the coin. {n} flips the coin. Is the coin "
              f"still heads up?", "answer": "yes"} for n in ("Ann", "Bob", "Cy", "Dee")]
-    big = FakeModel()
-    big.config = type("Config", (), {"block_size": 4096, "eos_id": None})()
-    records, stats = generate.collect(big, tok, task, rows, k=2, m=1, k_unhinted=1, temperature=1.0, seed=0,
-                                      quiet=True, exemplars=exemplars)
+    records, stats = generate.collect(ScoredLM(tok, reads), tok, task, rows, k=2, m=1, k_unhinted=1,
+                                      temperature=1.0, seed=0, quiet=True, exemplars=exemplars)
     generation = [p for p in sampler.prompts if p.endswith("Explanation:")]
     assert len(generation) == 8 and all(p.count("Given answer:") == 3 for p in generation)  # 2 shots + the question
     assert all(exemplars[0]["rationale"] in p for p in sampler.prompts)
@@ -413,3 +415,70 @@ def test_exemplars_come_from_gold_rationales_or_the_written_ones():
     assert written == fewshot.WRITTEN["coin_flip"][:3]
     with pytest.raises(ValueError, match="--shots 0"):
         fewshot.exemplars(get_task("strategy_qa"), rows[1:2], 2)  # gold rationales only
+
+
+# --- a hinted explanation that refers to the hint; class balance in stats.json ------------
+
+
+def test_a_hinted_explanation_that_refers_to_the_hint_is_discarded():
+    task = get_task("coin_flip")
+    for text in ("As given, the coin is heads up. So the answer is yes.",
+                 "The given answer is yes, so the coin is heads up. So the answer is yes.",
+                 "The hint says yes. So the answer is yes."):
+        assert generate.label_rationale(task, "yes", "yes", text, True)[2:] == ("discarded", "mentions_hint")
+        assert generate.label_rationale(task, "yes", "no", text, True)[2:] == ("discarded", "mentions_hint")
+        # no answer given (STaR's samples): nothing to refer to, the answer decides
+        assert generate.label_rationale(task, "yes", None, text, True)[2:] == ("star", None)
+    assert generate.label_rationale(task, "yes", "yes", "Flipped twice, an even number. So the answer is yes.",
+                                    True)[2:] == ("high", None)
+    assert "mentions_hint" in generate.DISCARD_REASONS
+
+
+def test_the_world_keeps_its_labels_whatever_its_rationales_say():
+    """The built-in world's corpus, rationalizations and questions never say "hint", "given
+    answer" or "as given"; but its coin flip model copies "Hint:" from its prompt into about 1
+    rationale in 400 (6 of 2,400 hinted samples of the default preset's base model, seed 1337),
+    and those were labelled by their answer when the project's figures were measured. The
+    world keeps that: the discard is for the paper's datasets."""
+    rng = random.Random(0)
+    for name in ("arithmetic", "coinflip", "lastletter"):
+        task = get_task(name)
+        for _ in range(300):
+            prob = task.make_problem(rng)
+            hint = rng.choice([prob["answer"]] + task.wrong_answers(prob, 2, rng))
+            for text in (task.careless_rationale(prob, rng, 0.3)[0], task.rationalization(prob, hint, rng, 0.3),
+                         task.assertion(prob, hint, rng), prob["rationale"], prob["question"]):
+                assert not generate.MENTIONS_HINT_RE.search(text), text
+    copied = "Hint: Gus does not flip: heads. Kit flips: tails. Dot flips: heads. So the answer is yes."
+    assert generate.label_rationale(get_task("coinflip"), "yes", "yes", copied, True)[2:] == ("high", None)
+    assert generate.label_rationale(get_task("coin_flip"), "yes", "yes", copied, True)[2:] == \
+        ("discarded", "mentions_hint")
+
+
+def test_collect_counts_the_yield_and_the_classes_of_each_answer(monkeypatch):
+    """A model that argues well for "no" but not for "yes" (the Coin Flip run on SmolLM2):
+    stats.json shows the yield for each given answer, and SFT rows that are mostly "no"
+    against questions that are half "yes"."""
+    task = get_task("coin_flip")
+
+    def stub(model, tok, task, requests, k, *a, **kw):  # "yes" is argued for on question q1 only
+        texts = [f"It is so. So the answer is {'no' if h == 'yes' and q != 'q1' else h}." for q, h in requests]
+        return [[{"text": t, "answer_text": t, "finished": True}] * k for t in texts], {"tokens": 1, "seconds": 1.0}
+
+    monkeypatch.setattr(rationales, "sample_rationales", stub)
+    rows = [{"id": str(i), "question": f"q{i}", "answer": "yes" if i % 2 else "no"} for i in range(6)]
+    records, stats = generate.collect(None, None, task, rows, k=2, m=1, k_unhinted=0, temperature=1.0, seed=0,
+                                      quiet=True)
+    by_class = {kind: stats["by_hint_type"][kind]["by_class"] for kind in ("correct", "wrong")}
+    assert by_class["correct"] == {"no": {"samples": 6, "kept": 6, "yield": 1.0},
+                                   "yes": {"samples": 6, "kept": 2, "yield": 2 / 6}}
+    assert by_class["wrong"] == {"no": {"samples": 6, "kept": 6, "yield": 1.0},
+                                 "yes": {"samples": 6, "kept": 0, "yield": 0.0}}
+    sft = generate.build_sft_rows(task, records)
+    pairs = generate.build_pairs(task, records, 0, random.Random(0))
+    assert generate.class_histograms(task, rows, sft, pairs) == {
+        "questions": {"no": 3, "yes": 3}, "sft_rows": {"no": 3, "yes": 1}, "pairs": {"yes": 1}}
+    assert generate.class_histograms(get_task("gsm8k"), rows, sft, pairs) == {}  # numbers: not counted
+    _, stats = generate.collect(None, None, get_task("gsm8k"), [{"id": "1", "question": "q", "answer": "4"}],
+                                k=1, m=1, k_unhinted=0, temperature=1.0, seed=0, quiet=True)
+    assert "by_class" not in stats["by_hint_type"]["correct"]
