@@ -94,7 +94,8 @@ def eval_main(args):
     tok, task = load_world(args.data_dir, args.task)
     rows = load_dataset(split)
     rows = rows[:args.limit] if args.limit else rows
-    exemplars = fewshot.exemplars(task, load_dataset(os.path.join(args.data_dir, "train.jsonl")),
+    train_path = os.path.join(args.data_dir, "train.jsonl")  # a test-only conversion has none: written exemplars
+    exemplars = fewshot.exemplars(task, load_dataset(train_path) if os.path.exists(train_path) else [],
                                   args.shots) if args.shots else None
     model, _ = load_checkpoint(args.ckpt, kind="lm", tokenizer_json=tok.to_str(), device=rt.device)
     with rt.autocast:
