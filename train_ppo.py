@@ -180,7 +180,8 @@ def get_args(argv=None):
                    help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
     g = p.add_argument_group("evaluation and checkpoint selection")
     g.add_argument("--eval_interval", type=common.COUNT, default=8, help="validate and checkpoint every N updates")
-    g.add_argument("--eval_limit", type=common.NONNEG, default=0, help="test questions logged at each evaluation (0: all)")
+    g.add_argument("--eval_limit", type=common.NONNEG, default=0,
+                   help="test questions logged at each evaluation (0: all)")
     g.add_argument("--eval_temperature", type=common.NONNEG_FLOAT, default=1.0)
     g.add_argument("--val_samples", type=common.SAMPLES, default=4,
                    help="samples per validation question for choosing the best checkpoint")
@@ -401,14 +402,14 @@ def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, de
 
 
 @torch.no_grad()
-def score_sequences(rm, ro, micro_batch_size=None, amp=nullcontext()):
+def score_sequences(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
     """The reward model's score at each sequence's last real token (its end-of-text when
     the rationale finished), as the reward model was trained."""
     out = []
-    for rows in micro_batches(torch.arange(ro.idx.size(0)), micro_batch_size or ro.idx.size(0)):
-        T = int(ro.seq_lens[rows].max())
-        idx = ro.idx[rows, :T]
-        real = torch.arange(T, device=idx.device).unsqueeze(0) < ro.seq_lens[rows].unsqueeze(1)
+    for rows in micro_batches(torch.arange(rollouts.idx.size(0)), micro_batch_size or rollouts.idx.size(0)):
+        T = int(rollouts.seq_lens[rows].max())
+        idx = rollouts.idx[rows, :T]
+        real = torch.arange(T, device=idx.device).unsqueeze(0) < rollouts.seq_lens[rows].unsqueeze(1)
         with amp:
             scores, _ = rm(idx)
         out.append(sequence_scores(scores.float(), real))
@@ -426,36 +427,37 @@ def standardised_critic(rm, mean, std):
 
 
 @torch.no_grad()
-def prepare_batch(policy, ref, critic, ro, seq_reward, kl_coef, temperature, gamma, lam,
+def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, temperature, gamma, lam,
                   micro_batch_size=None, amp=nullcontext(), n_vocab=None, estimator="ppo", k=None):
     """Step 3 of an update: old and reference log-probs, values, per-token rewards, and the
     advantages: GAE with the critic's values (ppo), or each rationale's return against its
     group of k (rloo, grpo: critic is None). The forwards run micro_batch_size rows at a
     time, each cut to its longest row."""
     policy.eval()
-    old_logp, ref_logp, values = (torch.zeros_like(ro.mask) for _ in range(3))
-    for rows in micro_batches(torch.arange(ro.idx.size(0)), micro_batch_size or ro.idx.size(0)):
-        T = int(ro.seq_lens[rows].max())
-        idx, mask = ro.idx[rows, :T], ro.mask[rows, :T - 1]
+    old_logp, ref_logp, values = (torch.zeros_like(rollouts.mask) for _ in range(3))
+    for rows in micro_batches(torch.arange(rollouts.idx.size(0)), micro_batch_size or rollouts.idx.size(0)):
+        T = int(rollouts.seq_lens[rows].max())
+        idx, mask = rollouts.idx[rows, :T], rollouts.mask[rows, :T - 1]
         with amp:
             old_logp[rows, :T - 1] = token_logprobs(policy, idx, mask, temperature, n_vocab)[0]
             ref_logp[rows, :T - 1] = token_logprobs(ref, idx, mask, temperature, n_vocab)[0]
             if critic is not None:
                 values[rows, :T - 1] = values_of(critic.eval(), idx) * mask
-    kl = (old_logp - ref_logp) * ro.mask
+    kl = (old_logp - ref_logp) * rollouts.mask
     rewards = -kl_coef * kl  # the KL penalty to the SFT model, on every response token
-    last = ro.mask.cumsum(1).argmax(1)  # position of each row's last response token
-    rewards[torch.arange(ro.idx.size(0)), last] += seq_reward
+    last = rollouts.mask.cumsum(1).argmax(1)  # position of each row's last response token
+    rewards[torch.arange(rollouts.idx.size(0)), last] += seq_reward
     if estimator == "ppo":
-        advantages, returns = compute_gae(rewards, values, ro.mask, gamma, lam)
-        advantages = masked_whiten(advantages, ro.mask)
+        advantages, returns = compute_gae(rewards, values, rollouts.mask, gamma, lam)
+        advantages = masked_whiten(advantages, rollouts.mask)
     else:  # the whole rationale's return, against the other samples of its question
-        advantages = group_advantages(rewards.sum(1), k, estimator).unsqueeze(1) * ro.mask
+        advantages = group_advantages(rewards.sum(1), k, estimator).unsqueeze(1) * rollouts.mask
         returns = torch.zeros_like(values)
-    return Batch(ro.idx, ro.mask, ro.seq_lens, old_logp, ref_logp, values, rewards, advantages, returns, kl.sum(1))
+    return Batch(rollouts.idx, rollouts.mask, rollouts.seq_lens, old_logp, ref_logp, values, rewards, advantages,
+                 returns, kl.sum(1))
 
 
-def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, minibatch_size, temperature,
+def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, minibatch_size, temperature,
                clip, value_clip, grad_clip, micro_batch_size=None, train_policy=True, target_kl=None,
                lr_at=None, amp=nullcontext(), n_vocab=None):
     """Step 4 of an update: several epochs of minibatch updates on one batch. Returns the
@@ -470,7 +472,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
     lr, critic lr) of this update's i-th optimizer step.
     Both models run in eval mode: dropout would make the log-probs differ from the rollout's
     even at the first step, where the ratio must be 1."""
-    n = b.idx.size(0)
+    n = batch.idx.size(0)
     micro_batch_size = micro_batch_size or minibatch_size
     stats = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
     ratio_max, grad_norm, critic_grad_norm, steps, stopped = 0.0, 0.0, 0.0, 0, False
@@ -482,8 +484,8 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
         epoch_clip_frac.append([])
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, minibatch_size):
-            mb = order[start:start + minibatch_size].to(b.idx.device)
-            n_tok = b.mask[mb].sum().clamp(min=1)
+            mb = order[start:start + minibatch_size].to(batch.idx.device)
+            n_tok = batch.mask[mb].sum().clamp(min=1)
             if lr_at is not None:
                 lr_policy, lr_critic = lr_at(steps)
                 common.set_lr(opt_policy, lr_policy)
@@ -491,16 +493,16 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
                     common.set_lr(opt_critic, lr_critic)
             mb_stats = {k: 0.0 for k in stats}
             for rows in micro_batches(mb, micro_batch_size):
-                T = int(b.seq_lens[rows].max())
-                idx, mask = b.idx[rows, :T], b.mask[rows, :T - 1]
+                T = int(batch.seq_lens[rows].max())
+                idx, mask = batch.idx[rows, :T], batch.mask[rows, :T - 1]
                 share = mask.sum() / n_tok  # this micro-batch's part of the minibatch's mean
                 if train_policy:
                     with amp:
                         new_logp, entropy = token_logprobs(policy, idx, mask, temperature, n_vocab)
-                    pg_loss, approx_kl, clip_frac = policy_loss(new_logp, b.old_logp[rows, :T - 1],
-                                                                b.advantages[rows, :T - 1], mask, clip)
+                    pg_loss, approx_kl, clip_frac = policy_loss(new_logp, batch.old_logp[rows, :T - 1],
+                                                                batch.advantages[rows, :T - 1], mask, clip)
                     (pg_loss * share).backward()
-                    ratio = torch.exp(new_logp.detach() - b.old_logp[rows, :T - 1])[mask > 0]
+                    ratio = torch.exp(new_logp.detach() - batch.old_logp[rows, :T - 1])[mask > 0]
                     ratio_max = max(ratio_max, float(ratio.max()) if ratio.numel() else 0.0)
                     for k, v in (("policy_loss", pg_loss), ("approx_kl", approx_kl), ("clip_frac", clip_frac),
                                  ("entropy", masked_mean(entropy, mask))):
@@ -508,7 +510,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, b, gen, *, epochs, miniba
                 if critic is not None:
                     with amp:
                         new_values = values_of(critic, idx)
-                    v_loss = value_loss(new_values, b.values[rows, :T - 1], b.returns[rows, :T - 1], mask,
+                    v_loss = value_loss(new_values, batch.values[rows, :T - 1], batch.returns[rows, :T - 1], mask,
                                         value_clip)
                     (v_loss * share).backward()
                     mb_stats["value_loss"] += float(v_loss.detach() * share)
@@ -584,8 +586,9 @@ def reward_scale(rm, policy, prompts, k, temperature, max_new_tokens, stops, see
                  batch_prompts=None, micro_batch_size=None, amp=nullcontext(), n_vocab=None):
     """The RM's raw scores on finished rationales the SFT model writes: mean, std and range,
     what every later score is measured against. Computed once, before the first update."""
-    ro = rollout(policy, prompts, k, temperature, max_new_tokens, stops, seeds, device, batch_prompts, amp, n_vocab)
-    scores = score_sequences(rm, ro, micro_batch_size, amp)[ro.finished].double()
+    rollouts = rollout(policy, prompts, k, temperature, max_new_tokens, stops, seeds, device, batch_prompts, amp,
+                       n_vocab)
+    scores = score_sequences(rm, rollouts, micro_batch_size, amp)[rollouts.finished].double()
     if scores.numel() < 2:
         raise common.UserError("too few of the SFT model's rationales finish to measure the reward "
                                "model's scale; raise --max_new_tokens or --norm_questions")
@@ -670,41 +673,32 @@ def start(args, rt, data, policy, ref, rm, rm_report):
     return critic, state
 
 
-def setup(args, rt, last_path, log_path):
-    """Load the data and the models, check every prompt fits, and either start afresh or resume.
-    Returns (data, models, state, log rows so far)."""
-    common.check_output(args.out_dir, True, [args.sft, args.rm, args.data_dir], folder=True)
-    if os.path.exists(last_path) and not (args.resume or args.overwrite):
-        raise DataError(f"{args.out_dir} already holds a PPO run; pass --resume or --overwrite")
-    tok, _ = load_world(args.data_dir)
-    tok_json = tok.to_str()
-    resuming = args.resume and os.path.exists(last_path)
-    policy, ckpt = load_checkpoint(last_path if resuming else args.sft, kind="lm", tokenizer_json=tok_json,
-                                   device=rt.device)
-    data = load_data(args, policy.config)
-    ref, _ = load_checkpoint(args.sft, kind="lm", tokenizer_json=tok_json, device=rt.device)
-    rm, rm_report = None, None
-    if args.rm:
-        rm, rm_ckpt = load_checkpoint(args.rm, kind="scalar", tokenizer_json=tok_json, device=rt.device)
-        rm_report = rm_ckpt.get("report")
-        if args.reward != "exact":
-            check_reward_model(rm_report, args.rm, args.allow_weak_rm)
-    summary = os.path.join(args.out_dir, "summary.json")
-    if os.path.exists(summary):
-        os.remove(summary)  # ours, and it says "finished": a rerun, fresh or resumed, is not yet
-    if resuming:
-        critic = None
-        if ckpt["critic"] is not None:
-            critic = GPT(checked_config(ckpt["critic_config"], ckpt["critic"], f"{last_path}: its critic"))
-            critic.load_state_dict(ckpt["critic"])
-            critic.to(rt.device)
-        state = ckpt["ppo_state"]
-        log_rows = [r for r in read_log(log_path) if r["update"] <= ckpt["provenance"]["step"]]
-    else:
-        critic, state = start(args, rt, data, policy, ref, rm, rm_report)
-        log_rows = []
-    # The frozen models in the compute dtype (bf16 on a GPU): half the memory, and what autocast
-    # would compute in anyway. The policy and the critic keep float32 weights for the optimizer.
+@dataclass
+class PPOPaths:
+    """What a run writes in --out_dir."""
+    out_dir: str
+
+    def __post_init__(self):
+        self.last = os.path.join(self.out_dir, "ppo_last.pt")  # where --resume continues
+        self.best = os.path.join(self.out_dir, "ppo_best.pt")  # the chosen policy, weights only
+        self.log = os.path.join(self.out_dir, "ppo_log.jsonl")
+        self.summary = os.path.join(self.out_dir, "summary.json")  # written last: the run is finished
+
+
+def resume(ckpt, paths, rt):
+    """The critic, the loop's state and the log rows of an interrupted run, from ppo_last.pt."""
+    critic = None
+    if ckpt["critic"] is not None:
+        critic = GPT(checked_config(ckpt["critic_config"], ckpt["critic"], f"{paths.last}: its critic"))
+        critic.load_state_dict(ckpt["critic"])
+        critic.to(rt.device)
+    log_rows = [r for r in read_log(paths.log) if r["update"] <= ckpt["provenance"]["step"]]
+    return critic, ckpt["ppo_state"], log_rows
+
+
+def trainable_and_frozen(args, rt, policy, ref, rm, critic):
+    """The frozen models in the compute dtype (bf16 on a GPU): half the memory, and what autocast
+    would compute in anyway. The policy and the critic keep float32 weights for the optimizer."""
     for frozen in (ref, rm):
         if frozen is not None:
             frozen.requires_grad_(False)
@@ -715,13 +709,53 @@ def setup(args, rt, last_path, log_path):
             model.grad_checkpointing = args.grad_checkpointing
     opt_policy = configure_optimizer(policy, args.lr, 0.0)
     opt_critic = configure_optimizer(critic, args.critic_lr, 0.0) if critic is not None else None
-    gen = torch.Generator().manual_seed(args.seed)
+    return PPOModels(policy, ref, rm, critic, opt_policy, opt_critic, torch.Generator().manual_seed(args.seed))
+
+
+def setup(args, rt, paths):
+    """Load the data and the models, check every prompt fits, and either resume from ppo_last.pt
+    or start afresh (the reward model's scale, the critic, and the SFT model's validation as
+    candidate 0). Returns (data, models, state, the open log)."""
+    common.check_output(args.out_dir, True, [args.sft, args.rm, args.data_dir], folder=True)
+    if os.path.exists(paths.last) and not (args.resume or args.overwrite):
+        raise DataError(f"{args.out_dir} already holds a PPO run; pass --resume or --overwrite")
+    tok, _ = load_world(args.data_dir)
+    resuming = args.resume and os.path.exists(paths.last)
+    policy, ckpt = load_checkpoint(paths.last if resuming else args.sft, kind="lm", tokenizer_json=tok.to_str(),
+                                   device=rt.device)
+    data = load_data(args, policy.config)
+    ref, _ = load_checkpoint(args.sft, kind="lm", tokenizer_json=tok.to_str(), device=rt.device)
+    rm, rm_report = None, None
+    if args.rm:
+        rm, rm_ckpt = load_checkpoint(args.rm, kind="scalar", tokenizer_json=tok.to_str(), device=rt.device)
+        rm_report = rm_ckpt.get("report")
+        if args.reward != "exact":
+            check_reward_model(rm_report, args.rm, args.allow_weak_rm)
+    if os.path.exists(paths.summary):
+        os.remove(paths.summary)  # ours, and it says "finished": a rerun, fresh or resumed, is not yet
     if resuming:
-        opt_policy.load_state_dict(ckpt["opt_policy"])
+        critic, state, log_rows = resume(ckpt, paths, rt)
+    else:
+        critic, state = start(args, rt, data, policy, ref, rm, rm_report)
+        log_rows = []
+    models = trainable_and_frozen(args, rt, policy, ref, rm, critic)
+    if resuming:
+        models.opt_policy.load_state_dict(ckpt["opt_policy"])
         if critic is not None:
-            opt_critic.load_state_dict(ckpt["opt_critic"])
-        gen.set_state(state["gen_state"])
-    return data, PPOModels(policy, ref, rm, critic, opt_policy, opt_critic, gen), state, log_rows
+            models.opt_critic.load_state_dict(ckpt["opt_critic"])
+        models.gen.set_state(state["gen_state"])
+    os.makedirs(args.out_dir, exist_ok=True)
+    with common.atomic_file(paths.log) as f:  # a resumed run's log: the rows up to its checkpoint
+        f.writelines(json.dumps(r) + "\n" for r in log_rows)
+    log = open(paths.log, "a")
+    if not resuming:  # the SFT model is candidate 0
+        rec = {"update": 0, "reward_mean": state["reward_mean"], "reward_std": state["reward_std"],
+               "reward_scale": state["reward_scale"]}
+        choose_checkpoint(args, rt, data, models, state, 0, rec, paths.best)
+        save_resume_point(paths.last, args, data, models, state, 0)
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+    return data, models, state, log
 
 
 # -----------------------------------------------------------------------------
@@ -774,21 +808,78 @@ def choose_checkpoint(args, rt, data, models, state, update, rec, best_path):
 # The loop
 
 
-def rollout_rewards(args, rt, data, models, state, rows, ro):
-    """Step 2: the sequence reward of each rollout, and the decoded texts with their reading."""
+@dataclass
+class Rewards:
+    """Step 2's output: the sequence reward of each rollout, and what went into it."""
+    sequence: torch.Tensor  # (B,) what PPO maximises
+    rm_z: torch.Tensor  # (B,) the reward model's standardised score (0 with --reward exact)
+    correct: torch.Tensor  # (B,) the one answer it states is right (the truth the RM is watched against)
+    has_answer: torch.Tensor  # (B,) it states exactly one answer
+    texts: list  # the decoded rationales
+
+
+def draw_questions(args, data, update):
+    """Step 1's prompts: a fresh draw of training questions per update, and a seed per rollout,
+    both from (seed, update) alone, so a resumed run draws the same ones."""
+    rng = random.Random(rationales.derive_seed(args.seed, "questions", update))
+    rows = rng.sample(data.train_rows, min(args.questions_per_update, len(data.train_rows)))
+    seeds = [rationales.derive_seed(args.seed, "rollout", update, i)
+             for i in range(len(rows) * args.samples_per_question)]
+    return rows, [data.prompt_ids[r["id"]] for r in rows], seeds
+
+
+def score_rollouts(args, rt, data, models, state, rows, rollouts):
+    """Step 2: the sequence reward of each rollout (the standardised RM score for SML, the exact
+    answer check for the baseline, penalties for no answer or no ending)."""
     k, task = args.samples_per_question, data.task
-    texts = [data.tok.decode(r[:-1] if r and r[-1] in data.stop_ids else r) for r in ro.responses]
+    texts = [data.tok.decode(r[:-1] if r and r[-1] in data.stop_ids else r) for r in rollouts.responses]
     golds = [rows[i // k]["answer"] for i in range(len(texts))]
     # rewards read answers strictly: only an answer the rationale states counts
     correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=rt.device)
     has_answer = torch.tensor([task.stated_answer(t) is not None for t in texts], device=rt.device)
     rm_z = torch.zeros_like(correct)
     if models.rm is not None and args.reward != "exact":
-        raw = score_sequences(models.rm, ro, args.micro_batch_size, rt.autocast)
+        raw = score_sequences(models.rm, rollouts, args.micro_batch_size, rt.autocast)
         rm_z = (raw - state["reward_mean"]) / state["reward_std"]
-    seq_reward = sequence_rewards(args.reward, rm_z, correct, has_answer, ro.finished, args.no_answer_penalty,
-                                  args.unfinished_penalty, args.reward_clip)
-    return seq_reward, rm_z, correct, has_answer, texts
+    sequence = sequence_rewards(args.reward, rm_z, correct, has_answer, rollouts.finished, args.no_answer_penalty,
+                                args.unfinished_penalty, args.reward_clip)
+    return Rewards(sequence, rm_z, correct, has_answer, texts)
+
+
+def log_record(args, update, rewards, rollouts, batch, stats, state, seconds, t_start):
+    """Step 5: the RM's view and the truth side by side, and PPO's health."""
+    return {"update": update + 1, "rm_score": float(rewards.rm_z.mean()), "accuracy": float(rewards.correct.mean()),
+            "reward": float(rewards.sequence.mean()), "kl_ref": float(batch.kl_per_seq.mean()), **stats,
+            "expl_var": (explained_variance(batch.values, batch.returns, batch.mask) if args.estimator == "ppo"
+                         else None),
+            "resp_len": float(rollouts.lengths.float().mean()), "finished": float(rollouts.finished.float().mean()),
+            "no_answer": float((~rewards.has_answer).float().mean()), "kl_coef": state["kl_coef"],
+            "lr": lr_schedule(args, update)(0)[0], "tok/s": int(batch.mask.sum()) / seconds,
+            "seconds": time.time() - t_start}
+
+
+LOG_COLUMNS = ["update", "rm_score", "accuracy", "kl_ref", "entropy", "clip_frac", "approx_kl", "value_loss",
+               "expl_var", "resp_len", "kl_coef", "tok/s"]
+
+
+def print_row(rec):
+    print(" ".join("-".rjust(9) if rec[c] is None else f"{rec[c]:>9.3f}" if isinstance(rec[c], float)
+                   else f"{rec[c]:>9d}" for c in LOG_COLUMNS))
+
+
+def finish(args, data, state, seconds):
+    """summary.json, written last: it says the run is finished, and which update it hands on."""
+    why = (f"highest accuracy on the {len(data.val_rows)} validation questions ({args.val_samples} samples "
+           f"each, the same seeds for every candidate; ties go to the earlier update)")
+    print(f"ppo_best.pt is update {state['best_update']}: {why}")
+    common.write_json(os.path.join(args.out_dir, "summary.json"),
+                      {"updates": args.updates, "seconds": seconds, "reward": args.reward,
+                       "estimator": args.estimator,
+                       "critic_init": args.critic_init if args.estimator == "ppo" else None,
+                       "best_update": state["best_update"], "best_val_accuracy": state["best_val"],
+                       "chosen_because": why, "val_history": state["val_history"],
+                       "reward_mean": state["reward_mean"], "reward_std": state["reward_std"],
+                       "reward_scale": state["reward_scale"]})
 
 
 def main(argv=None):
@@ -797,42 +888,23 @@ def main(argv=None):
     if rt.ddp:
         raise common.UserError("runs on one process (one GPU or the CPU); start it without torchrun")
     common.seed_everything(args.seed)
-    last_path, best_path = os.path.join(args.out_dir, "ppo_last.pt"), os.path.join(args.out_dir, "ppo_best.pt")
-    log_path = os.path.join(args.out_dir, "ppo_log.jsonl")
-    data, models, state, log_rows = setup(args, rt, last_path, log_path)
-    k = args.samples_per_question
-
-    os.makedirs(args.out_dir, exist_ok=True)
-    with common.atomic_file(log_path) as f:  # a resumed run's log: the rows up to its checkpoint
-        f.writelines(json.dumps(r) + "\n" for r in log_rows)
-    log = open(log_path, "a")
-    if state["update"] == 0 and not log_rows:  # a fresh run: the SFT model is candidate 0
-        rec = {"update": 0, "reward_mean": state["reward_mean"], "reward_std": state["reward_std"],
-               "reward_scale": state["reward_scale"]}
-        choose_checkpoint(args, rt, data, models, state, 0, rec, best_path)
-        save_resume_point(last_path, args, data, models, state, 0)
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
-    cols = ["update", "rm_score", "accuracy", "kl_ref", "entropy", "clip_frac", "approx_kl",
-            "value_loss", "expl_var", "resp_len", "kl_coef", "tok/s"]
-    print(" ".join(f"{c:>9s}" for c in cols))
+    paths = PPOPaths(args.out_dir)
+    data, models, state, log = setup(args, rt, paths)
+    print(" ".join(f"{c:>9s}" for c in LOG_COLUMNS))
     t_start = time.time()
     for update in range(state["update"], args.updates):
         t0 = time.time()
-        # 1. Rollout: training questions, no answer given (a fresh draw per update, by seed).
-        rng = random.Random(rationales.derive_seed(args.seed, "questions", update))
-        rows = rng.sample(data.train_rows, min(args.questions_per_update, len(data.train_rows)))
-        seeds = [rationales.derive_seed(args.seed, "rollout", update, i) for i in range(len(rows) * k)]
-        ro = rollout(models.policy, [data.prompt_ids[r["id"]] for r in rows], k, args.temperature,
-                     data.max_new_tokens, data.stop_ids, seeds, rt.device, args.batch_prompts, rt.autocast,
-                     data.n_vocab)
-        # 2. The sequence reward: the standardised RM score (SML) and/or the exact answer check.
-        seq_reward, rm_z, correct, has_answer, texts = rollout_rewards(args, rt, data, models, state, rows, ro)
-        # 3. Old/ref log-probs, values, per-token KL-penalised rewards, GAE.
-        batch = prepare_batch(models.policy, models.ref, models.critic, ro, seq_reward, state["kl_coef"],
-                              args.temperature, args.gamma, args.lam, args.micro_batch_size, rt.autocast,
-                              data.n_vocab, args.estimator, k)
-        # 4. PPO epochs over minibatches (the critic alone during its warmup).
+        # 1. Rollout: k rationales for each of a fresh draw of training questions, no answer given.
+        rows, prompts, seeds = draw_questions(args, data, update)
+        rollouts = rollout(models.policy, prompts, args.samples_per_question, args.temperature, data.max_new_tokens,
+                           data.stop_ids, seeds, rt.device, args.batch_prompts, rt.autocast, data.n_vocab)
+        # 2. Reward: the standardised RM score (SML) and/or the exact answer check, per rationale.
+        rewards = score_rollouts(args, rt, data, models, state, rows, rollouts)
+        # 3. Advantages: old/ref log-probs, values, per-token KL-penalised rewards, GAE (or group baselines).
+        batch = prepare_batch(models.policy, models.ref, models.critic, rollouts, rewards.sequence,
+                              state["kl_coef"], args.temperature, args.gamma, args.lam, args.micro_batch_size,
+                              rt.autocast, data.n_vocab, args.estimator, args.samples_per_question)
+        # 4. Optimise: epochs over minibatches (the critic alone during its warmup).
         stats = ppo_update(models.policy, models.critic, models.opt_policy, models.opt_critic, batch, models.gen,
                            epochs=args.ppo_epochs, minibatch_size=args.minibatch_size,
                            micro_batch_size=args.micro_batch_size, temperature=args.temperature, clip=args.clip,
@@ -841,40 +913,23 @@ def main(argv=None):
                            amp=rt.autocast, n_vocab=data.n_vocab)
         if not all(v is None or np.isfinite(v) for v in (stats["policy_loss"], stats["value_loss"])):
             raise common.UserError(f"loss is not finite at update {update + 1}; try a lower --lr "
-                                   f"(the last good checkpoint is {last_path})")
-        kl_ref = float(batch.kl_per_seq.mean())
+                                   f"(the last good checkpoint is {paths.last})")
         if args.kl_target:
-            state["kl_coef"] = adaptive_kl_coef(state["kl_coef"], kl_ref, args.kl_target, len(seeds),
-                                                args.kl_horizon)
-
-        # 5. Log: the RM's view and the truth side by side, and PPO's health.
-        rec = {"update": update + 1, "rm_score": float(rm_z.mean()), "accuracy": float(correct.mean()),
-               "reward": float(seq_reward.mean()), "kl_ref": kl_ref, **stats,
-               "expl_var": explained_variance(batch.values, batch.returns, batch.mask) if models.critic else None,
-               "resp_len": float(ro.lengths.float().mean()),
-               "finished": float(ro.finished.float().mean()), "no_answer": float((~has_answer).float().mean()),
-               "kl_coef": state["kl_coef"], "lr": lr_schedule(args, update)(0)[0],
-               "tok/s": int(batch.mask.sum()) / (time.time() - t0), "seconds": time.time() - t_start}
+            state["kl_coef"] = adaptive_kl_coef(state["kl_coef"], float(batch.kl_per_seq.mean()), args.kl_target,
+                                                len(seeds), args.kl_horizon)
+        # 5. Log, and every --eval_interval updates choose on the validation split and save.
+        rec = log_record(args, update, rewards, rollouts, batch, stats, state, time.time() - t0, t_start)
         if (update + 1) % args.eval_interval == 0 or update + 1 == args.updates:
-            rec["samples"] = [{"question": rows[i // k]["question"], "rationale": texts[i],
-                               "reward": float(seq_reward[i]), "rm_score": float(rm_z[i])}
-                              for i in range(min(args.log_samples, len(texts)))]
-            choose_checkpoint(args, rt, data, models, state, update + 1, rec, best_path)
-            save_resume_point(last_path, args, data, models, state, update + 1)
+            rec["samples"] = [{"question": rows[i // args.samples_per_question]["question"],
+                               "rationale": rewards.texts[i], "reward": float(rewards.sequence[i]),
+                               "rm_score": float(rewards.rm_z[i])} for i in range(min(args.log_samples, len(seeds)))]
+            choose_checkpoint(args, rt, data, models, state, update + 1, rec, paths.best)
+            save_resume_point(paths.last, args, data, models, state, update + 1)
         log.write(json.dumps(rec) + "\n")
         log.flush()
-        print(" ".join("-".rjust(9) if rec[c] is None else f"{rec[c]:>9.3f}" if isinstance(rec[c], float)
-                       else f"{rec[c]:>9d}" for c in cols))
+        print_row(rec)
     log.close()
-    why = (f"highest accuracy on the {len(data.val_rows)} validation questions ({args.val_samples} samples "
-           f"each, the same seeds for every candidate; ties go to the earlier update)")
-    print(f"ppo_best.pt is update {state['best_update']}: {why}")
-    common.write_json(os.path.join(args.out_dir, "summary.json"),
-                      {"updates": args.updates, "seconds": time.time() - t_start, "reward": args.reward,
-                       "estimator": args.estimator, "critic_init": args.critic_init if models.critic else None, "best_update": state["best_update"],
-                       "best_val_accuracy": state["best_val"], "chosen_because": why,
-                       "val_history": state["val_history"], "reward_mean": state["reward_mean"],
-                       "reward_std": state["reward_std"], "reward_scale": state["reward_scale"]})
+    finish(args, data, state, time.time() - t_start)
     common.cleanup_runtime(rt)
 
 

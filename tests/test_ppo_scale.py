@@ -160,10 +160,9 @@ def test_ppo_penalises_a_rationale_that_states_no_answer(tiny_run):
     data = SimpleNamespace(tok=tok, task=get_task("gsm8k"), stop_ids=[eot])
     models = SimpleNamespace(rm=None)
     rows = [{"question": "How many apples?", "answer": "5"}]
-    seq_reward, _, correct, has_answer, _ = train_ppo.rollout_rewards(
-        args, SimpleNamespace(device="cpu"), data, models, {}, rows, ro)
-    assert correct.tolist() == [0.0, 1.0] and has_answer.tolist() == [False, True]
-    assert seq_reward.tolist() == [-1.0, 1.0]
+    rewards = train_ppo.score_rollouts(args, SimpleNamespace(device="cpu"), data, models, {}, rows, ro)
+    assert rewards.correct.tolist() == [0.0, 1.0] and rewards.has_answer.tolist() == [False, True]
+    assert rewards.sequence.tolist() == [-1.0, 1.0]
 
 
 # -----------------------------------------------------------------------------
