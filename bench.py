@@ -35,7 +35,8 @@ import train_ppo
 from data import load_world
 from data.jsonl import load_dataset
 from data.tokenizer import eot_id
-from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint
+from checkpoint import load_checkpoint
+from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar
 from sampler import sample
 
 # Without --ckpt: a fresh model of pretrain.py's default shape
@@ -134,9 +135,8 @@ HF_COMPARE = ("gpt2", "qwen2.5-0.5b")
 
 def hf_compare(name, layers, device, train_steps, batch, seq, seed, n_prompts):
     """Ours vs transformers on one shape, the same weights in both."""
-    import transformers
+    import transformers  # a test-only peer, not a requirement
 
-    import hf
     shape = dict(HF_SHAPES[name])
     layer_key = "n_layer" if shape["model_type"] == "gpt2" else "num_hidden_layers"
     if layers:

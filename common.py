@@ -11,7 +11,9 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
+import tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -24,6 +26,10 @@ from tqdm import tqdm
 class UserError(Exception):
     """Something the user can fix (a missing file, a malformed line, a wrong checkpoint, a
     flag out of range): reported as one line naming the file / line / value, no traceback."""
+
+
+class CheckpointError(UserError):
+    """A missing, unreadable, hostile or wrong-kind checkpoint; the message names the file."""
 
 
 def run(main):
@@ -61,7 +67,6 @@ def _fsync_folder(folder):
 
 def _sweep_stale_temporaries(path):
     """Remove `path`.tmpPID files or folders whose process is gone (killed mid-write)."""
-    import shutil
     for stale in glob.glob(glob.escape(path) + ".tmp*"):
         pid = stale.rsplit(".tmp", 1)[1]
         if pid.isdigit() and not _pid_alive(int(pid)):
@@ -106,7 +111,6 @@ def atomic_folder(path, outputs):
     user's files safe: an existing `path` is replaced only if it holds these files and nothing
     else (a previous run's outputs); a folder that holds anything else is never deleted
     (check_output refuses it before any work; it is checked again here)."""
-    import shutil
     path = os.path.abspath(path.rstrip("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _sweep_stale_temporaries(path)
@@ -141,7 +145,6 @@ def _inside(path, folder):
 def _check_writable(path, folder):
     """A file can be made in `folder` (permissions, a read-only file system): found before any
     work, not when the results are written at the end."""
-    import tempfile
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass

@@ -20,7 +20,7 @@ import common
 import rationales
 from data import fewshot, load_world
 from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 from sampler import check_sampling_args
 
 

@@ -39,7 +39,7 @@ import rationales
 from data import fewshot, load_world
 from data.jsonl import load_dataset, write_jsonl
 from data.tasks import CLASS_KINDS, DATASET_TASKS
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 from sampler import check_sampling_args
 
 PRESETS = rationales.SAMPLING_PRESETS

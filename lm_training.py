@@ -21,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 from data.jsonl import DataError
-from model import IGNORE_INDEX, configure_optimizer, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from model import IGNORE_INDEX, configure_optimizer
 
 
 def log_path_of(out):

@@ -95,8 +95,8 @@ from data import load_world
 from data.jsonl import DataError, load_dataset
 from data.tokenizer import stop_ids
 from lm_training import read_log
-from model import (GPT, checked_config, configure_optimizer, lm_to_scalar, load_checkpoint, save_checkpoint,
-                   sequence_scores)
+from checkpoint import checked_config, load_checkpoint, save_checkpoint
+from model import GPT, configure_optimizer, lm_to_scalar, sequence_scores
 from sampler import mask_padded_vocab, prompts_per_batch, sample
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).

@@ -38,7 +38,8 @@ import rationales
 from data import load_world
 from data.jsonl import DataError, load_dataset, load_pairs
 from data.tokenizer import encode_after, eot_id
-from model import configure_optimizer, lm_to_scalar, load_checkpoint, save_checkpoint, sequence_scores
+from checkpoint import load_checkpoint, save_checkpoint
+from model import configure_optimizer, lm_to_scalar, sequence_scores
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {}, "tiny": dict(max_steps=30, batch_size=16, warmup_steps=1, auc_questions=20),

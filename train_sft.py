@@ -23,7 +23,7 @@ from data import load_world
 from data.jsonl import DataError, load_dataset, load_sft
 from data.tokenizer import encode_after, eot_id
 from lm_training import start_or_resume, train_lm
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 # pretrained: fine-tuning a pretrained model (run.sh with INIT): a learning rate for

@@ -1,15 +1,17 @@
-"""The built-in reasoning world: tasks, the pretraining corpus, the tokenizer, JSONL I/O."""
+"""The built-in reasoning world and the paper's datasets: tasks, the tokenizer, JSONL I/O, and
+load_world, what every script opens a data folder with."""
+
+import os
+
+from common import read_json
+from data.jsonl import DataError
+from data.tasks import get_task
+from data.tokenizer import load_tokenizer
 
 
 def load_world(data_dir, task_name=None):
     """(tokenizer, task) of a data folder made by data/prepare.py; the task is the one its
     meta.json names unless task_name is given. Raises DataError with the path on bad input."""
-    import os
-
-    from common import read_json
-    from data.jsonl import DataError
-    from data.tasks import get_task
-    from data.tokenizer import load_tokenizer
     tok = load_tokenizer(os.path.join(data_dir, "tokenizer.json"))
     if task_name is None:
         meta_path = os.path.join(data_dir, "meta.json")

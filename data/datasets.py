@@ -36,9 +36,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+import numpy as np
+
 import common
 from data.jsonl import DataError, iter_jsonl, write_jsonl
 from data.tasks import NUMBER_RE, ChoiceTask, LettersTask, NumberTask, YesNoTask, get_task
+from hub import copy_download
 
 # Download sources, pinned to commits so that the recorded sizes and hashes stay true.
 # SML_DATASETS_URL replaces the host (tests serve a folder laid out like it on 127.0.0.1).
@@ -210,7 +213,6 @@ def aqua_train_subset(pool, n, seed=0):
     """The indices of AQuA's train questions in the collection's subset: numpy's legacy
     RandomState (its stream is frozen by numpy's compatibility policy), as Fine-tune-CoT drew
     them; sorted, the order of its split file."""
-    import numpy as np
     return sorted(np.random.RandomState(seed).choice(pool, n, replace=False).tolist())
 
 
@@ -331,8 +333,7 @@ def download_file(url, dest, size=None, sha256=None, git_blob=None, timeout=60):
     """Download url to dest and verify it; a file that fails is not kept. The bytes go to a
     temporary beside dest (common.atomic_file), so a killed download leaves no file under
     dest's name, and the next download sweeps what killed ones left. A host that goes silent
-    or sends too slowly ever to finish is an error after `timeout` s (hf.copy_download)."""
-    from hf import copy_download
+    or sends too slowly ever to finish is an error after `timeout` s (hub.copy_download)."""
     with common.atomic_file(dest, "wb") as f:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:

@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common
-import hf
+import hub
 from data import datasets
 from data.jsonl import write_jsonl
 from data.tasks import TASKS, get_task
@@ -190,7 +190,7 @@ def prepare_dataset(args):
     tokenizer_from = getattr(args, "tokenizer_from", None)
     inputs = [getattr(args, "source", None), getattr(args, "cache_dir", None), tokenizer_from]
     common.check_output(args.out_dir, args.overwrite, inputs, folder=True, outputs=OUTPUTS)
-    tokenizer_json = hf.tokenizer_json_of(tokenizer_from) if tokenizer_from else None
+    tokenizer_json = hub.tokenizer_json_of(tokenizer_from) if tokenizer_from else None
     with common.atomic_folder(args.out_dir, OUTPUTS) as tmp:
         meta = datasets.prepare(args.task, tmp, getattr(args, "source", None),
                                 getattr(args, "cache_dir", None), getattr(args, "test_only", False),

@@ -10,6 +10,8 @@ import os
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from data.jsonl import DataError
+
 EOT = "<|endoftext|>"
 # The end-of-text token of a pretrained model's tokenizer, by family: GPT-2, Qwen and SmolLM
 # write <|endoftext|>, Llama 3 <|end_of_text|>, Llama 2 and Mistral </s>, Gemma <eos>.
@@ -23,7 +25,6 @@ def eot_id(tok):
     for t in END_OF_TEXT:
         if (i := tok.token_to_id(t)) is not None:
             return i
-    from data.jsonl import DataError
     raise DataError(f"the tokenizer has no end-of-text token (none of {', '.join(END_OF_TEXT)})")
 
 
@@ -76,7 +77,6 @@ def train_tokenizer(texts, vocab_size=512):
 
 
 def load_tokenizer(path):
-    from data.jsonl import DataError
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file (make it with data/prepare.py)")
     try:

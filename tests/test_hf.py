@@ -19,8 +19,8 @@ import torch
 
 import hf
 from data.tokenizer import train_tokenizer
-from model import (GPT, CheckpointError, GPTConfig, configure_optimizer, from_pretrained, lm_to_scalar,
-                   load_checkpoint, save_checkpoint, save_pretrained, sequence_scores)
+from checkpoint import CheckpointError, from_pretrained, load_checkpoint, save_checkpoint, save_pretrained
+from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, sequence_scores
 from sampler import sample
 
 import transformers  # test-only (requirements-test.txt): without it these tests fail, never skip

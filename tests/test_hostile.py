@@ -29,7 +29,9 @@ from data.datasets import DATASETS, download_file
 from data.jsonl import DataError
 from data.prepare import main as prepare_main
 from data.tokenizer import load_tokenizer, train_tokenizer
-from model import GPT, CheckpointError, GPTConfig, from_pretrained, load_checkpoint, save_checkpoint, save_pretrained
+from checkpoint import CheckpointError, from_pretrained, load_checkpoint, save_checkpoint, save_pretrained
+from hub import tokenizer_json_of
+from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -258,7 +260,7 @@ def test_a_cut_tokenizer_is_one_clear_error(hf_folder, tmp_path, tokenizer):
     text = path.read_text()
     path.write_text(text[:len(text) // 2])
     refused(lambda: from_pretrained(str(hf_folder)), str(path))
-    refused(lambda: hf.tokenizer_json_of(str(hf_folder)), str(path))
+    refused(lambda: tokenizer_json_of(str(hf_folder)), str(path))
     data_tok = tmp_path / "data" / "tokenizer.json"
     os.makedirs(data_tok.parent)
     data_tok.write_text(text[:len(text) // 2])
@@ -321,7 +323,8 @@ sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(1)
 import hf
-from model import GPT, GPTConfig, save_pretrained
+from checkpoint import save_pretrained
+from model import GPT, GPTConfig
 from data.tokenizer import train_tokenizer
 
 work = sys.argv[2]

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from model import CheckpointError, GPT, GPTConfig, lm_to_scalar, load_checkpoint, save_checkpoint, sequence_scores
+from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+from model import GPT, GPTConfig, lm_to_scalar, sequence_scores
 from sampler import KVCache
 
 

@@ -5,7 +5,6 @@ chunked log-probs, checkpointing), weights-only final checkpoints, dropout."""
 import copy
 import json
 import os
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +17,8 @@ import train_rm
 import train_sft
 from data.tasks import get_task
 from data.tokenizer import EOT, load_tokenizer
-from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar
 
 
 def models_and_batch(tiny_run, n_prompts=8, k=4, seed=0, dropout=0.0):
@@ -316,7 +316,6 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_run):
 
 def test_frozen_models_are_kept_in_the_compute_dtype(tiny_run, tmp_path, monkeypatch):
     data, base = tiny_run["data"], tiny_run["base"]
-    tok = load_tokenizer(os.path.join(data, "tokenizer.json"))
     seen = {}
     real = train_ppo.prepare_batch
 

@@ -21,7 +21,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from model import GPT, GPTConfig, save_pretrained
+from checkpoint import save_pretrained
+
+from model import GPT, GPTConfig
 from results import ROWS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +97,7 @@ def copying_llama(tmp_path_factory):
     from data.jsonl import load_dataset
     from data.prepare import main as prepare_main
     from data.tasks import get_task
-    from model import load_checkpoint
+    from checkpoint import load_checkpoint
     from train_sft import main as sft_main
     d = tmp_path_factory.mktemp("recipe")
     sources = {key: source(key, d / key) for key in KEYS}

@@ -360,7 +360,7 @@ def test_a_ppo_rerun_removes_summary_json_before_it_writes(tiny_run, tmp_path, m
     from dataclasses import asdict
 
     import train_ppo
-    from model import load_checkpoint, save_checkpoint
+    from checkpoint import load_checkpoint, save_checkpoint
     out = tmp_path / "ppo"
     out.mkdir()
     (out / "summary.json").write_text('{"best_update": 4}\n')

@@ -249,7 +249,7 @@ def test_an_instruct_checkpoint_stops_at_its_own_eos_and_never_writes_padding(tm
     tokenizer. Its rationales stop at <|im_end|> (finished, not run to the budget and taken
     for unfinished), and no padding id is written."""
     from data.tasks import get_task
-    from model import from_pretrained, save_pretrained
+    from checkpoint import from_pretrained, save_pretrained
     texts = [f"Tom has {i} pens. Tom finds 1 more. How many pens does Tom have now?" for i in range(30)]
     tok = train_tokenizer(texts, vocab_size=300)
     tok.add_special_tokens(["<|im_end|>"])

@@ -11,7 +11,8 @@ import torch
 import train_rm
 import train_sft
 from data.tokenizer import EOT, load_tokenizer
-from model import GPT, IGNORE_INDEX, GPTConfig, configure_optimizer, load_checkpoint
+from checkpoint import load_checkpoint
+from model import GPT, IGNORE_INDEX, GPTConfig, configure_optimizer
 from lm_training import make_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
