@@ -19,9 +19,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from tokenizers import Tokenizer
 from tqdm import tqdm
 
+import data.tokenizer
 from common import CheckpointError
 
 
@@ -323,13 +323,8 @@ def weight_map(index_path):
 
 
 def read_tokenizer(path):
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such file (the model's tokenizer is needed)")
-    try:
-        return Tokenizer.from_file(path)
-    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a tokenizer the tokenizers library reads ({reason})") from None
+    """A checkpoint folder's tokenizer.json."""
+    return data.tokenizer.read_tokenizer(path, CheckpointError, "the model's tokenizer is needed")
 
 
 

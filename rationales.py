@@ -118,31 +118,33 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
                     for q, _ in requests]
         todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
                 for s in samples if s["finished"] and s["text"]]
-        if candidates is not None:
-            lines = read_answers_by_candidates(model, tok, task, unhinted, [q for q, _ in requests], todo,
-                                               candidates, exemplars, batch_prompts * k, desc=f"{desc}: reading answers",
-                                               quiet=quiet)
-        else:
-            lines = read_answer_lines(model, tok, task, unhinted, [q for q, _ in requests], todo, batch_prompts * k,
-                                      stops, one_line=True, desc=f"{desc}: reading answers", quiet=quiet)
+        lines = read_answers(model, tok, task, unhinted, [q for q, _ in requests], todo, candidates, exemplars,
+                             batch_prompts * k, stops, True, f"{desc}: reading answers", quiet)
         for (i, s), line in zip(todo, lines):
             s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
             s["final_answer"] = task.extract_answer(s["answer_text"])
             s["answer_read"] = True
     if complete_missing:
         missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
-        if candidates is not None:
-            lines = read_answers_by_candidates(model, tok, task, prompts, [q for q, _ in requests], missing,
-                                               candidates, exemplars, batch_prompts * k, desc=f"{desc}: answer lines",
-                                               quiet=quiet)
-        else:
-            lines = read_answer_lines(model, tok, task, prompts, [q for q, _ in requests], missing, batch_prompts * k,
-                                      stops, one_line=bool(exemplars), desc=f"{desc}: answer lines", quiet=quiet)
+        lines = read_answers(model, tok, task, prompts, [q for q, _ in requests], missing, candidates, exemplars,
+                             batch_prompts * k, stops, bool(exemplars), f"{desc}: answer lines", quiet)
         for (i, s), line in zip(missing, lines):
             s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
             s["final_answer"] = task.extract_answer(s["answer_text"])
             s["answer_completed"] = True
     return results, {"tokens": n_tok, "seconds": time.time() - t0}
+
+
+def read_answers(model, tok, task, prompts, questions, todo, candidates, exemplars, rows_per_batch, stop_ids,
+                 one_line, desc, quiet):
+    """The answer line of each (i, sample) in todo, after prompts[i] + its rationale: the
+    calibrated candidate the model prefers where the task has candidates (choice, yes/no),
+    else what the model writes greedily."""
+    if candidates is not None:
+        return read_answers_by_candidates(model, tok, task, prompts, questions, todo, candidates, exemplars,
+                                          rows_per_batch, desc=desc, quiet=quiet)
+    return read_answer_lines(model, tok, task, prompts, questions, todo, rows_per_batch, stop_ids,
+                             one_line=one_line, desc=desc, quiet=quiet)
 
 
 def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts, stop_ids, one_line,

@@ -76,12 +76,17 @@ def train_tokenizer(texts, vocab_size=512):
     return tok
 
 
-def load_tokenizer(path):
+def read_tokenizer(path, error=DataError, remedy="make it with data/prepare.py"):
+    """A tokenizer.json; a missing or malformed one is one `error` naming the file."""
     if not os.path.exists(path):
-        raise DataError(f"{path}: no such file (make it with data/prepare.py)")
+        raise error(f"{path}: no such file ({remedy})")
     try:
         return Tokenizer.from_file(path)
     except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: not a tokenizer the tokenizers library reads ({reason}); "
-                        f"make it again with data/prepare.py") from None
+        raise error(f"{path}: not a tokenizer the tokenizers library reads ({reason}); {remedy}") from None
+
+
+def load_tokenizer(path):
+    """A data folder's tokenizer.json."""
+    return read_tokenizer(path)
