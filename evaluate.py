@@ -2,13 +2,16 @@
 Evaluation, for every stage: the accuracy of any checkpoint on any split, and two
 checkpoints compared question by question.
 
-  eval     accuracy at a temperature (greedy by default), one sample or a majority vote
-           over k (maj@k), with a 95% Wilson interval; --out keeps per-question predictions
-           (with the step checker's count of wrong steps, where the task has one)
-  compare  two --out files of the same questions: wrong -> right, right -> wrong, and the
-           exact McNemar test; the same for "every step right" where steps were checked
+  eval     accuracy at a temperature (greedy by default) over k samples per question: their
+           mean, with its standard error, and their majority vote (maj@k), with a 95% Wilson
+           interval; --out keeps per-question predictions (with the step checker's count of
+           wrong steps for each sample, where the task has one)
+  compare  two --out files of the same questions: the per-question means over the k samples
+           compared pairwise (difference, paired SE, p), for accuracy and for "every step
+           right" where steps were checked; and the predictions (one sample or maj@k): wrong
+           -> right, right -> wrong, and the exact McNemar test
 
-    python evaluate.py eval --ckpt runs/default/sft.pt --data_dir runs/default/data --temperature 1 \\
+    python evaluate.py eval --ckpt runs/default/sft.pt --data_dir runs/default/data --temperature 1 --k 8 \\
         --out runs/default/preds_sft.jsonl --summary runs/default/eval_sft.json
     python evaluate.py compare runs/default/preds_sft.jsonl runs/default/preds_sml.jsonl
 """
@@ -47,7 +50,8 @@ def get_args(argv=None):
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = s.add_argument_group("sampling")
     g.add_argument("--temperature", type=common.NONNEG_FLOAT, default=0.0, help="0 = greedy")
-    g.add_argument("--k", type=common.SAMPLES, default=1, help="samples per question (majority vote)")
+    g.add_argument("--k", type=common.SAMPLES, default=1,
+                   help="samples per question (their mean, and their majority vote)")
     g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")
     g.add_argument("--top_p", type=common.FRACTION, default=None, help="unset or 1: off")
     common.add_budget_args(g)
@@ -79,10 +83,23 @@ def mcnemar(before, after):
             "p_value": min(1.0, 2 * tail)}
 
 
+def paired_test(before, after):
+    """Paired comparison of per-question values (e.g. each question's mean over k samples):
+    the mean of the differences after - before, its standard error over questions, and the
+    two-sided p-value of the normal approximation (a paired t-test at the hundreds of
+    questions a test split has)."""
+    if len(before) != len(after):
+        raise ValueError(f"paired test needs the same questions: {len(before)} vs {len(after)}")
+    diff, se = rationales.mean_and_se([b - a for a, b in zip(before, after)])
+    p = math.erfc(abs(diff / se) / math.sqrt(2)) if se > 0 else float(diff == 0)
+    return {"before": sum(before) / max(1, len(before)), "after": sum(after) / max(1, len(after)),
+            "difference": diff, "se": se, "p_value": p}
+
+
 def load_predictions(path):
     """{id: prediction row} from an eval --out file."""
-    return {r["id"]: r for r in read_jsonl(path, {"id": str, "correct": bool}, {"step_errors": int},
-                                            unique="id")}
+    optional = {"step_errors": int, "sample_correct": list[bool], "sample_step_errors": list}
+    return {r["id"]: r for r in read_jsonl(path, {"id": str, "correct": bool}, optional, unique="id")}
 
 
 def eval_main(args):
@@ -121,26 +138,29 @@ def compare_main(args):
     if set(before) != set(after):
         raise DataError(f"{args.before} and {args.after} are not on the same questions")
     ids = sorted(before)
+    # each file's prediction ("correct": the one sample, or the majority vote over k): McNemar
     res = mcnemar([before[i]["correct"] for i in ids], [after[i]["correct"] for i in ids])
     res.update(before_accuracy=sum(before[i]["correct"] for i in ids) / len(ids),
                after_accuracy=sum(after[i]["correct"] for i in ids) / len(ids))
-    print(f"{len(ids)} questions: {100 * res['before_accuracy']:.1f}% -> {100 * res['after_accuracy']:.1f}%; "
-          f"wrong->right {res['wrong_to_right']}, right->wrong {res['right_to_wrong']}, "
-          f"McNemar p = {res['p_value']:.3g}")
+    print(f"{len(ids)} questions, the prediction: {100 * res['before_accuracy']:.1f}% -> "
+          f"{100 * res['after_accuracy']:.1f}%; wrong->right {res['wrong_to_right']}, "
+          f"right->wrong {res['right_to_wrong']}, McNemar p = {res['p_value']:.3g}")
+    # each question's mean over its k samples, paired: the headline comparison
+    means = [[rationales.per_question_means(preds[i]) for i in ids] for preds in (before, after)]
+    res["sample_accuracy"] = paired_test(*[[m for m, _ in side] for side in means])
+    print(f"mean over the samples of a question: {describe(res['sample_accuracy'])}")
     # Rationale quality, where the task has a step checker: a right answer reached through
     # slips that cancel is not a good rationale, and RL may repair it without moving accuracy.
-    rows = [*before.values(), *after.values()]
-    if any(r.get("step_errors") is not None for r in rows):
-        sound = [[preds[i].get("step_errors") == 0 for i in ids] for preds in (before, after)]
-        f = mcnemar(*sound)
-        res["every_step_right"] = {"before": sum(sound[0]) / len(ids), "after": sum(sound[1]) / len(ids),
-                                   "flawed_to_right": f["wrong_to_right"],
-                                   "right_to_flawed": f["right_to_wrong"], "p_value": f["p_value"]}
-        print(f"every step right: {100 * sum(sound[0]) / len(ids):.1f}% -> "
-              f"{100 * sum(sound[1]) / len(ids):.1f}%; flawed->right {f['wrong_to_right']}, "
-              f"right->flawed {f['right_to_wrong']}, McNemar p = {f['p_value']:.3g}")
+    if any(sound is not None for side in means for _, sound in side):
+        res["every_step_right"] = paired_test(*[[sound or 0.0 for _, sound in side] for side in means])
+        print(f"every step right (mean over the samples): {describe(res['every_step_right'])}")
     if args.json:
         common.write_json(args.json, res)
+
+
+def describe(t):
+    return (f"{100 * t['before']:.1f}% -> {100 * t['after']:.1f}%, difference {100 * t['difference']:+.1f} "
+            f"points (paired SE {100 * t['se']:.1f}), p = {t['p_value']:.3g}")
 
 
 def main(argv=None):

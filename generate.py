@@ -8,8 +8,10 @@ SML steps 1-2: rationale generation and rationale collection, on the train split
      high quality (sft.jsonl, SML step 3a); high above low of the same question: the reward
      model's pairs (pairs.jsonl, step 3b).
 
-With --k_unhinted the model also writes rationales with no answer given; the correct ones are
-the STaR / rejection-sampling baseline's data (sft_unhinted.jsonl), never SML's.
+With --k_unhinted the model also writes rationales with no answer given, for two baselines,
+never for SML: its correct ones are rejection-sampling fine-tuning's data (RFT, rft.jsonl), and
+with the rationalizations of the questions it got wrong they are one STaR iteration's data
+(star.jsonl: build_star_rows). --m 0 (a later STaR iteration) gives no wrong answers.
 
 A pretrained model on one of the paper's datasets (--shots, on by default there) is shown
 solved exemplars first and writes its explanation for the given answer on one line; its final
@@ -20,8 +22,8 @@ rationales are written in the zero-shot format, "<explanation> So the answer is 
 teaches.
 
 Writes into --out_dir (all at once: a half-finished collection never has the folder's name):
-rationales.jsonl (every sample, labelled), sft.jsonl, pairs.jsonl, sft_unhinted.jsonl,
-stats.json (kept and discarded, by reason; on a choice or yes/no task also the share kept for
+rationales.jsonl (every sample, labelled), sft.jsonl, pairs.jsonl, rft.jsonl and star.jsonl
+(with --k_unhinted), stats.json (kept and discarded, by reason; on a choice or yes/no task also the share kept for
 each given answer, and how many questions, SFT rows and pairs have each gold answer).
 
     python generate.py --ckpt runs/default/base.pt --data_dir runs/default/data \\
@@ -43,7 +45,7 @@ from checkpoint import load_checkpoint
 from sampler import check_sampling_args
 
 PRESETS = rationales.SAMPLING_PRESETS
-OUTPUTS = ["rationales.jsonl", "sft.jsonl", "pairs.jsonl", "sft_unhinted.jsonl", "stats.json"]  # --out_dir's files
+OUTPUTS = ["rationales.jsonl", "sft.jsonl", "pairs.jsonl", "rft.jsonl", "star.jsonl", "stats.json"]  # --out_dir's files
 
 
 def get_args(argv=None):
@@ -64,9 +66,10 @@ def get_args(argv=None):
                         "the paper's datasets; 0 for the built-in world, whose base model was pretrained "
                         "on the hint template)")
     g.add_argument("--k", type=common.SAMPLES, default=4, help="rationales per (question, given answer)")
-    g.add_argument("--m", type=common.COUNT, default=2, help="wrong answers given per question")
+    g.add_argument("--m", type=common.NONNEG, default=2,
+                   help="wrong answers given per question (0: none, as a STaR iteration needs)")
     g.add_argument("--k_unhinted", type=common.number(int, low=0, high=common.MAX_SAMPLES), default=4,
-                   help="rationales with no answer given, for the STaR baseline (0: none)")
+                   help="rationales with no answer given, for the RFT and STaR baselines (0: none)")
     g.add_argument("--temperature", type=common.POSITIVE, default=1.0)
     g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")
     g.add_argument("--top_p", type=common.FRACTION, default=None, help="unset or 1: off")
@@ -105,8 +108,8 @@ def label_rationale(task, gold, hint, text, finished):
     (hint): on the paper's datasets, discarded if it refers to the hint itself
     ("mentions_hint": "the given answer", "as given", "hint"); else kept if its final answer
     agrees with the hint, as "high" quality for the correct answer and "low" for a wrong one;
-    otherwise discarded ("inconsistent"). No answer given (the STaR baseline's samples, never
-    SML's): kept as "star" if the answer is correct, else discarded ("wrong").
+    otherwise discarded ("inconsistent"). No answer given (the RFT and STaR baselines'
+    samples, never SML's): kept as "rft" if the answer is correct, else discarded ("wrong").
     """
     stated = task.stated_answers(text)  # (text: with a few-shot prompt, the rationale + the answer line read)
     final = next(iter(stated)) if len(stated) == 1 else None
@@ -120,19 +123,19 @@ def label_rationale(task, gold, hint, text, finished):
     if hint is not None and task.name in DATASET_TASKS and MENTIONS_HINT_RE.search(text):
         return final, correct, "discarded", "mentions_hint"
     if hint is None:
-        return (final, correct, "star", None) if correct else (final, correct, "discarded", "wrong")
+        return (final, correct, "rft", None) if correct else (final, correct, "discarded", "wrong")
     if not task.answers_match(final, hint):
         return final, correct, "discarded", "inconsistent"
     return final, correct, "high" if task.answers_match(hint, gold) else "low", None
 
 
-def build_sft_rows(task, records, label="high"):
-    """SFT rows from the kept rationales with this label ("high": SML; "star": the STaR
+def build_sft_rows(task, records, labels=("high",)):
+    """SFT rows from the kept rationales with these labels ("high": SML; "rft": the RFT
     baseline), deduplicated per question. The prompt carries no hint: SFT teaches the
     model to reach the answer from the question alone."""
     seen, rows = set(), []
     for r in records:
-        if r["label"] != label:
+        if r["label"] not in labels:
             continue
         key = (r["question"], r["rationale"])
         if key not in seen:
@@ -142,10 +145,21 @@ def build_sft_rows(task, records, label="high"):
     return rows
 
 
+def build_star_rows(task, records):
+    """One STaR iteration's SFT rows (Zelikman et al. 2022): for each question, the correct
+    rationales the model wrote with no answer given ("rft"); for a question it got wrong in
+    every one of them, its rationalizations instead: rationales written given the correct
+    answer that reach it ("high", exactly SML's high-quality rows). The prompt carries no hint
+    either way, so a rationalization teaches the model to find that answer on its own."""
+    solved = {r["id"] for r in records if r["label"] == "rft"}
+    return build_sft_rows(task, [r for r in records if r["label"] == "rft" or r["id"] not in solved],
+                          labels=("rft", "high"))
+
+
 def build_pairs(task, records, max_per_question, rng):
     """Reward-model pairs, as in the paper: a rationale kept for the correct answer (chosen,
     "high") above one kept for a wrong answer (rejected, "low") of the same question. Both
-    sides come from hinted samples only; unhinted samples belong to the STaR baseline.
+    sides come from hinted samples only; unhinted samples belong to the RFT and STaR baselines.
     All pairs, or a random max_per_question of them."""
     by_q = {}
     for r in records:
@@ -170,7 +184,7 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
     requests, meta = [], []
     for row in rows:
         rng = random.Random(rationales.derive_seed(seed, "wrong", row["id"]))
-        for hint in [row["answer"]] + task.wrong_answers(row, m, rng):
+        for hint in [row["answer"]] + (task.wrong_answers(row, m, rng) if m else []):
             kind = "correct" if hint == row["answer"] else "wrong"
             requests.append((row["question"], hint))
             meta.append((row, hint, kind))
@@ -178,7 +192,7 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
     candidates = rationales.answer_candidates(task, [row for row, _, _ in meta])
     results, speed = rationales.sample_rationales(model, tok, task, requests, k, temperature, seed,
                                        desc="collect", quiet=quiet, candidates=candidates, **kw)
-    if k_unhinted:  # the STaR baseline's samples: no answer given
+    if k_unhinted:  # the RFT and STaR baselines' samples: no answer given
         res_u, sp_u = rationales.sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
                                         k_unhinted, temperature, rationales.derive_seed(seed, "unhinted"),
                                         desc="collect (no hint)", quiet=quiet, **kw)
@@ -210,7 +224,7 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
             kept = sum(r["label"] != "discarded" for r in sub)
             stats["by_hint_type"][kind] = {
                 "samples": len(sub), "kept": kept,
-                # yield: the share kept (consistent with the hint; unhinted: correct, as STaR keeps)
+                # yield: the share kept (consistent with the hint; unhinted: correct, as RFT keeps)
                 "yield": kept / len(sub), "correct": sum(r["correct"] for r in sub),
                 "discarded": {why: n for why in DISCARD_REASONS
                               if (n := sum(r["discard_reason"] == why for r in sub))}}
@@ -220,8 +234,9 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
     for label in ("high", "low"):  # hinted samples only: SML's data
         stats[label] = sum(r["label"] == label for r in hinted)
     stats["discarded_hinted"] = sum(r["label"] == "discarded" for r in hinted)
-    stats["star"] = sum(r["label"] == "star" for r in records)
+    stats["rft"] = sum(r["label"] == "rft" for r in records)
     stats["questions_with_high"] = len({r["id"] for r in records if r["label"] == "high"})
+    stats["questions_with_rft"] = len({r["id"] for r in records if r["label"] == "rft"})
     return records, stats
 
 
@@ -281,9 +296,14 @@ def main(argv=None):
         records, stats = collect(model, tok, task, rows, args.k, args.m, args.k_unhinted, args.temperature,
                                  args.seed, max_new_tokens=budget, batch_prompts=args.batch_prompts,
                                  top_k=args.top_k, top_p=args.top_p, exemplars=exemplars)
-    sft = build_sft_rows(task, records, "high")
+    sft = build_sft_rows(task, records)
     pairs = build_pairs(task, records, args.max_pairs_per_question, random.Random(args.seed))
-    stats.update({"sft_rows": len(sft), "pairs": len(pairs), "wall_seconds": time.time() - t0,
+    rft = build_sft_rows(task, records, labels=("rft",)) if args.k_unhinted else []
+    star = build_star_rows(task, records) if args.k_unhinted else []
+    stats.update({"sft_rows": len(sft), "pairs": len(pairs), "rft_rows": len(rft), "star_rows": len(star),
+                  # STaR: the questions it got wrong unhinted, that a rationalization brings in
+                  "questions_rationalized": len({r["id"] for r in star}) - stats["questions_with_rft"],
+                  "wall_seconds": time.time() - t0,
                   "classes": class_histograms(task, rows, sft, pairs),
                   "exemplars": exemplars, "max_new_tokens": budget,
                   "args": vars(args)})
@@ -292,7 +312,8 @@ def main(argv=None):
         write_jsonl(os.path.join(tmp, "sft.jsonl"), sft)
         write_jsonl(os.path.join(tmp, "pairs.jsonl"), pairs)
         if args.k_unhinted:
-            write_jsonl(os.path.join(tmp, "sft_unhinted.jsonl"), build_sft_rows(task, records, "star"))
+            write_jsonl(os.path.join(tmp, "rft.jsonl"), rft)
+            write_jsonl(os.path.join(tmp, "star.jsonl"), star)
         common.write_json(os.path.join(tmp, "stats.json"), stats)
     for kind, s in stats["by_hint_type"].items():
         kept = "consistent" if kind != "none" else "correct"
@@ -305,6 +326,9 @@ def main(argv=None):
     print(f"{len(sft)} SFT rows, {len(pairs)} pairs, {stats['questions_with_high']}/{len(rows)} "
           f"questions with a high-quality rationale, {stats['wall_seconds']:.0f}s, "
           f"{stats['tokens_per_s']:.0f} tok/s -> {args.out_dir}")
+    if args.k_unhinted:
+        print(f"baselines: {len(rft)} RFT rows (correct with no answer given, on {stats['questions_with_rft']} "
+              f"questions); {len(star)} STaR rows, {stats['questions_rationalized']} questions by rationalization")
 
 
 if __name__ == "__main__":

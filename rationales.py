@@ -7,8 +7,9 @@ train_rm.py and train_ppo.py) and the benchmark share.
   through the KV-cache fan-out sampler (sampler.py), with each one's final answer read back.
 - read_answers_by_candidates(): a choice or yes/no answer the model has to complete, read as
   the candidate it prefers, calibrated against a content-free prompt.
-- evaluate(): accuracy of a model on a split (majority vote over k samples), with a 95%
-  Wilson interval, and per-question predictions.
+- evaluate(): accuracy of a model on a split: the mean over k samples per question with its
+  standard error, the majority vote over them (maj@k) with a 95% Wilson interval, the step
+  checker's share of sound rationales, and per-question predictions.
 
 Seeds are derived from what a sample *is* (request i, draw j), never from the batch it lands
 in, so results do not depend on batching.
@@ -278,7 +279,9 @@ def majority(answers):
 
 def evaluate(model, tok, task, rows, temperature=0.0, k=1, seed=0, quiet=False, **kw):
     """Accuracy on rows (the task's answer check on each prediction). With k > 1 the
-    prediction is the majority vote over k samples. Returns (summary, per-question rows)."""
+    prediction is the majority vote over k samples (maj@k), and every sample is checked too:
+    the mean over them is the less noisy measure of what one sample gets right. Returns
+    (summary, per-question rows)."""
     results, speed = sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
                                        k, temperature, seed, complete_missing=True, desc="eval",
                                        candidates=answer_candidates(task, rows), quiet=quiet, **kw)
@@ -287,12 +290,13 @@ def evaluate(model, tok, task, rows, temperature=0.0, k=1, seed=0, quiet=False, 
         answers = [task.normalize(s["final_answer"]) if s["final_answer"] is not None else None
                    for s in samples]
         pred = majority(answers)
+        # the task's step checker (the numeric datasets': equations) on every sample, for measuring only
+        step_errors = [task.step_errors(row["question"], s["text"]) for s in samples]
         preds.append({"id": row["id"], "answer": row["answer"], "prediction": pred,
                       "correct": task.answers_match(pred, row["answer"]),
                       "sample_correct": [task.answers_match(s["final_answer"], row["answer"]) for s in samples],
-                      "rationale": samples[0]["text"],
-                      # the task's step checker (the numeric datasets': equations), for measuring only
-                      "step_errors": task.step_errors(row["question"], samples[0]["text"])})
+                      "rationale": samples[0]["text"], "step_errors": step_errors[0],  # the rationale shown
+                      "sample_step_errors": step_errors})
     summary = summarize(preds, temperature, k, speed)
     if "every_step_right" in summary:
         summary["step_check"] = task.STEP_CHECK  # on the numeric datasets: "every equation right"
@@ -310,27 +314,51 @@ def majority_class(task, rows):
     return {"majority_class": answer, "majority_class_accuracy": n / len(rows)}
 
 
+def mean_and_se(values):
+    """The mean of per-question values and its standard error over questions."""
+    n = len(values)
+    mean = sum(values) / max(1, n)
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / max(1, n))
+
+
+def per_question_means(pred):
+    """(share of the question's samples that are correct, share whose every step the step
+    checker finds right, or None where the task has no step checker). A predictions row of
+    an older file, without the per-sample lists, counts as its one sample."""
+    correct = pred.get("sample_correct") or [pred["correct"]]
+    errors = pred.get("sample_step_errors") or [pred.get("step_errors")]
+    sound = None if all(e is None for e in errors) else sum(e == 0 for e in errors) / len(errors)
+    return sum(correct) / len(correct), sound
+
+
 def summarize(preds, temperature, k, speed=None):
+    """accuracy: the prediction's (maj@k; with k = 1 the one sample), with its 95% Wilson
+    interval. sample_accuracy: the mean over the k samples of each question, then over
+    questions, with its standard error: one sample per question at T=1 is too noisy to rank
+    two models, the mean over k is not (and is what the paired test in evaluate.py compare
+    reads). every_step_right: the same mean for the step checker (an unreadable rationale
+    counts as not right)."""
     n = len(preds)
     c = sum(p["correct"] for p in preds)
     lo, hi = wilson_interval(c, n)
     out = {"n": n, "correct": c, "accuracy": c / max(1, n), "ci95": [lo, hi],
            "temperature": temperature, "k": k}
-    checked = [p.get("step_errors") for p in preds]
-    if any(e is not None for e in checked):  # the share whose every step is right (unreadable: not)
-        out["every_step_right"] = sum(e == 0 for e in checked) / max(1, n)
-    if k > 1:  # accuracy of single samples, alongside the vote
-        flat = [x for p in preds for x in p["sample_correct"]]
-        out["sample_accuracy"] = sum(flat) / max(1, len(flat))
+    means = [per_question_means(p) for p in preds]
+    out["sample_accuracy"], out["sample_accuracy_se"] = mean_and_se([m for m, _ in means])
+    if any(sound is not None for _, sound in means):
+        out["every_step_right"], out["every_step_right_se"] = mean_and_se([sound or 0.0 for _, sound in means])
     if speed:
         out["tokens_per_s"] = speed["tokens"] / max(1e-9, speed["seconds"])
     return out
 
 
 def format_accuracy(s):
-    return (f"{100 * s['accuracy']:.1f}% ({s['correct']}/{s['n']}, 95% CI "
-            f"{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f})"
-            + (f", {s.get('step_check', 'every step right')} in {100 * s['every_step_right']:.1f}%"
-               if "every_step_right" in s else "")
+    check = s.get("step_check", "every step right")
+    vote = (f"{100 * s['accuracy']:.1f}% ({s['correct']}/{s['n']}, 95% CI "
+            f"{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f})")
+    return ((f"{100 * s['sample_accuracy']:.1f}% per sample (mean of {s['k']}, SE "
+             f"{100 * s['sample_accuracy_se']:.1f}), maj@{s['k']} {vote}" if s.get("k", 1) > 1 else vote)
+            + (f", {check} in {100 * s['every_step_right']:.1f}%" if "every_step_right" in s else "")
             + (f"; always '{s['majority_class']}', the majority class, scores {100 * s['majority_class_accuracy']:.1f}%"
                if "majority_class" in s else ""))

@@ -1,27 +1,53 @@
 """
-The results of a run.sh run: the paper-style table on the test split, the three findings,
-and where the time went. Reads the run folder (or its seed*/ folders) and writes
-results.md and results.json there; with matplotlib installed, also ppo_curves.png.
+The results of a run.sh run: one row per method on the test split, each method against SML
+question by question, the findings, and where the time went. Reads the run folder (or its
+seed*/ folders) and writes results.md and results.json there; with matplotlib installed,
+also ppo_curves.png.
+
+Each method's headline accuracy is the mean over the k samples of every test question at
+temperature 1 (evaluate.py eval --k), with its standard error: one sample per question is too
+noisy to rank methods a few points apart. The majority vote over the same samples (maj@k) and
+the greedy answer (a second evaluation at temperature 0) sit beside it: a method can raise
+one and lower another (PPO sharpens the policy, and loses the diversity a vote needs).
 
     python results.py runs/default
 """
 
 import glob
 import os
+import re
 import statistics
 
 import common
 from data.jsonl import iter_jsonl
 
-# (key, row name, what it is) in table order; the key names the eval_<key>.json file
+# (key, row name, what it is) in table order. The key names the files of a method's
+# evaluations, eval_<key>.json (k samples at temperature 1) and eval_<key>_greedy.json; a key
+# with "{}" is numbered (SML's rounds from 2, STaR's iterations from 1).
 ROWS = [
     ("base", "Base model", "the pretrained model, no fine-tuning"),
     ("sft", "SFT (self-generated)", "SML steps 1-3a: SFT on its own high-quality rationales"),
-    ("sml", "SML (SFT + PPO, RM reward)", "the full method"),
-    ("star", "STaR / rejection sampling", "SFT on its own unhinted correct samples"),
+    ("sml", "SML (SFT + PPO, RM reward)", "the full method: one round, as in the paper"),
+    ("sml_round{}", "SML round {}", "collected again with the last round's SML model; SFT, RM and PPO from it"),
+    ("rft", "RFT (rejection-sampling fine-tuning)", "SFT on its own correct samples with no answer given"),
+    ("star{}", "STaR iteration {}", "the base model fine-tuned on the last iteration's correct samples "
+                                    "and rationalizations"),
     ("gold", "SFT on gold rationales", "the annotation upper bound"),
     ("ppo_exact", "SFT + PPO, exact-match reward", "RL on a verifiable reward"),
+    ("rloo", "SFT + RLOO, RM reward", "no critic: each sample against the mean of its question's others"),
+    ("grpo", "SFT + GRPO, RM reward", "no critic: each sample against its question's mean, over their std"),
 ]
+
+
+def row_of(key):
+    """(row name, what it is, position in the table) of an evaluation's key, or None."""
+    for pos, (pattern, name, what) in enumerate(ROWS):
+        if "{}" not in pattern:
+            if key == pattern:
+                return name, what, (pos, 0)
+        elif m := re.fullmatch(pattern.replace("{}", r"(\d+)"), key):
+            return name.format(m[1]), what, (pos, int(m[1]))
+    return None
 
 
 def load(path):
@@ -32,58 +58,63 @@ def load_jsonl(path):
     return [row for _, row in iter_jsonl(path)]
 
 
+def output_folder(run, stage):
+    """Where a run.sh stage wrote its log or collection: "ppo" -> ppo/, "ppo exact" ->
+    ppo_exact/, "collect star2" -> star2/collect, "sft round2" -> round2/sft."""
+    words = stage.split()
+    if len(words) == 2 and re.fullmatch(r"round\d+", words[1]):
+        return os.path.join(run, words[1], words[0])
+    if words[0] == "collect":
+        return os.path.join(run, *words[1:], "collect")
+    return os.path.join(run, "_".join(words))
+
+
 def one_seed(run):
     """Everything we report, from one seed's folder."""
-    out = {"rows": {}, "findings": {}, "stages": {}}
-    for key, _, _ in ROWS:
-        p = os.path.join(run, f"eval_{key}.json")
-        if os.path.exists(p):
-            out["rows"][key] = load(p)
+    out = {"folder": os.path.basename(os.path.normpath(run)), "rows": {}, "greedy": {}, "vs_sml": {},
+           "findings": {}, "stages": {}}
+    for path in sorted(glob.glob(os.path.join(run, "eval_*.json"))):
+        name = os.path.basename(path)[len("eval_"):-len(".json")]
+        key = name.removesuffix("_greedy")
+        if not row_of(key):
+            continue  # not a method's evaluation
+        greedy = name.endswith("_greedy")
+        out["greedy" if greedy else "rows"][key] = load(path)
+        cmp = os.path.join(run, f"compare_{key}_sml{'_greedy' if greedy else ''}.json")
+        if os.path.exists(cmp) and "sample_accuracy" in (c := load(cmp)):  # (an older run's has none)
+            out["vs_sml"].setdefault(key, {})["greedy" if greedy else "sampled"] = c  # run.sh's, question by question
     rm = os.path.join(run, "rm_report.json")
     if os.path.exists(rm):
         r = load(rm)
         out["findings"]["rm_pair_accuracy"] = r.get("val_pair_accuracy")
         out["findings"]["rm_auc_correctness"] = r.get("auc_correctness")
-    cmp = os.path.join(run, "compare_sft_sml.json")
-    if os.path.exists(cmp):
-        c = load(cmp)
-        out["findings"].update(ppo_wrong_to_right=c["wrong_to_right"], ppo_right_to_wrong=c["right_to_wrong"],
-                               ppo_mcnemar_p=c["p_value"])
-        if "every_step_right" in c:  # rationale quality by the task's step checker
-            f = c["every_step_right"]
-            out["findings"].update(every_step_right_sft=f["before"], every_step_right_sml=f["after"],
-                                   ppo_flawed_to_right=f["flawed_to_right"],
-                                   ppo_right_to_flawed=f["right_to_flawed"], ppo_every_step_right_p=f["p_value"])
-    timings = os.path.join(run, "timings.jsonl")
-    if os.path.exists(timings):
-        for t in load_jsonl(timings):
-            out["stages"][t["stage"]] = {"seconds": t["seconds"]}
-    # tokens/s where a stage measures it
-    for stage, ckpt in (("pretrain", "base"), ("sft", "sft"), ("star", "star"), ("gold", "gold")):
-        for path in (os.path.join(run, f"{ckpt}.log.jsonl"),):
-            if os.path.exists(path) and stage in out["stages"]:
-                rates = [r["tokens_per_s"] for r in load_jsonl(path) if "tokens_per_s" in r]
-                if rates:
-                    out["stages"][stage]["tokens_per_s"] = rates[-1]
-    for key, _, _ in ROWS[3:]:  # SML against each baseline, question by question
-        p = os.path.join(run, f"compare_{key}_sml.json")
-        if os.path.exists(p):
-            out.setdefault("vs_baselines", {})[key] = load(p)
     summary = os.path.join(run, "ppo", "summary.json")
     if os.path.exists(summary):
         out["findings"]["ppo_best_update"] = load(summary).get("best_update")
+    timings = os.path.join(run, "timings.jsonl")
+    if os.path.exists(timings):
+        for t in load_jsonl(timings):
+            if t["stage"].startswith("compare "):  # a second or two each: one row for them all
+                out["stages"].setdefault("compare with SML", {"seconds": 0})["seconds"] += t["seconds"]
+            else:  # (a stage redone after its output was removed: its last time)
+                out["stages"][t["stage"]] = {"seconds": t["seconds"]}
+    for stage, timing in out["stages"].items():  # tokens/s where a stage measures it
+        folder = output_folder(run, "base" if stage == "pretrain" else stage)
+        if os.path.exists(log := folder + ".log.jsonl"):  # pretraining and SFT
+            rates = [r["tokens_per_s"] for r in load_jsonl(log) if "tokens_per_s" in r]
+            if rates:
+                timing["tokens_per_s"] = rates[-1]
+        elif os.path.exists(log := os.path.join(folder, "ppo_log.jsonl")):  # PPO and its variants
+            timing["tokens_per_s"] = statistics.mean(r["tok/s"] for r in load_jsonl(log) if "tok/s" in r)
+        elif os.path.exists(stats := os.path.join(folder, "stats.json")):  # collection
+            timing["tokens_per_s"] = load(stats)["tokens_per_s"]
     stats = os.path.join(run, "collect", "stats.json")
-    if os.path.exists(stats) and "collect" in out["stages"]:
+    if os.path.exists(stats):
         s = load(stats)
-        out["stages"]["collect"]["tokens_per_s"] = s["tokens_per_s"]
-        out["collect"] = {k: s[k] for k in ("sft_rows", "pairs", "questions", "questions_with_high") if k in s}
+        out["collect"] = {k: s[k] for k in ("sft_rows", "pairs", "rft_rows", "star_rows", "questions_rationalized",
+                                            "questions", "questions_with_high") if k in s}
         out["collect"]["yield"] = {k: v["yield"] for k, v in s["by_hint_type"].items()}
         out["collect"]["discarded"] = {k: v.get("discarded", {}) for k, v in s["by_hint_type"].items()}
-    for stage, folder in (("ppo", "ppo"), ("ppo exact", "ppo_exact")):
-        ppo_log = os.path.join(run, folder, "ppo_log.jsonl")
-        if os.path.exists(ppo_log) and stage in out["stages"]:
-            out["stages"][stage]["tokens_per_s"] = statistics.mean(r["tok/s"] for r in load_jsonl(ppo_log)
-                                                                   if "tok/s" in r)
     return out
 
 
@@ -107,59 +138,115 @@ def step_check_name(seeds):
                 "every step right")
 
 
+def significance(diff, p):
+    """+1 where the second of two methods is ahead at p < 0.05, -1 where behind, else 0."""
+    return 0 if p >= 0.05 else (1 if diff > 0 else -1)
+
+
+def render_table(seeds, keys, lines):
+    """One row per method: accuracy as the mean over k samples per question, maj@k, greedy,
+    and every step right. Returns the table as a dict."""
+    n = len(seeds)
+    evals = [row for s in seeds for row in s["rows"].values()]
+    checked = any("every_step_right" in row for row in evals)
+    check = step_check_name(seeds)
+    k = max(row.get("k", 1) for row in evals)
+    lines += [f"Test split, {evals[0]['n']} questions. Accuracy: the mean over the {k} samples of each question "
+              f"at temperature 1, " + (f"mean ± std over {n} seeds" if n > 1 else "± its standard error over the "
+                                       "questions") + f"; maj@{k}: the majority vote over the same samples; greedy: "
+              "one answer at temperature 0" + (f"; {check}: the share of the samples whose every step the task's "
+                                               "step checker finds right" if checked else "") + ".", "",
+              f"| | accuracy (%), mean of {k} | maj@{k} (%) | greedy (%) |{f' {check} (%) |' if checked else ''} "
+              "what it is |", "|---|---|---|---|" + ("---|" if checked else "") + "---|"]
+    table = {}
+    for key in keys:
+        name, what, _ = row_of(key)
+        rows = [s["rows"][key] for s in seeds if key in s["rows"]]
+        # an evaluation of one sample per question (EVAL_K=1, or an older run's file) is its own mean
+        m, sd = mean_std([r.get("sample_accuracy", r["accuracy"]) for r in rows])
+        se = rows[0].get("sample_accuracy_se") if n == 1 else None
+        maj, maj_sd = mean_std([r["accuracy"] for r in rows if r.get("k", 1) > 1])
+        greedy, greedy_sd = mean_std([s["greedy"][key]["accuracy"] for s in seeds if key in s["greedy"]])
+        esr, esr_sd = mean_std([r.get("every_step_right") for r in rows])
+        table[key] = {"name": name, "accuracy_mean": m, "accuracy_std": sd, "accuracy_se": se,
+                      f"maj@{k}_mean": maj, "greedy_mean": greedy, "every_step_right_mean": esr,
+                      "seeds": len(rows), "k": rows[0].get("k", 1), "n_questions": rows[0]["n"]}
+        acc = pct(m, sd, n) + (f" ± {100 * se:.1f}" if se is not None else "")
+        shots = rows[0].get("shots")  # a pretrained base model answers behind exemplars
+        lines.append(f"| {name} | {acc} | {pct(maj, maj_sd, n)} | {pct(greedy, greedy_sd, n)} |"
+                     + (f" {pct(esr, esr_sd, n)} |" if checked else "")
+                     + f" {what}{f', {shots}-shot prompt' if shots else ''} |")
+    return table
+
+
+def render_against_sml(seeds, keys, lines):
+    """Each method against SML on the same test questions, per seed; with several seeds, what
+    holds in every one. Returns {key: [one comparison per seed]}."""
+    n = len(seeds)
+    check = step_check_name(seeds)
+    keys = [key for key in keys if all("sampled" in s["vs_sml"].get(key, {}) for s in seeds)]
+    if not keys:
+        return {}
+    lines += ["", "## Each method against SML, same test questions", "",
+              "Paired over the questions: each question's mean over its samples (SML minus the method, with the "
+              "paired standard error and the normal test's p), the same for every step right, and the greedy "
+              "answers (questions only SML / only the method gets right, exact McNemar p).", "",
+              f"| method | accuracy: method -> SML | SML - method | p | {check}: method -> SML | p "
+              "| greedy: only SML / only method right | p |", "|---|---|---|---|---|---|---|---|"]
+    found, every_seed = {}, []
+    for key in keys:
+        name = row_of(key)[0]
+        found[key] = [s["vs_sml"][key] for s in seeds]
+        for s, cmp in zip(seeds, found[key]):
+            acc = cmp["sampled"]["sample_accuracy"]
+            esr = cmp["sampled"].get("every_step_right")
+            greedy = cmp.get("greedy")
+            label = f"{name} ({s['folder']})" if n > 1 else name
+            lines.append(f"| {label} "
+                         f"| {100 * acc['before']:.1f} -> {100 * acc['after']:.1f} "
+                         f"| {100 * acc['difference']:+.1f} ± {100 * acc['se']:.1f} | {acc['p_value']:.2g} "
+                         + (f"| {100 * esr['before']:.1f} -> {100 * esr['after']:.1f} | {esr['p_value']:.2g} "
+                            if esr else "| - | - ")
+                         + (f"| {greedy['wrong_to_right']} / {greedy['right_to_wrong']} | {greedy['p_value']:.2g} |"
+                            if greedy else "| - | - |"))
+        if n > 1:
+            verdicts = []
+            for what, field in (("accuracy", "sample_accuracy"), (check, "every_step_right")):
+                tests = [c["sampled"].get(field) for c in found[key]]
+                if all(tests):
+                    signs = {significance(t["difference"], t["p_value"]) for t in tests}
+                    verdicts.append(f"{what}: " + ({1: "SML ahead", -1: "SML behind", 0: "no difference"}[signs.pop()]
+                                                   if len(signs) == 1 else "differs between seeds"))
+            every_seed.append(f"- {name}: " + "; ".join(verdicts))
+    if every_seed:
+        lines += ["", f"In every one of the {n} seeds (p < 0.05 on the mean over the samples):", ""] + every_seed
+    return found
+
+
 def render(seeds, run):
     n = len(seeds)
-    rows = [row for s in seeds for row in s["rows"].values()]
-    checked = any("every_step_right" in row for row in rows)
-    check = step_check_name(seeds)
-    lines = [f"# Results: {run}", "",
-             "Test accuracy, one sample per question at temperature 1"
-             + (f", mean ± std over {n} seeds" if n > 1 else ", with its 95% Wilson interval")
-             + (f"; and the share of rationales with {check} (the task's step checker)" if checked else "") + ".", "",
-             f"| | accuracy (%) | 95% CI |{f' {check} (%) |' if checked else ''} what it is |",
-             "|---|---|---|" + ("---|" if checked else "") + "---|"]
-    table = {}
-    for key, name, what in ROWS:
-        accs = [s["rows"][key]["accuracy"] for s in seeds if key in s["rows"]]
-        if not accs:
-            continue
-        m, sd = mean_std(accs)
-        ci = seeds[0]["rows"][key]["ci95"] if n == 1 else None
-        table[key] = {"name": name, "accuracy_mean": m, "accuracy_std": sd, "seeds": len(accs),
-                      "ci95": ci, "n_questions": seeds[0]["rows"][key]["n"]}
-        ci_text = f"{100 * ci[0]:.1f}-{100 * ci[1]:.1f}" if ci else "-"
-        quality = ""
-        if checked:
-            esr, esr_sd = mean_std([s["rows"][key].get("every_step_right") for s in seeds if key in s["rows"]])
-            table[key]["every_step_right_mean"] = esr
-            quality = f" {pct(esr, esr_sd, n)} |"
-        shots = seeds[0]["rows"][key].get("shots")  # a pretrained base model answers behind exemplars
-        lines.append(f"| {name} | {pct(m, sd, n)} | {ci_text} |{quality} {what}"
-                     f"{f', {shots}-shot prompt' if shots else ''} |")
+    keys = sorted({key for s in seeds for key in s["rows"]}, key=lambda key: row_of(key)[2])
+    lines = [f"# Results: {run}", ""]
+    table = render_table(seeds, keys, lines)
     majority = {}
     # a choice or yes/no task: the accuracy of answering the test split's majority class everywhere
+    rows = [row for s in seeds for row in s["rows"].values()]
     shares = [next((row["majority_class_accuracy"] for row in s["rows"].values() if "majority_class" in row), None)
               for s in seeds]
     if any(x is not None for x in shares):
         m, sd = mean_std(shares)
         answer = next(row["majority_class"] for row in rows if "majority_class" in row)
         majority = {"answer": answer, "accuracy_mean": m, "accuracy_std": sd}
-        lines.append(f"| Majority class | {pct(m, sd, n)} | - |{' - |' if checked else ''} always "
+        checked = any("every_step_right" in row for row in rows)
+        lines.append(f"| Majority class | {pct(m, sd, n)} | - | - |{' - |' if checked else ''} always "
                      f"'{answer}'{' (first seed)' if n > 1 else ''}: the floor every accuracy above is read against |")
+    vs_sml = render_against_sml(seeds, [key for key in keys if key not in ("base", "sml")], lines)
     findings = {}
     lines += ["", "## Findings", ""]
     for key, text, is_pct in [("rm_auc_correctness", "Reward model: AUC of its score for correctness "
                                "(fresh SFT samples, test questions)", False),
                               ("rm_pair_accuracy", "Reward model: pair accuracy (high above low) on collection "
                                "questions held out of its training; SFT trained on their rationales", True),
-                              ("ppo_wrong_to_right", "PPO vs SFT, same test questions: wrong -> right", False),
-                              ("ppo_right_to_wrong", "PPO vs SFT, same test questions: right -> wrong", False),
-                              ("ppo_mcnemar_p", "PPO vs SFT: McNemar p-value", False),
-                              ("every_step_right_sft", f"Rationales with {check} (step checker): SFT", True),
-                              ("every_step_right_sml", f"Rationales with {check} (step checker): SML", True),
-                              ("ppo_flawed_to_right", f"PPO vs SFT, same test questions: flawed -> {check}", False),
-                              ("ppo_right_to_flawed", f"PPO vs SFT, same test questions: {check} -> flawed", False),
-                              ("ppo_every_step_right_p", "PPO vs SFT, rationale quality: McNemar p-value", False),
                               ("ppo_best_update", "PPO: the update chosen on the validation split "
                                "(0 = the SFT model)", False)]:
         m, sd = mean_std([s["findings"].get(key) for s in seeds])
@@ -172,7 +259,7 @@ def render(seeds, run):
     if collected:
         lines += ["", "## Rationale collection (SML steps 1-2)", ""]
         for kind, what in (("correct", "given the correct answer"), ("wrong", "given a wrong answer"),
-                           ("none", "no answer given (STaR's samples)")):
+                           ("none", "no answer given (RFT's and STaR's samples)")):
             ys = [c["yield"][kind] for c in collected if kind in c["yield"]]
             if ys:
                 m, sd = mean_std(ys)
@@ -180,24 +267,12 @@ def render(seeds, run):
                 lines.append(f"- {what}: {pct(m, sd, n)}% kept"
                              + (f"; discarded (first seed): {', '.join(f'{v} {k}' for k, v in why.items())}"
                                 if why else ""))
-        m, _ = mean_std([c.get("sft_rows") for c in collected])
-        p, _ = mean_std([c.get("pairs") for c in collected])
-        lines.append(f"- SFT rows {m:.0f}, reward-model pairs {p:.0f}" + (" (mean over seeds)" if n > 1 else ""))
-    names = {key: name for key, name, _ in ROWS}
-    vs = [(key, [s.get("vs_baselines", {}).get(key) for s in seeds]) for key, _, _ in ROWS[3:]]
-    vs = [(key, cmps) for key, cmps in vs if all(cmps)]
-    if vs:
-        lines += ["", "## SML against the baselines, same test questions"
-                  + (" (each seed)" if n > 1 else ""), "",
-                  "| baseline | accuracy: baseline -> SML | only SML right / only baseline right | p "
-                  f"| {check}: baseline -> SML | p |", "|---|---|---|---|---|---|"]
-        for key, cmps in vs:
-            for c in cmps:
-                f = c.get("every_step_right")
-                quality = (f"{100 * f['before']:.1f} -> {100 * f['after']:.1f} | {f['p_value']:.2g}"
-                           if f else "- | -")
-                lines.append(f"| {names[key]} | {100 * c['before_accuracy']:.1f} -> {100 * c['after_accuracy']:.1f} "
-                             f"| {c['wrong_to_right']} / {c['right_to_wrong']} | {c['p_value']:.2g} | {quality} |")
+        counts = {key: mean_std([c.get(key) for c in collected])[0]
+                  for key in ("sft_rows", "pairs", "rft_rows", "star_rows", "questions_rationalized")}
+        lines.append(f"- SFT rows {counts['sft_rows']:.0f}, reward-model pairs {counts['pairs']:.0f}"
+                     + (f"; RFT rows {counts['rft_rows']:.0f}, STaR iteration 1 rows {counts['star_rows']:.0f} "
+                        f"({counts['questions_rationalized']:.0f} questions by rationalization)"
+                        if counts["star_rows"] is not None else "") + (" (mean over seeds)" if n > 1 else ""))
     stages = {}
     lines += ["", "## Time", "", "| stage | seconds | tokens/s |", "|---|---|---|"]
     for stage in seeds[0]["stages"]:
@@ -207,8 +282,8 @@ def render(seeds, run):
         lines.append(f"| {stage} | {sec:.0f} | {f'{tps:.0f}' if tps else '-'} |")
     total = sum(v["seconds"] for v in stages.values())
     lines.append(f"| total | {total:.0f} | |")
-    return "\n".join(lines) + "\n", {"table": table, "majority_class": majority, "findings": findings,
-                                     "stages": stages, "seeds": n, "per_seed": seeds}
+    return "\n".join(lines) + "\n", {"table": table, "majority_class": majority, "vs_sml": vs_sml,
+                                      "findings": findings, "stages": stages, "seeds": n, "per_seed": seeds}
 
 
 def plot(run):

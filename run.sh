@@ -3,8 +3,12 @@
 #
 #   bash run.sh                      # the default preset (about 14 minutes on a 2-core CPU)
 #   PRESET=tiny bash run.sh          # a smoke test (a couple of minutes)
-#   BASELINES=1 bash run.sh          # also STaR, SFT on gold rationales, PPO on exact match
+#   BASELINES=1 bash run.sh          # also RFT, STaR (STAR_ITERATIONS, default 3), SFT on gold
+#                                    # rationales, PPO on exact match, RLOO and GRPO on the RM
+#   ROUNDS=2 bash run.sh             # SML again from its own model: collect, SFT, RM, PPO
 #   SEEDS=3 bash run.sh              # the whole loop for seeds 1337, 1338, 1339: mean +- std
+#   EVAL_K=8 bash run.sh             # samples per test question (the default): accuracy is their
+#                                    # mean, maj@k their vote; each method is also evaluated greedily
 #   TASK=coinflip RUN=runs/coinflip bash run.sh
 #   DATA_ARGS="--max_operand 5" bash run.sh        # knobs of the world (data/prepare.py)
 #   SFT_ARGS="--max_steps 300" bash run.sh         # extra flags for a stage: GENERATE_ARGS,
@@ -46,7 +50,12 @@ DATA_ARGS=${DATA_ARGS:-}           # extra flags for data/prepare.py, e.g. "--no
 # extra flags for the other stages (after the preset's, so they win), e.g. SFT_ARGS="--max_steps 100"
 GENERATE_ARGS=${GENERATE_ARGS:-}; SFT_ARGS=${SFT_ARGS:-}; RM_ARGS=${RM_ARGS:-}; PPO_ARGS=${PPO_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:-}
-if [ "$PRESET" = tiny ]; then BASELINES=${BASELINES:-1}; else BASELINES=${BASELINES:-0}; fi
+ROUNDS=${ROUNDS:-1}                # SML rounds; the paper runs one
+if [ "$PRESET" = tiny ]; then  # the smoke test runs every method, each as small as it goes
+    BASELINES=${BASELINES:-1}; STAR_ITERATIONS=${STAR_ITERATIONS:-2}; EVAL_K=${EVAL_K:-2}
+else
+    BASELINES=${BASELINES:-0}; STAR_ITERATIONS=${STAR_ITERATIONS:-3}; EVAL_K=${EVAL_K:-8}
+fi
 
 if [ "${REDO:-0}" = "1" ]; then rm -rf "$RUN"; fi
 mkdir -p "$RUN"
@@ -59,11 +68,24 @@ step() {  # step NAME OUTPUT COMMAND...
     "$@"
     echo "{\"stage\": \"$name\", \"seconds\": $((SECONDS - t0))}" >> "$R/timings.jsonl"
 }
-# (an eval stage is done when its summary, written last, exists: a rerun replaces its predictions)
-evaluate() {  # evaluate NAME CHECKPOINT [FLAGS]: test accuracy at temperature 1, per-question predictions kept
+# Evaluate a method on the test split, twice: EVAL_K samples per question at temperature 1 (the
+# table's accuracy is their mean; maj@k is their vote) and the greedy answer. Per-question
+# predictions are kept for the paired comparisons. (An eval stage is done when its summary,
+# written last, exists: a rerun replaces its predictions.)
+evaluate() {  # evaluate NAME CHECKPOINT [FLAGS]
     local name=$1 ckpt=$2; shift 2
     step "eval $name" "$R/eval_$name.json" $PY evaluate.py eval --ckpt "$ckpt" --data_dir "$DATA" --seed "$S" \
-        --temperature 1 --out "$R/preds_$name.jsonl" --summary "$R/eval_$name.json" --overwrite --preset "$PRESET" "$@" $EVAL_ARGS
+        --temperature 1 --k "$EVAL_K" --out "$R/preds_$name.jsonl" --summary "$R/eval_$name.json" --overwrite \
+        --preset "$PRESET" "$@" $EVAL_ARGS
+    step "eval $name greedy" "$R/eval_${name}_greedy.json" $PY evaluate.py eval --ckpt "$ckpt" --data_dir "$DATA" \
+        --seed "$S" --temperature 0 --out "$R/preds_${name}_greedy.jsonl" --summary "$R/eval_${name}_greedy.json" \
+        --overwrite --preset "$PRESET" "$@" $EVAL_ARGS
+}
+# Collect rationales (SML steps 1-2) with a model: collect NAME CHECKPOINT OUT_DIR [FLAGS]
+collect() {
+    local name=$1 ckpt=$2 out=$3; shift 3
+    step "$name" "$out/stats.json" $PY generate.py --ckpt "$ckpt" --data_dir "$DATA" --seed "$S" \
+        --preset "$PRESET" --out_dir "$out" --overwrite "$@" $GENERATE_ARGS
 }
 
 for ((i = 0; i < SEEDS; i++)); do
@@ -94,15 +116,11 @@ BASE=$INIT
 BASE_FLAGS=(--shots "$SHOTS")  # a base model answers behind exemplars (few-shot chain of thought)
 fi
 evaluate base "$BASE" "${BASE_FLAGS[@]}"
-step "eval base greedy" "$R/eval_base_greedy.json" $PY evaluate.py eval --ckpt "$BASE" --data_dir "$DATA" \
-    --seed "$S" --temperature 0 --out "$R/preds_base_greedy.jsonl" --summary "$R/eval_base_greedy.json" --overwrite \
-    --preset "$PRESET" "${BASE_FLAGS[@]}" $EVAL_ARGS
 
 # 2. SML steps 1-2: rationales given the correct and wrong answers; the answer-consistency
 #    check sorts them into high quality (sft.jsonl) and high-vs-low pairs (pairs.jsonl).
 stage "SML steps 1-2: generate and collect rationales"
-step collect "$R/collect/stats.json" $PY generate.py --ckpt "$BASE" --data_dir "$DATA" --seed "$S" \
-    --preset "$PRESET" --out_dir "$R/collect" --overwrite "${BASE_FLAGS[@]}" $GENERATE_ARGS
+collect collect "$BASE" "$R/collect" "${BASE_FLAGS[@]}"
 
 # 3a. SFT on the high-quality rationales.
 stage "SML step 3a: SFT on the self-generated rationales"
@@ -121,14 +139,52 @@ step ppo "$R/ppo/summary.json" $PY train_ppo.py --sft "$R/sft.pt" --rm "$R/rm.pt
     --preset "$PRESET" --seed "$S" --out_dir "$R/ppo" --resume $PPO_ARGS
 evaluate sml "$R/ppo/ppo_best.pt"
 
-# Baselines: rejection sampling / STaR, the annotation upper bound, RL on exact match.
+# More SML rounds (ROUNDS=n; the paper runs one): round r collects with round r-1's SML model,
+# fine-tunes that model on its new high-quality rationales, trains the reward model from the
+# new SFT model and PPO from it (KL to it). A fine-tuned model writes the zero-shot format.
+PREVIOUS=$R/ppo/ppo_best.pt
+for ((round = 2; round <= ROUNDS; round++)); do
+    RD=$R/round$round
+    stage "SML round $round: collect with round $((round - 1))'s model, then SFT, RM and PPO"
+    collect "collect round$round" "$PREVIOUS" "$RD/collect" --shots 0 --k_unhinted 0
+    step "sft round$round" "$RD/sft.pt" $PY train_sft.py --init "$PREVIOUS" --data "$RD/collect/sft.jsonl" \
+        --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out "$RD/sft.pt" --resume $SFT_ARGS
+    step "rm round$round" "$RD/rm.pt" $PY train_rm.py --init "$RD/sft.pt" --pairs "$RD/collect/pairs.jsonl" \
+        --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out "$RD/rm.pt" --report "$RD/rm_report.json" \
+        --overwrite $RM_ARGS
+    step "ppo round$round" "$RD/ppo/summary.json" $PY train_ppo.py --sft "$RD/sft.pt" --rm "$RD/rm.pt" \
+        --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out_dir "$RD/ppo" --resume $PPO_ARGS
+    evaluate "sml_round$round" "$RD/ppo/ppo_best.pt"
+    PREVIOUS=$RD/ppo/ppo_best.pt
+done
+
+# Baselines: self-training without a reward model (RFT, STaR), the annotation upper bound, RL
+# on exact match, and RL on the same reward model without a critic.
 if [ "$BASELINES" = "1" ]; then
     stage "baselines"
-    if [ -s "$R/collect/sft_unhinted.jsonl" ]; then  # a weak base model may write no correct one
-    step star "$R/star.pt" $PY train_sft.py --init "$BASE" --data "$R/collect/sft_unhinted.jsonl" \
-        --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out "$R/star.pt" --resume $SFT_ARGS
-    evaluate star "$R/star.pt"
-    else echo "(STaR: no correct rationale without a given answer to train on; its row is left out)"; fi
+    # RFT: SFT of the base model on its own correct rationales written with no answer given
+    if [ -s "$R/collect/rft.jsonl" ]; then  # a weak base model may write no correct one
+    step rft "$R/rft.pt" $PY train_sft.py --init "$BASE" --data "$R/collect/rft.jsonl" \
+        --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out "$R/rft.pt" --resume $SFT_ARGS
+    evaluate rft "$R/rft.pt"
+    else echo "(RFT: no correct rationale without a given answer to train on; its row is left out)"; fi
+    # STaR (Zelikman et al. 2022): iteration 1 trains on the base model's collection (its correct
+    # rationales with no answer given, and for a question it got wrong, the rationalizations it
+    # wrote given the correct answer: generate.build_star_rows); iteration i collects again with
+    # iteration i-1's model, no wrong answers needed. Every iteration fine-tunes the base model.
+    STAR_DATA=$R/collect
+    for ((it = 1; it <= STAR_ITERATIONS; it++)); do
+        if [ "$it" -gt 1 ]; then
+            STAR_DATA=$R/star$it/collect
+            collect "collect star$it" "$R/star$((it - 1)).pt" "$STAR_DATA" --shots 0 --m 0
+        fi
+        if [ ! -s "$STAR_DATA/star.jsonl" ]; then
+            echo "(STaR iteration $it: no rationale to train on; STaR stops here)"; break
+        fi
+        step "star$it" "$R/star$it.pt" $PY train_sft.py --init "$BASE" --data "$STAR_DATA/star.jsonl" \
+            --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out "$R/star$it.pt" --resume $SFT_ARGS
+        evaluate "star$it" "$R/star$it.pt"
+    done
     if grep -q '"rationale"' "$DATA/train.jsonl"; then  # where the dataset has gold rationales
     step gold "$R/gold.pt" $PY train_sft.py --init "$BASE" --gold "$DATA/train.jsonl" --data_dir "$DATA" \
         --preset "$PRESET" --seed "$S" --out "$R/gold.pt" --resume $SFT_ARGS
@@ -138,15 +194,24 @@ if [ "$BASELINES" = "1" ]; then
     step "ppo exact" "$R/ppo_exact/summary.json" $PY train_ppo.py --sft "$R/sft.pt" --reward exact \
         --rm "$R/rm.pt" --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out_dir "$R/ppo_exact" --resume $PPO_ARGS
     evaluate ppo_exact "$R/ppo_exact/ppo_best.pt"
+    # SML's reward model and KL to the SFT model, no critic: the k samples of a question are
+    # each other's baseline (one model fewer in memory)
+    for EST in rloo grpo; do
+        step "$EST" "$R/$EST/summary.json" $PY train_ppo.py --sft "$R/sft.pt" --rm "$R/rm.pt" --estimator "$EST" \
+            --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out_dir "$R/$EST" --resume $PPO_ARGS
+        evaluate "$EST" "$R/$EST/ppo_best.pt"
+    done
 fi
 
-# The paper's comparison, question by question: what PPO fixed and what it broke; and SML
-# against each baseline on the same questions.
-for B in sft star gold ppo_exact; do
-    if [ -e "$R/preds_$B.jsonl" ]; then
-        step "compare $B" "$R/compare_${B}_sml.json" $PY evaluate.py compare "$R/preds_$B.jsonl" \
-            "$R/preds_sml.jsonl" --json "$R/compare_${B}_sml.json"
-    fi
+# Every method against SML on the same test questions (SFT: what PPO fixed and what it broke):
+# the means over the samples of each question, paired, and the greedy answers (McNemar).
+for P in "$R"/preds_*_greedy.jsonl; do
+    B=$(basename "$P" _greedy.jsonl); B=${B#preds_}
+    if [ "$B" = base ] || [ "$B" = sml ]; then continue; fi
+    step "compare $B" "$R/compare_${B}_sml.json" $PY evaluate.py compare "$R/preds_$B.jsonl" \
+        "$R/preds_sml.jsonl" --json "$R/compare_${B}_sml.json"
+    step "compare $B greedy" "$R/compare_${B}_sml_greedy.json" $PY evaluate.py compare "$P" \
+        "$R/preds_sml_greedy.jsonl" --json "$R/compare_${B}_sml_greedy.json"
 done
 done
 

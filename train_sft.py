@@ -7,8 +7,10 @@ itself given the correct answer and that passed the answer-consistency check
 only: the prompt is context, not something to learn to write.
 
 The same script trains the baselines:
-  --data collect/sft_unhinted.jsonl   rejection sampling / STaR (unhinted correct samples)
-  --gold data/train.jsonl             SFT on the gold rationales (the annotation upper bound)
+  --data collect/rft.jsonl    rejection-sampling fine-tuning, RFT (its correct unhinted samples)
+  --data collect/star.jsonl   one STaR iteration (those, and rationalizations of the questions
+                              it got wrong), always from the base model (run.sh loops them)
+  --gold data/train.jsonl     SFT on the gold rationales (the annotation upper bound)
 
     python train_sft.py --init runs/default/base.pt --data runs/default/collect/sft.jsonl \\
         --data_dir runs/default/data --out runs/default/sft.pt

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -41,8 +42,8 @@ def test_consistency_check_and_labels():
     assert rec("q", "5", "So the answer is 5. So the answer is 6.")["discard_reason"] == "two_answers"
     r = rec("q", "5", "2 + 3 = 5. So the answer is 5.", finished=False)
     assert (r["label"], r["discard_reason"]) == ("discarded", "unfinished")
-    # no hint: the STaR baseline keeps the correct ones, and they are never "high" or "low"
-    assert rec("q", None, "So the answer is 5.")["label"] == "star"
+    # no hint: the RFT baseline keeps the correct ones, and they are never "high" or "low"
+    assert rec("q", None, "So the answer is 5.")["label"] == "rft"
     assert rec("q", None, "So the answer is 4.")["discard_reason"] == "wrong"
     assert rec("q", None, "no idea")["discard_reason"] == "no_answer"
 
@@ -135,9 +136,11 @@ def test_compare_reports_rationale_quality(tmp_path):
     assert r.returncode == 0, r.stderr
     c = json.load(open(tmp_path / "c.json"))
     assert (c["wrong_to_right"], c["right_to_wrong"], c["after_accuracy"]) == (0, 0, 1.0)
-    f = c["every_step_right"]
-    assert (f["before"], f["after"], f["flawed_to_right"], f["right_to_flawed"]) == (0.5, 0.8, 4, 1)
-    assert "every step right: 50.0% -> 80.0%" in r.stdout
+    f = c["every_step_right"]  # a row without per-sample lists counts as its one sample
+    diffs = [1, 1, 1, 0, 0, 0, 0, 0, -1, 1]  # sound after minus sound before (unreadable: not sound)
+    assert (f["before"], f["after"]) == (0.5, 0.8) and f["difference"] == pytest.approx(0.3)
+    assert f["se"] == pytest.approx(statistics.stdev(diffs) / 10 ** 0.5)
+    assert "every step right (mean over the samples): 50.0% -> 80.0%" in r.stdout
 
 
 def test_collect_is_deterministic_and_writes_every_file(tiny_run, tmp_path):
@@ -149,7 +152,7 @@ def test_collect_is_deterministic_and_writes_every_file(tiny_run, tmp_path):
                 "--device", "cpu")
         assert r.returncode == 0, r.stderr
         outs.append(out)
-    for f in ("rationales.jsonl", "sft.jsonl", "pairs.jsonl", "sft_unhinted.jsonl"):
+    for f in ("rationales.jsonl", "sft.jsonl", "pairs.jsonl", "rft.jsonl", "star.jsonl"):
         assert open(os.path.join(outs[0], f)).read() == open(os.path.join(outs[1], f)).read(), f
     records = [json.loads(x) for x in open(os.path.join(outs[0], "rationales.jsonl"))]
     assert len(records) == 12 * (2 + 2 + 2)  # k per hint (correct + 1 wrong) + k unhinted
@@ -275,13 +278,13 @@ def test_collect_never_takes_a_copied_hint_or_an_unhinted_sample_into_sml_data(t
     assert {r["discard_reason"] for r in by_q[3]} == {"unfinished"}
     assert {r["label"] for r in by_q[4]} == {"high", "low"}
     for r in records:
-        if r["label"] in ("high", "low", "star"):
+        if r["label"] in ("high", "low", "rft"):
             assert r["final_answer"] is not None and r["final_answer"] in r["rationale"]
             assert r["finished"]
     assert stats["by_hint_type"]["correct"]["discarded"] == {"no_answer": 2, "two_answers": 2,
                                                              "unfinished": 2}
     assert stats["high"] == 3 * 2 and stats["low"] == 3 * 2  # q4, q5, q6: k=2 each
-    assert stats["star"] == 3 * 2  # odd questions: the unhinted answer is right
+    assert stats["rft"] == 3 * 2  # odd questions: the unhinted answer is right
 
     pairs = generate.build_pairs(task, records, max_per_question=0, rng=random.Random(0))
     unhinted_texts = {r["rationale"] for r in records if r["hint"] is None}
@@ -291,8 +294,8 @@ def test_collect_never_takes_a_copied_hint_or_an_unhinted_sample_into_sml_data(t
         q = int(p["id"][1:])
         assert p["chosen"].strip().endswith(f"the answer is {q}.")
         assert not p["rejected"].strip().endswith(f"the answer is {q}.")
-    star = generate.build_sft_rows(task, records, "star")
-    assert {r["id"] for r in star} == {"q1", "q3", "q5"}
+    rft = generate.build_sft_rows(task, records, labels=("rft",))
+    assert {r["id"] for r in rft} == {"q1", "q3", "q5"}
 
 
 def test_evaluation_completes_a_missing_answer_line_only_without_a_hint(tiny_run, monkeypatch):
@@ -352,7 +355,7 @@ def test_fewshot_collect_reads_the_answer_without_the_given_one(monkeypatch):
         block = prompt.split("\n\n")[-1]  # the question being asked, after the exemplars
         q = block.split("Question: ")[1].split(" Is the coin")[0]
         hint = block.split("Given answer: ")[1].split("\n")[0] if "Given answer" in block else None
-        if hint is None:  # unhinted, for the STaR baseline: states its answer itself
+        if hint is None:  # unhinted, for the RFT and STaR baselines: states its answer itself
             return " Flipped once, an odd number. So the answer is no.", True
         if "Ann" in q:  # reasons the same way whatever the given answer
             return " Ann flips it twice, an even number.", True
@@ -427,8 +430,8 @@ def test_a_hinted_explanation_that_refers_to_the_hint_is_discarded():
                  "The hint says yes. So the answer is yes."):
         assert generate.label_rationale(task, "yes", "yes", text, True)[2:] == ("discarded", "mentions_hint")
         assert generate.label_rationale(task, "yes", "no", text, True)[2:] == ("discarded", "mentions_hint")
-        # no answer given (STaR's samples): nothing to refer to, the answer decides
-        assert generate.label_rationale(task, "yes", None, text, True)[2:] == ("star", None)
+        # no answer given (RFT's and STaR's samples): nothing to refer to, the answer decides
+        assert generate.label_rationale(task, "yes", None, text, True)[2:] == ("rft", None)
     assert generate.label_rationale(task, "yes", "yes", "Flipped twice, an even number. So the answer is yes.",
                                     True)[2:] == ("high", None)
     assert "mentions_hint" in generate.DISCARD_REASONS

@@ -208,14 +208,15 @@ def test_results_list_the_majority_class_and_every_equation_right(tmp_path):
             "majority_class": "no", "majority_class_accuracy": 0.62}))
     (run / "compare_sft_sml.json").write_text(json.dumps({
         "wrong_to_right": 9, "right_to_wrong": 4, "p_value": 0.2, "before_accuracy": 0.7, "after_accuracy": 0.75,
-        "every_step_right": {"before": 0.5, "after": 0.6, "flawed_to_right": 12, "right_to_flawed": 2,
-                             "p_value": 0.01}}))
+        "sample_accuracy": {"before": 0.7, "after": 0.75, "difference": 0.05, "se": 0.02, "p_value": 0.01},
+        "every_step_right": {"before": 0.5, "after": 0.6, "difference": 0.1, "se": 0.03, "p_value": 0.001}}))
     results.main([str(run)])
     md = (run / "results.md").read_text()
-    assert "| | accuracy (%) | 95% CI | every equation right (%) | what it is |" in md
-    assert "| SFT (self-generated) | 70.0 | 60.0-80.0 | 50.0 |" in md
-    assert "| Majority class | 62.0 | - | - | always 'no'" in md
-    assert "- Rationales with every equation right (step checker): SML: 60.0%" in md
+    assert "| | accuracy (%), mean of 1 | maj@1 (%) | greedy (%) | every equation right (%) | what it is |" in md
+    assert "| SFT (self-generated) | 70.0 | - | - | 50.0 |" in md
+    assert "| Majority class | 62.0 | - | - | - | always 'no'" in md
+    assert "| every equation right: method -> SML | p |" in md
+    assert "| SFT (self-generated) | 70.0 -> 75.0 | +5.0 ± 2.0 | 0.01 | 50.0 -> 60.0 | 0.001 | - | - |" in md
     out = json.loads((run / "results.json").read_text())
     assert out["majority_class"]["answer"] == "no" and out["majority_class"]["accuracy_mean"] == 0.62
     assert set(out["table"]) == {"base", "sft", "sml"}  # the majority class is no row of the table's keys

@@ -24,7 +24,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from checkpoint import save_pretrained
 
 from model import GPT, GPTConfig
-from results import ROWS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("SML_DATASETS") or os.path.join(ROOT, "..", "shared", "datasets")
@@ -160,10 +159,15 @@ def test_pretrained_recipe_end_to_end(tmp_path, key, copying_llama):
     for ckpt in ("sft.pt", "rm.pt", "ppo/ppo_best.pt", "ppo_exact/ppo_best.pt"):
         assert os.path.exists(os.path.join(run, ckpt)), ckpt
     results = json.load(open(os.path.join(run, "results.json")))
-    expected = {k for k, _, _ in ROWS} - ({"gold"} if key != "gsm8k" else set())  # gold rationales: GSM8K only
-    if not os.path.getsize(os.path.join(run, "collect", "sft_unhinted.jsonl")):  # STaR had nothing to learn from
-        assert "STaR: no correct rationale" in r.stdout
-        expected -= {"star"}
+    expected = {"base", "sft", "sml", "ppo_exact", "rloo", "grpo"} | ({"gold"} if key == "gsm8k" else set())
+    if os.path.getsize(os.path.join(run, "collect", "rft.jsonl")):
+        expected.add("rft")
+    else:  # RFT had nothing to learn from
+        assert "RFT: no correct rationale" in r.stdout
+    # STaR's iterations (two at PRESET=tiny), until one has nothing to train on
+    iterations = [it for it in (1, 2) if os.path.exists(os.path.join(run, f"star{it}.pt"))]
+    assert iterations == [1, 2] or f"STaR iteration {len(iterations) + 1}: no rationale" in r.stdout
+    expected |= {f"star{it}" for it in iterations}
     assert set(results["table"]) == expected
     for row in results["table"].values():
         assert 0 <= row["accuracy_mean"] <= 1 and row["n_questions"] == 50  # EVAL_ARGS reached every evaluation
