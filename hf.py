@@ -205,8 +205,8 @@ def _config_from_hf(cfg, where, block_size):
     cfg = {**_DEFAULTS[family], **{k: v for k, v in cfg.items() if v is not None}}
     special = {"bos_id": cfg.get("bos_token_id"), "eos_id": cfg.get("eos_token_id"), "pad_id": cfg.get("pad_token_id")}
     if family == "gpt2":
-        if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("reorder_and_upcast_attn") \
-                or cfg.get("scale_attn_weights") is False:
+        if (cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("reorder_and_upcast_attn")
+                or cfg.get("scale_attn_weights") is False):
             raise CheckpointError(f"{where}: GPT-2 attention variants (scale_attn_*, reorder_and_upcast_attn) "
                                   f"are not supported")
         acts = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -251,8 +251,8 @@ def family_of(config):
     window is a Llama; today's from-scratch GPT is a GPT-2."""
     c = config
     if c.pos_emb == "learned":
-        ok = c.norm == "layernorm" and c.mlp in ("gelu", "gelu_tanh") and c.bias and c.qkv_bias \
-            and c.n_kv_head == c.n_head and c.head_dim * c.n_head == c.n_embd and not c.qk_norm
+        ok = (c.norm == "layernorm" and c.mlp in ("gelu", "gelu_tanh") and c.bias and c.qkv_bias
+              and c.n_kv_head == c.n_head and c.head_dim * c.n_head == c.n_embd and not c.qk_norm)
         family = "gpt2"
     else:
         family = "qwen3" if c.qk_norm else "qwen2" if (c.qkv_bias and not c.bias) else "llama"
@@ -364,8 +364,8 @@ def hf_tensor_plan(model, family, shapes, file_of, where, config_path):
                 raise CheckpointError(f"{where}: missing tensor {name} (for {ours})")
         # the pieces are concatenated along dim 0, after GPT-2's transpose
         pieces = [tuple(shapes[n])[::-1] if transpose else tuple(shapes[n]) for n in hf]
-        fits = all(len(p) == target.dim() and p[1:] == target.shape[1:] for p in pieces) \
-            and sum(p[0] for p in pieces) == target.shape[0]
+        fits = (all(len(p) == target.dim() and p[1:] == target.shape[1:] for p in pieces)
+                and sum(p[0] for p in pieces) == target.shape[0])
         if not fits:
             detail = ", ".join(f"{n} {tuple(shapes[n])}" for n in hf)
             raise CheckpointError(f"{file_of[hf[0]]}: tensor {detail} does not fit {ours} {tuple(target.shape)}"

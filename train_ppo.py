@@ -243,8 +243,8 @@ def token_logprobs(model, idx, mask, temperature, n_vocab=None, chunk=512):
     logps, entropies = [], []
     for s in range(0, h.size(0), chunk):
         args = (model.lm_head, h[s:s + chunk], targets[s:s + chunk], temperature, n_vocab)
-        lp, ent = checkpoint(_head_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled() \
-            else _head_logprobs(*args)
+        lp, ent = (checkpoint(_head_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+                   else _head_logprobs(*args))
         logps.append(lp)
         entropies.append(ent)
     zeros = torch.zeros(mask.shape, device=idx.device)
@@ -668,8 +668,8 @@ def start(args, rt, data, policy, ref, rm, rm_report):
               f"{scale['min']:.2f} .. {scale['max']:.2f} (5-95%: {scale['p05']:.2f} .. {scale['p95']:.2f})")
     critic = None  # rloo, grpo
     if args.estimator == "ppo":
-        critic = standardised_critic(rm, state["reward_mean"], state["reward_std"]) \
-            if args.critic_init == "rm" else lm_to_scalar(ref)
+        critic = (standardised_critic(rm, state["reward_mean"], state["reward_std"])
+                  if args.critic_init == "rm" else lm_to_scalar(ref))
     return critic, state
 
 

@@ -197,8 +197,8 @@ def correctness_auc(rm, tok, task, samples, rt):
     scores = score_texts(rm, tok, [task.prompt(r["question"]) for r, _, _ in samples],
                          [" " + t for _, t, _ in samples], rt.device, amp=rt.autocast).tolist()
     correct = [task.answers_match(a, r["answer"]) for r, _, a in samples]
-    return auc([s for s, c in zip(scores, correct) if c], [s for s, c in zip(scores, correct) if not c]), \
-        scores, correct
+    return (auc([s for s, c in zip(scores, correct) if c], [s for s, c in zip(scores, correct) if not c]),
+            scores, correct)
 
 
 def report_fresh_samples(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs):
