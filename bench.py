@@ -36,7 +36,7 @@ from data import load_world
 from data.jsonl import load_dataset
 from data.tokenizer import eot_id
 from checkpoint import load_checkpoint
-from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar
+from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, pad_batch
 from sampler import sample
 
 # Without --ckpt: a fresh model of pretrain.py's default shape
@@ -133,6 +133,12 @@ HF_SHAPES = {
 HF_COMPARE = ("gpt2", "qwen2.5-0.5b")
 
 
+def left_padded(prompts, device):
+    """(input_ids, attention_mask) of prompts left-padded with 0, as transformers' generate takes them."""
+    ids, real = pad_batch(prompts, 0, left=True)
+    return ids.to(device), real.long().to(device)
+
+
 def hf_compare(name, layers, device, train_steps, batch, seq, seed, n_prompts):
     """Ours vs transformers on one shape, the same weights in both."""
     import transformers  # a test-only peer, not a requirement
@@ -188,9 +194,8 @@ def hf_compare(name, layers, device, train_steps, batch, seq, seed, n_prompts):
         out = sample(ours, prompts, max_new_tokens=n, temperature=1.0, seeds=list(range(len(prompts))))
         return int(out.lengths.sum())
 
-    L = max(map(len, prompts))
-    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=device)
-    att = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
+    ids, att = left_padded(prompts, device)
+    L = ids.size(1)
 
     def theirs_sample(n):
         theirs.eval()
@@ -498,9 +503,8 @@ def main(argv=None):
     hf_cfg = transformers.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
                                      n_layer=c.n_layer, n_head=c.n_head)
     hf = transformers.GPT2LMHeadModel(hf_cfg).to(rt.device).eval()
-    L = max(len(x) for x in prompts)
-    ids = torch.tensor([[0] * (L - len(x)) + x for x in prompts], device=rt.device)
-    att = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in prompts], device=rt.device)
+    ids, att = left_padded(prompts, rt.device)
+    L = ids.size(1)
     new = min(40, c.block_size - L)
     t0 = time.time()
     with torch.no_grad():

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 from data.jsonl import DataError
 from checkpoint import load_checkpoint, save_checkpoint
-from model import IGNORE_INDEX, configure_optimizer
+from model import IGNORE_INDEX, configure_optimizer, pad_batch
 
 
 def log_path_of(out):
@@ -73,16 +73,10 @@ def make_batch(examples, indices, pad_id, device):
     Each row holds one example, so no example ever attends to another; padding sits at
     the end of the row (the causal mask keeps it invisible) and gets no loss."""
     rows = [examples[i] for i in indices]
-    T = max(len(ids) for ids, _ in rows) - 1
-    idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
-    for r, (ids, mask) in enumerate(rows):
-        ids_t = torch.tensor(ids, dtype=torch.long)
-        n = len(ids) - 1
-        idx[r, :n] = ids_t[:-1]
-        tgt = ids_t[1:].clone()
-        tgt[~torch.tensor(mask[1:], dtype=torch.bool)] = IGNORE_INDEX  # mask[j]: predict token j?
-        targets[r, :n] = tgt
+    idx, _ = pad_batch([ids[:-1] for ids, _ in rows], pad_id)
+    # mask[j]: is token j predicted (trained on)?
+    targets, _ = pad_batch([[t if m else IGNORE_INDEX for t, m in zip(ids[1:], mask[1:])] for ids, mask in rows],
+                           IGNORE_INDEX)
     return idx.to(device), targets.to(device)
 
 

@@ -25,6 +25,7 @@ import torch
 import common
 from data.tasks import CLASS_KINDS
 from data.tokenizer import encode_after, eot_id, newline_ids, stop_ids
+from model import pad_batch
 from sampler import prompts_per_batch, sample
 
 # The presets of the two scripts that sample rationales, generate.py and evaluate.py eval:
@@ -202,13 +203,7 @@ def candidate_logprobs(model, contexts, candidates):
         for cand in cands:
             for j in range(len(cand)):
                 rows.setdefault((c, tuple(cand[:j])), len(rows))
-    seqs = [contexts[c] + list(prefix) for c, prefix in rows]
-    T = max(len(ids) for ids in seqs)
-    idx = torch.zeros(len(seqs), T, dtype=torch.long)
-    real = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for r, ids in enumerate(seqs):
-        idx[r, T - len(ids):] = torch.tensor(ids)
-        real[r, T - len(ids):] = True
+    idx, real = pad_batch([contexts[c] + list(prefix) for c, prefix in rows], 0, left=True)
     device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model import compute_dtype
+from model import compute_dtype, pad_batch
 
 
 class KVCache:
@@ -212,11 +212,7 @@ def prefill(model, prompts, num_samples, new_tokens, pad_id, share_prefix):
     if shared:
         model(torch.tensor([prompts[0][:shared]], device=device), kv_cache=cache, last_only=True)
         cache.fan_out(P)
-    idx = torch.full((P, T0), pad_id, dtype=torch.long)
-    pad_mask = torch.zeros(P, T0, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        idx[i, T0 - len(p) + shared:] = torch.tensor(p[shared:], dtype=torch.long)
-        pad_mask[i, T0 - len(p) + shared:] = True
+    idx, pad_mask = pad_batch([p[shared:] for p in prompts], pad_id, left=True)
     logits, _ = model(idx.to(device), pad_mask=pad_mask.to(device), kv_cache=cache, last_only=True)
     cache.fan_out(num_samples)
     return logits[:, -1, :].repeat_interleave(num_samples, dim=0), cache

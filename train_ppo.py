@@ -96,7 +96,7 @@ from data.jsonl import DataError, load_dataset
 from data.tokenizer import stop_ids
 from lm_training import read_log
 from checkpoint import checked_config, load_checkpoint, save_checkpoint
-from model import GPT, configure_optimizer, lm_to_scalar, sequence_scores
+from model import GPT, configure_optimizer, lm_to_scalar, pad_batch, sequence_scores
 from sampler import mask_padded_vocab, prompts_per_batch, sample
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
@@ -389,11 +389,9 @@ def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, de
         sampler_logp += [out.logprobs[i, :len(r)].tolist() for i, r in enumerate(chunk)]
         finished.append(out.finished.cpu())
     seqs = [prompts[i // k] + r for i, r in enumerate(responses)]
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), stop_ids[0], dtype=torch.long)
-    mask = torch.zeros(len(seqs), T - 1)
+    idx, _ = pad_batch(seqs, stop_ids[0])
+    mask = torch.zeros(idx.shape[0], idx.shape[1] - 1)
     for i, s in enumerate(seqs):
-        idx[i, :len(s)] = torch.tensor(s)
         n_prompt = len(prompts[i // k])
         mask[i, n_prompt - 1:len(s) - 1] = 1.0  # positions that predict a response token
     return Rollout(idx.to(device), mask.to(device), responses, sampler_logp,

@@ -39,7 +39,7 @@ from data import load_world
 from data.jsonl import DataError, load_dataset, load_pairs
 from data.tokenizer import encode_after, eot_id
 from checkpoint import load_checkpoint, save_checkpoint
-from model import configure_optimizer, lm_to_scalar, sequence_scores
+from model import configure_optimizer, lm_to_scalar, pad_batch, sequence_scores
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {}, "tiny": dict(max_steps=30, batch_size=16, warmup_steps=1, auc_questions=20),
@@ -97,12 +97,7 @@ def encode_pair_side(tok, prompt, completion):
 
 def batch_scores(rm, seqs, device, pad_id):
     """Right-pad token lists and read each sequence's score at its last real token."""
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        idx[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = True
+    idx, mask = pad_batch(seqs, pad_id)
     scores, _ = rm(idx.to(device))
     return sequence_scores(scores.float(), mask.to(device))
 
