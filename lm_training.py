@@ -12,7 +12,6 @@ rationales) share, with the checkpoint convention of both:
 """
 
 import contextlib
-import json
 import os
 import time
 
@@ -20,20 +19,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
-from data.jsonl import DataError
+from data.jsonl import DataError, append_row, open_log
 from checkpoint import load_checkpoint, save_checkpoint
 from model import IGNORE_INDEX, configure_optimizer, pad_batch
 
 
 def log_path_of(out):
     return os.path.splitext(out)[0] + ".log.jsonl"
-
-
-def read_log(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def start_or_resume(out, resume, overwrite, init, tokenizer_json, device="cpu", inputs=()):
@@ -154,10 +146,7 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
 
     log = None
     if rt.master:  # the rows up to the checkpoint we start from, then this run's
-        kept = [r for r in read_log(log_path) if r["step"] <= start_step] if start_step else []
-        with common.atomic_file(log_path) as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        log = open(log_path, "a")
+        log = open_log(log_path, (lambda row: row["step"] <= start_step) if start_step else None)
     model.train()
     t0, tokens_seen = time.time(), 0
     bar = common.progress(range(start_step, max_steps), desc=desc, disable=not rt.master,
@@ -209,8 +198,7 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
             common.print0(rt, f"\nstep {step + 1}: loss {loss:.4f} val {rec['val_loss'] or 0:.4f} "
                               f"lr {step_lr:.2e} {rec['tokens_per_s']:.0f} tok/s")
         if rt.master:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+            append_row(log, rec)
         records.append(rec)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)  # shown at the next redraw
     bar.close()

@@ -77,7 +77,6 @@ reward's meaning during training).
 """
 
 import copy
-import json
 import math
 import os
 import random
@@ -92,9 +91,8 @@ from torch.utils.checkpoint import checkpoint
 import common
 import rationales
 from data import load_world
-from data.jsonl import DataError, load_dataset
+from data.jsonl import DataError, append_row, load_dataset, open_log
 from data.tokenizer import stop_ids
-from lm_training import read_log
 from checkpoint import checked_config, load_checkpoint, save_checkpoint
 from model import GPT, configure_optimizer, lm_to_scalar, pad_batch, sequence_scores
 from sampler import mask_padded_vocab, prompts_per_batch, sample
@@ -684,14 +682,13 @@ class PPOPaths:
 
 
 def resume(ckpt, paths, rt):
-    """The critic, the loop's state and the log rows of an interrupted run, from ppo_last.pt."""
+    """The critic and the loop's state of an interrupted run, from ppo_last.pt."""
     critic = None
     if ckpt["critic"] is not None:
         critic = GPT(checked_config(ckpt["critic_config"], ckpt["critic"], f"{paths.last}: its critic"))
         critic.load_state_dict(ckpt["critic"])
         critic.to(rt.device)
-    log_rows = [r for r in read_log(paths.log) if r["update"] <= ckpt["provenance"]["step"]]
-    return critic, ckpt["ppo_state"], log_rows
+    return critic, ckpt["ppo_state"]
 
 
 def trainable_and_frozen(args, rt, policy, ref, rm, critic):
@@ -732,27 +729,23 @@ def setup(args, rt, paths):
     if os.path.exists(paths.summary):
         os.remove(paths.summary)  # ours, and it says "finished": a rerun, fresh or resumed, is not yet
     if resuming:
-        critic, state, log_rows = resume(ckpt, paths, rt)
+        critic, state = resume(ckpt, paths, rt)
     else:
         critic, state = start(args, rt, data, policy, ref, rm, rm_report)
-        log_rows = []
     models = trainable_and_frozen(args, rt, policy, ref, rm, critic)
     if resuming:
         models.opt_policy.load_state_dict(ckpt["opt_policy"])
         if critic is not None:
             models.opt_critic.load_state_dict(ckpt["opt_critic"])
         models.gen.set_state(state["gen_state"])
-    os.makedirs(args.out_dir, exist_ok=True)
-    with common.atomic_file(paths.log) as f:  # a resumed run's log: the rows up to its checkpoint
-        f.writelines(json.dumps(r) + "\n" for r in log_rows)
-    log = open(paths.log, "a")
+    # a resumed run's log: the rows up to its checkpoint
+    log = open_log(paths.log, (lambda row: row["update"] <= ckpt["provenance"]["step"]) if resuming else None)
     if not resuming:  # the SFT model is candidate 0
         rec = {"update": 0, "reward_mean": state["reward_mean"], "reward_std": state["reward_std"],
                "reward_scale": state["reward_scale"]}
         choose_checkpoint(args, rt, data, models, state, 0, rec, paths.best)
         save_resume_point(paths.last, args, data, models, state, 0)
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
+        append_row(log, rec)
     return data, models, state, log
 
 
@@ -923,8 +916,7 @@ def main(argv=None):
                                "rm_score": float(rewards.rm_z[i])} for i in range(min(args.log_samples, len(seeds)))]
             choose_checkpoint(args, rt, data, models, state, update + 1, rec, paths.best)
             save_resume_point(paths.last, args, data, models, state, update + 1)
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
+        append_row(log, rec)
         print_row(rec)
     log.close()
     finish(args, data, state, time.time() - t_start)
