@@ -24,7 +24,7 @@ import torch
 
 import common
 from data.tasks import CLASS_KINDS
-from data.tokenizer import encode_after, eot_id, newline_ids, stop_ids
+from data.tokenizer import decode_sampled, encode_after, eot_id, newline_ids, stop_ids
 from model import pad_batch
 from sampler import prompts_per_batch, sample
 
@@ -105,7 +105,7 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
         for r, ids in enumerate(out.token_lists()):
             if r % k == 0:
                 results.append([])
-            text = tok.decode(ids[:-1] if ids and ids[-1] in ends else ids)
+            text = decode_sampled(tok, ids, ends)
             text = (text.split("\n")[0] if exemplars else text).strip()  # a few-shot row: its line
             results[-1].append({"text": text, "answer_text": text, "final_answer": task.extract_answer(text),
                                 "tokens": ids,
@@ -137,7 +137,7 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
     return results, {"tokens": n_tok, "seconds": time.time() - t0}
 
 
-def read_answers(model, tok, task, prompts, questions, todo, candidates, exemplars, rows_per_batch, stop_ids,
+def read_answers(model, tok, task, prompts, questions, todo, candidates, exemplars, rows_per_batch, stops,
                  one_line, desc, quiet):
     """The answer line of each (i, sample) in todo, after prompts[i] + its rationale: the
     calibrated candidate the model prefers where the task has candidates (choice, yes/no),
@@ -145,11 +145,11 @@ def read_answers(model, tok, task, prompts, questions, todo, candidates, exempla
     if candidates is not None:
         return read_answers_by_candidates(model, tok, task, prompts, questions, todo, candidates, exemplars,
                                           rows_per_batch, desc=desc, quiet=quiet)
-    return read_answer_lines(model, tok, task, prompts, questions, todo, rows_per_batch, stop_ids,
+    return read_answer_lines(model, tok, task, prompts, questions, todo, rows_per_batch, stops,
                              one_line=one_line, desc=desc, quiet=quiet)
 
 
-def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts, stop_ids, one_line,
+def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts, stops, one_line,
                       desc="reading answers", quiet=False):
     """Evaluation's fallback for a rationale that states no final answer (and, with a few-shot
     prompt, how SML step 2 reads any answer): for each (i, sample) in todo, append the answer
@@ -158,7 +158,7 @@ def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts,
     so its text ends with task.prompt(questions[i]). one_line (a few-shot prompt, whose stop
     ids include the line breaks): the prompts share the exemplars as a prefix, and what is
     read is the first line."""
-    eot = eot_id(tok)
+    eot, ends = eot_id(tok), stop_ids(tok, model.config)
     block = model.config.block_size
     lines = []
     bar = common.progress(total=len(todo), desc=desc, disable=quiet or not todo, leave=False)
@@ -168,11 +168,10 @@ def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts,
         for i, s in chunk:
             ids = prompts[i] + encode_after(tok, task.prompt(questions[i]), " " + s["text"] + task.ANSWER_PREFIX)
             answer_prompts.append(ids[-(block - 8):])  # keep the tail if it is too long
-        out = sample(model, answer_prompts, max_new_tokens=8, temperature=0, stop_ids=stop_ids, pad_id=eot,
+        out = sample(model, answer_prompts, max_new_tokens=8, temperature=0, stop_ids=stops, pad_id=eot,
                      share_prefix=one_line, n_vocab=tok.get_vocab_size())
         for ids in out.token_lists():
-            ids = ids[:-1] if ids and ids[-1] == eot else ids
-            text = tok.decode(ids)
+            text = decode_sampled(tok, ids, ends)
             lines.append(text.split("\n")[0] if one_line else text)
         bar.update(len(chunk))
     bar.close()

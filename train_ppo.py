@@ -92,7 +92,7 @@ import common
 import rationales
 from data import load_world
 from data.jsonl import DataError, append_row, load_dataset, open_log
-from data.tokenizer import stop_ids
+from data.tokenizer import decode_sampled, stop_ids
 from checkpoint import checked_config, load_checkpoint, save_checkpoint
 from model import GPT, configure_optimizer, lm_to_scalar, pad_batch, sequence_scores
 from sampler import mask_padded_vocab, prompts_per_batch, sample
@@ -823,7 +823,7 @@ def score_rollouts(args, rt, data, models, state, rows, rollouts):
     """Step 2: the sequence reward of each rollout (the standardised RM score for SML, the exact
     answer check for the baseline, penalties for no answer or no ending)."""
     k, task = args.samples_per_question, data.task
-    texts = [data.tok.decode(r[:-1] if r and r[-1] in data.stop_ids else r) for r in rollouts.responses]
+    texts = [decode_sampled(data.tok, r, data.stop_ids) for r in rollouts.responses]
     golds = [rows[i // k]["answer"] for i in range(len(texts))]
     # rewards read answers strictly: only an answer the rationale states counts
     correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=rt.device)
