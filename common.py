@@ -466,6 +466,15 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
+def check_loss(loss, where=None, last_good=None):
+    """A loss that is NaN or infinite ends the run with one line (where: "at step 12"; last_good:
+    the checkpoint to go back to), before training on spreads it to every weight. A learning
+    rate too high for the model is the usual cause."""
+    if not math.isfinite(loss):
+        raise UserError(f"loss is {loss}{f' {where}' if where else ''}; try a lower --lr"
+                        + (f" (the last good checkpoint is {last_good})" if last_good else ""))
+
+
 def split_by_question(rows, val_frac, seed):
     """(train, held out): a share val_frac of the questions (at least one, and at least one left
     for training, where there are two) and all their rows held out, so that no question is on

@@ -153,8 +153,7 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
                           initial=start_step, total=max_steps)
     for step in bar:
         step_lr = common.cosine_lr(step, max_steps, lr, warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr
+        common.set_lr(optimizer, step_lr)
         # This process's share of the global batch, split into micro-batches.
         batch = step_indices(seed, step, len(train_examples), batch_size)
         global_tokens = sum(int(sum(train_examples[i][1][1:])) for i in batch)
@@ -177,9 +176,7 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
         if rt.ddp:
             torch.distributed.all_reduce(loss_sum)
         loss = loss_sum.item() / global_tokens
-        if not torch.isfinite(torch.tensor(loss)):
-            raise common.UserError(f"loss is {loss} at step {step}; try a lower --lr "
-                                   f"(the last good checkpoint is {partial})")
+        common.check_loss(loss, f"at step {step}", partial)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

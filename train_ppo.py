@@ -902,9 +902,9 @@ def main(argv=None):
                            value_clip=args.value_clip, grad_clip=args.grad_clip, target_kl=args.target_kl,
                            train_policy=update >= args.critic_warmup_updates, lr_at=lr_schedule(args, update),
                            amp=rt.autocast, n_vocab=data.n_vocab)
-        if not all(v is None or np.isfinite(v) for v in (stats["policy_loss"], stats["value_loss"])):
-            raise common.UserError(f"loss is not finite at update {update + 1}; try a lower --lr "
-                                   f"(the last good checkpoint is {paths.last})")
+        for loss in (stats["policy_loss"], stats["value_loss"]):
+            if loss is not None:  # (None: a model that did not train in this update)
+                common.check_loss(loss, f"at update {update + 1}", paths.last)
         if args.kl_target:
             state["kl_coef"] = adaptive_kl_coef(state["kl_coef"], float(batch.kl_per_seq.mean()), args.kl_target,
                                                 len(seeds), args.kl_horizon)

@@ -265,8 +265,7 @@ def train_step(rm, optimizer, batch, args, rt, pad_id):
         losses.append(float(loss.detach()) * len(micro))
         right += int((r_chosen > r_rejected).sum())
     loss = sum(losses) / len(batch)
-    if not math.isfinite(loss):
-        raise common.UserError(f"loss is {loss}; try a lower --lr")
+    common.check_loss(loss)
     torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

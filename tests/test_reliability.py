@@ -185,6 +185,16 @@ def test_an_out_dir_that_holds_other_files_is_refused_and_left_alone(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
+def test_a_loss_that_is_not_finite_is_one_line_naming_the_step_and_the_last_checkpoint():
+    common.check_loss(2.5, "at step 3", "base.pt.partial")  # finite: nothing to say
+    for loss in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(common.UserError, match=r"^loss is (nan|-?inf) at update 4; try a lower --lr "
+                                                   r"\(the last good checkpoint is ppo_last\.pt\)$"):
+            common.check_loss(loss, "at update 4", "ppo_last.pt")
+    with pytest.raises(common.UserError, match=r"^loss is nan; try a lower --lr$"):
+        common.check_loss(float("nan"))
+
+
 def test_atomic_folder_replaces_only_a_folder_of_its_own_outputs(tmp_path):
     target = tmp_path / "out"
     with common.atomic_folder(str(target), ["a.txt", "b.txt"]) as tmp:
