@@ -497,6 +497,20 @@ def add_budget_args(group):
                        help="prompts sampled at once (x samples each; default: as many as fit)")
 
 
+def add_filter_args(group):
+    """--top_k and --top_p, for the scripts whose sampling may filter the model's distribution
+    (collection and evaluation; PPO samples unfiltered, so that its log-probs are the sampler's).
+    Their types already hold them to what sampler.filter_logits accepts."""
+    group.add_argument("--top_k", type=NONNEG, default=None, help="0 or unset: off")
+    group.add_argument("--top_p", type=FRACTION, default=None, help="unset or 1: off")
+
+
+def add_eval_temperature_arg(group):
+    """The temperature of the evaluations a training script runs on its way (SFT's last look,
+    PPO's checkpoint choice)."""
+    group.add_argument("--eval_temperature", type=NONNEG_FLOAT, default=1.0, help="0: greedy")
+
+
 def add_runtime_args(parser):
     """The flags every script shares: seed, device, precision, compile."""
     g = parser.add_argument_group("runtime")

@@ -180,7 +180,7 @@ def get_args(argv=None):
     g.add_argument("--eval_interval", type=common.COUNT, default=8, help="validate and checkpoint every N updates")
     g.add_argument("--eval_limit", type=common.NONNEG, default=0,
                    help="test questions logged at each evaluation (0: all)")
-    g.add_argument("--eval_temperature", type=common.NONNEG_FLOAT, default=1.0)
+    common.add_eval_temperature_arg(g)
     g.add_argument("--val_samples", type=common.SAMPLES, default=4,
                    help="samples per validation question for choosing the best checkpoint")
     g.add_argument("--log_samples", type=common.NONNEG, default=3,

@@ -66,7 +66,7 @@ def get_args(argv=None):
     g.add_argument("--eval_interval", type=common.COUNT, default=100, help="eval loss and checkpoint every N steps")
     g.add_argument("--eval_limit", type=common.NONNEG, default=0,
                    help="test questions to evaluate at the end (0: none; run.sh evaluates separately)")
-    g.add_argument("--eval_temperature", type=common.NONNEG_FLOAT, default=1.0)
+    common.add_eval_temperature_arg(g)
     common.add_budget_args(g)
     common.add_runtime_args(p)
     args = p.parse_args(argv)
