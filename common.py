@@ -105,29 +105,36 @@ def foreign_entries(folder, outputs):
 
 @contextmanager
 def atomic_folder(path, outputs):
-    """The same for a folder of outputs: yields a temporary folder beside `path` to fill;
-    on success it takes `path`'s place as a whole, on failure it is removed and `path` is left
-    as it was. `outputs` names every file the script writes there. The one rule that keeps a
+    """The same for a folder of outputs: yields a temporary folder beside `path` to fill; once
+    it is complete it takes `path`'s place as a whole. An earlier `path` is renamed aside first
+    and removed after, not deleted file by file: whoever reads `path`, or a run killed at any
+    moment, finds the old folder or the new one, never a mix of the two (and, for the instant
+    between two renames, neither). On a failure the temporary is removed and `path` is left as
+    it was. `outputs` names every file the script writes there. The one rule that keeps a
     user's files safe: an existing `path` is replaced only if it holds these files and nothing
     else (a previous run's outputs); a folder that holds anything else is never deleted
     (check_output refuses it before any work; it is checked again here)."""
     path = os.path.abspath(path.rstrip("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _sweep_stale_temporaries(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    os.makedirs(tmp)
+    work = f"{path}.tmp{os.getpid()}"
+    new, old = os.path.join(work, "new"), os.path.join(work, "old")
+    os.makedirs(new)
     try:
-        yield tmp
+        yield new
         if os.path.exists(path):
             foreign = foreign_entries(path, outputs)
             if foreign:
                 raise UserError(f"{path}: now holds {', '.join(foreign)}, which this run did not write; "
                                 f"nothing was replaced")
-            shutil.rmtree(path)
-        os.rename(tmp, path)
+            os.rename(path, old)
+        os.rename(new, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(old) and not os.path.exists(path):
+            os.rename(old, path)  # the earlier folder goes back where it was
+        shutil.rmtree(work, ignore_errors=True)
         raise
+    shutil.rmtree(work, ignore_errors=True)
     _fsync_folder(os.path.dirname(path))
 
 
