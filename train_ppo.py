@@ -110,16 +110,8 @@ PRESETS = {"default": {},
 MIN_RM_QUALITY = 0.6  # held-out pair accuracy and fresh-sample AUC below this count as near chance
 
 
-def get_args(argv=None):
-    p = common.ArgumentParser(description=__doc__)
-    g = p.add_argument_group("input / output")
-    g.add_argument("--sft", required=True, help="SFT checkpoint: the initial policy and the frozen reference")
-    g.add_argument("--rm", help="reward-model checkpoint (needed unless --reward exact)")
-    g.add_argument("--data_dir", required=True, help="folder with train/val/test.jsonl, tokenizer.json, meta.json")
-    g.add_argument("--out_dir", required=True)
-    g.add_argument("--resume", action="store_true", help="continue from out_dir/ppo_last.pt")
-    g.add_argument("--overwrite", action="store_true", help="start again in an out_dir that holds a run")
-    g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
+def add_reward_args(p):
+    """Step 2's flags: the reward, its scale, its penalties, and the reward model's bar."""
     g = p.add_argument_group("reward")
     g.add_argument("--reward", default="rm", choices=["rm", "exact", "rm+exact"])
     g.add_argument("--kl_coef", type=common.NONNEG_FLOAT, default=0.02,
@@ -140,17 +132,15 @@ def get_args(argv=None):
     g.add_argument("--allow_weak_rm", action="store_true",
                    help=f"train against a reward model whose held-out pair accuracy or fresh-sample AUC is "
                         f"below {MIN_RM_QUALITY} (near chance), or that carries no report")
-    g = p.add_argument_group("rollouts")
-    g.add_argument("--updates", type=common.COUNT, default=32)
-    g.add_argument("--questions_per_update", type=common.COUNT, default=48)
-    g.add_argument("--samples_per_question", type=common.SAMPLES, default=4)
-    g.add_argument("--temperature", type=common.POSITIVE, default=1.0, help="rollouts and log-probs alike")
-    common.add_budget_args(g)
+
+
+def add_optimisation_args(p):
+    """Step 4's flags: the epochs, the step sizes, the estimator, the clips; and memory."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--ppo_epochs", type=common.COUNT, default=2, help="passes over each rollout batch")
     g.add_argument("--minibatch_size", type=common.COUNT, default=96, help="rollouts per optimizer step")
     g.add_argument("--lr", type=common.LEARNING_RATE, default=1.5e-4,
-                   help="policy learning rate (at 3e-5 the default run's policy barely moves)")
+                   help="policy learning rate")
     g.add_argument("--critic_lr", type=common.LEARNING_RATE, default=1e-4)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=0,
                    help="optimizer steps of linear learning-rate warmup (policy and critic)")
@@ -176,6 +166,10 @@ def get_args(argv=None):
                         "the minibatch)")
     g.add_argument("--grad_checkpointing", action="store_true",
                    help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
+
+
+def add_evaluation_args(p):
+    """Checkpoint selection on the validation split, and what is logged."""
     g = p.add_argument_group("evaluation and checkpoint selection")
     g.add_argument("--eval_interval", type=common.COUNT, default=8, help="validate and checkpoint every N updates")
     g.add_argument("--eval_limit", type=common.NONNEG, default=0,
@@ -185,9 +179,36 @@ def get_args(argv=None):
                    help="samples per validation question for choosing the best checkpoint")
     g.add_argument("--log_samples", type=common.NONNEG, default=3,
                    help="decoded rollouts written to the log at each evaluation")
+
+
+def get_args(argv=None):
+    p = common.ArgumentParser(description=__doc__)
+    g = p.add_argument_group("input / output")
+    g.add_argument("--sft", required=True, help="SFT checkpoint: the initial policy and the frozen reference")
+    g.add_argument("--rm", help="reward-model checkpoint (needed unless --reward exact)")
+    g.add_argument("--data_dir", required=True, help="folder with train/val/test.jsonl, tokenizer.json, meta.json")
+    g.add_argument("--out_dir", required=True)
+    g.add_argument("--resume", action="store_true", help="continue from out_dir/ppo_last.pt")
+    g.add_argument("--overwrite", action="store_true", help="start again in an out_dir that holds a run")
+    g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
+    add_reward_args(p)
+    g = p.add_argument_group("rollouts")
+    g.add_argument("--updates", type=common.COUNT, default=32)
+    g.add_argument("--questions_per_update", type=common.COUNT, default=48)
+    g.add_argument("--samples_per_question", type=common.SAMPLES, default=4)
+    g.add_argument("--temperature", type=common.POSITIVE, default=1.0, help="rollouts and log-probs alike")
+    common.add_budget_args(g)
+    add_optimisation_args(p)
+    add_evaluation_args(p)
     common.add_runtime_args(p)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
+    check_args(p, args)
+    return args
+
+
+def check_args(p, args):
+    """What no single flag's type can check, and the settings one flag implies for another."""
     if args.reward != "exact" and not args.rm:
         p.error(f"--reward {args.reward} needs --rm")
     if args.critic_warmup_updates >= args.updates:
@@ -201,7 +222,6 @@ def get_args(argv=None):
     if args.critic_init == "rm" and not args.rm:
         args.critic_init = "sft"  # exact-match reward and no reward model: SFT's trunk
     args.micro_batch_size = min(args.micro_batch_size or args.minibatch_size, args.minibatch_size)
-    return args
 
 
 # -----------------------------------------------------------------------------
@@ -453,6 +473,49 @@ def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, temperatur
                  returns, kl.sum(1))
 
 
+def minibatch_gradients(policy, critic, batch, mb, micro_batch_size, temperature, clip, value_clip, train_policy,
+                        amp, n_vocab):
+    """The gradients of one minibatch (`mb`: row indices), micro_batch_size rows at a time, each
+    micro-batch's loss weighted by its share of the minibatch's response tokens, so the
+    accumulated gradient is the whole minibatch's. The policy's forward and backward run before
+    the critic's, so the two graphs are never alive at once. Returns the minibatch's
+    diagnostics (their token-weighted means) and its largest policy ratio."""
+    n_tok = batch.mask[mb].sum().clamp(min=1)
+    stats = {k: 0.0 for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
+    ratio_max = 0.0
+    for rows in micro_batches(mb, micro_batch_size):
+        T = int(batch.seq_lens[rows].max())
+        idx, mask = batch.idx[rows, :T], batch.mask[rows, :T - 1]
+        share = mask.sum() / n_tok  # this micro-batch's part of the minibatch's mean
+        if train_policy:
+            with amp:
+                new_logp, entropy = token_logprobs(policy, idx, mask, temperature, n_vocab)
+            pg_loss, approx_kl, clip_frac = policy_loss(new_logp, batch.old_logp[rows, :T - 1],
+                                                        batch.advantages[rows, :T - 1], mask, clip)
+            (pg_loss * share).backward()
+            ratio = torch.exp(new_logp.detach() - batch.old_logp[rows, :T - 1])[mask > 0]
+            ratio_max = max(ratio_max, float(ratio.max()) if ratio.numel() else 0.0)
+            for k, v in (("policy_loss", pg_loss), ("approx_kl", approx_kl), ("clip_frac", clip_frac),
+                         ("entropy", masked_mean(entropy, mask))):
+                stats[k] += float(v.detach() * share)
+        if critic is not None:
+            with amp:
+                new_values = values_of(critic, idx)
+            v_loss = value_loss(new_values, batch.values[rows, :T - 1], batch.returns[rows, :T - 1], mask,
+                                value_clip)
+            (v_loss * share).backward()
+            stats["value_loss"] += float(v_loss.detach() * share)
+    return stats, ratio_max
+
+
+def optimizer_step(model, optimizer, grad_clip):
+    """Clip the gradient, step, clear; returns the gradient's norm before the clip."""
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, minibatch_size, temperature,
                clip, value_clip, grad_clip, micro_batch_size=None, train_policy=True, target_kl=None,
                lr_at=None, amp=nullcontext(), n_vocab=None):
@@ -460,12 +523,9 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, mi
     diagnostics, averaged over minibatches (ratio_max and the gradient norms: their largest;
     first_approx_kl: the first minibatch's, which should be 0; epoch_clip_frac: per epoch).
 
-    A minibatch is one optimizer step; its rows run micro_batch_size at a time, each micro-batch's
-    loss weighted by its share of the minibatch's response tokens, so the accumulated gradient
-    is the whole minibatch's. The policy's forward and backward run before the critic's, so
-    the two graphs are never alive at once. train_policy=False (the critic's warmup) leaves
-    the policy as it is; critic=None (rloo, grpo) trains the policy alone. lr_at(i) -> (policy
-    lr, critic lr) of this update's i-th optimizer step.
+    A minibatch is one optimizer step (its gradients: minibatch_gradients). train_policy=False
+    (the critic's warmup) leaves the policy as it is; critic=None (rloo, grpo) trains the policy
+    alone. lr_at(i) -> (policy lr, critic lr) of this update's i-th optimizer step.
     Both models run in eval mode: dropout would make the log-probs differ from the rollout's
     even at the first step, where the ratio must be 1."""
     n = batch.idx.size(0)
@@ -481,44 +541,18 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, mi
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, minibatch_size):
             mb = order[start:start + minibatch_size].to(batch.idx.device)
-            n_tok = batch.mask[mb].sum().clamp(min=1)
             if lr_at is not None:
                 lr_policy, lr_critic = lr_at(steps)
                 common.set_lr(opt_policy, lr_policy)
                 if critic is not None:
                     common.set_lr(opt_critic, lr_critic)
-            mb_stats = {k: 0.0 for k in stats}
-            for rows in micro_batches(mb, micro_batch_size):
-                T = int(batch.seq_lens[rows].max())
-                idx, mask = batch.idx[rows, :T], batch.mask[rows, :T - 1]
-                share = mask.sum() / n_tok  # this micro-batch's part of the minibatch's mean
-                if train_policy:
-                    with amp:
-                        new_logp, entropy = token_logprobs(policy, idx, mask, temperature, n_vocab)
-                    pg_loss, approx_kl, clip_frac = policy_loss(new_logp, batch.old_logp[rows, :T - 1],
-                                                                batch.advantages[rows, :T - 1], mask, clip)
-                    (pg_loss * share).backward()
-                    ratio = torch.exp(new_logp.detach() - batch.old_logp[rows, :T - 1])[mask > 0]
-                    ratio_max = max(ratio_max, float(ratio.max()) if ratio.numel() else 0.0)
-                    for k, v in (("policy_loss", pg_loss), ("approx_kl", approx_kl), ("clip_frac", clip_frac),
-                                 ("entropy", masked_mean(entropy, mask))):
-                        mb_stats[k] += float(v.detach() * share)
-                if critic is not None:
-                    with amp:
-                        new_values = values_of(critic, idx)
-                    v_loss = value_loss(new_values, batch.values[rows, :T - 1], batch.returns[rows, :T - 1], mask,
-                                        value_clip)
-                    (v_loss * share).backward()
-                    mb_stats["value_loss"] += float(v_loss.detach() * share)
+            mb_stats, mb_ratio_max = minibatch_gradients(policy, critic, batch, mb, micro_batch_size, temperature,
+                                                         clip, value_clip, train_policy, amp, n_vocab)
+            ratio_max = max(ratio_max, mb_ratio_max)
             if train_policy:
-                grad_norm = max(grad_norm, float(torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)))
-                opt_policy.step()
-                opt_policy.zero_grad(set_to_none=True)
+                grad_norm = max(grad_norm, optimizer_step(policy, opt_policy, grad_clip))
             if critic is not None:
-                critic_grad_norm = max(critic_grad_norm,
-                                       float(torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)))
-                opt_critic.step()
-                opt_critic.zero_grad(set_to_none=True)
+                critic_grad_norm = max(critic_grad_norm, optimizer_step(critic, opt_critic, grad_clip))
             steps += 1
             for k, v in mb_stats.items():
                 if (train_policy and k != "value_loss") or (critic is not None and k == "value_loss"):
