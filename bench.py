@@ -403,7 +403,7 @@ def counts(text):
     return [common.COUNT(x) for x in text.split(",")]
 
 
-def main(argv=None):
+def get_args(argv=None):
     p = common.ArgumentParser(description=__doc__)
     p.add_argument("--ckpt", default=None, help="a language-model checkpoint (default: a fresh default model)")
     p.add_argument("--data_dir", default=None, help="data folder for real prompts (with --ckpt)")
@@ -436,54 +436,23 @@ def main(argv=None):
     g.add_argument("--out", default=None, help="write the GPU check's figures here (JSON)")
     g.add_argument("--ppo_child", default=None, help=argparse.SUPPRESS)
     common.add_runtime_args(p)
-    args = p.parse_args(argv)
-    rt = common.setup_runtime(args.device, args.dtype)
-    common.seed_everything(args.seed)
-    torch.set_grad_enabled(True)
-    if args.ppo_child:  # one measurement of ppo_table's, in its own process
-        print(json.dumps(ppo_phases(rt=rt, **json.loads(args.ppo_child))))
-        return
-    if args.ppo:
-        ppo_table(args, rt)
-        return
-    if args.gpu_check:
-        gpu_check(args, rt)
-        return
-    if args.hf_compare:
-        for name in (HF_COMPARE if args.hf_compare == "all" else [args.hf_compare]):
-            hf_compare(name, args.hf_layers, rt.device, args.hf_train_steps, args.hf_batch,
-                       args.hf_seq, args.seed, args.hf_prompts)
-        return
+    return p.parse_args(argv)
 
-    if args.ckpt:
-        model, _ = load_checkpoint(args.ckpt, kind="lm", device=rt.device)
-    else:
-        model = GPT(GPTConfig(**DEFAULT_MODEL)).to(rt.device)
+
+def sampling_rates_of(model, args):
+    """(engine tokens/s, naive loop tokens/s, the prompts): real prompts with --ckpt and
+    --data_dir, else fixed synthetic ones."""
     c = model.config
-    dtype = torch.bfloat16 if isinstance(rt.autocast, torch.autocast) else torch.float32
-    print(f"device {rt.device}, threads {torch.get_num_threads()}, model {c.n_layer}x{c.n_embd} "
-          f"({model.num_params() / 1e6:.2f}M parameters), compute dtype {dtype}")
-
-    peak = max(matmul_flops(n, dtype, rt.device) for n in (c.n_embd * 4, 1024))
-    print(f"matmul rate ({dtype}): {peak / 1e9:.1f} GFLOP/s")
-
-    tok_s, flops = train_rate(model, args.batch_size, min(64, c.block_size), args.train_steps, rt)
-    print(f"training: {tok_s:,.0f} tokens/s, {flops / 1e9:.2f} GFLOP/s, MFU {100 * flops / peak:.1f}% "
-          f"of the measured matmul rate")
-
-    # Sampling: real prompts if we have data, else a fixed synthetic prompt.
     if args.ckpt and args.data_dir:
         tok, task = load_world(args.data_dir)
         rows = load_dataset(os.path.join(args.data_dir, "train.jsonl"))
         r = sampling_rates(model, tok, task, rows, args.k, 1.0, args.seed, args.questions)
         engine, naive = r["engine_tokens_per_s"], r["naive_tokens_per_s"]
-        eot = eot_id(tok)
         prompts = [tok.encode(task.prompt(x["question"])).ids for x in rows[:args.questions]]
-    else:
-        eot = None
+    else:  # synthetic prompts: no tokenizer, so no stop id (every sample runs to its budget)
         prompts = [[1 + (i * 7 + j) % (c.vocab_size - 1) for j in range(24)] for i in range(args.questions)]
         t0 = time.time()
-        out = sample(model, prompts, num_samples=args.k, max_new_tokens=40, temperature=1.0, stop_ids=eot,
+        out = sample(model, prompts, num_samples=args.k, max_new_tokens=40, temperature=1.0,
                      seeds=list(range(len(prompts) * args.k)))
         engine = int(out.lengths.sum()) / (time.time() - t0)
         g = torch.Generator().manual_seed(args.seed)
@@ -492,9 +461,12 @@ def main(argv=None):
             for _ in range(args.k):
                 n += len(naive_sample(model, pr, 40, 1.0, -1, g))
         naive = n / (time.time() - t0)
-    print(f"sampling: KV-cache fan-out engine {engine:,.0f} tokens/s, naive loop {naive:,.0f} tokens/s, "
-          f"ratio {engine / naive:.1f}x")
+    return engine, naive, prompts
 
+
+def generate_rate(model, prompts, args, rt):
+    """transformers' generate on the same config (random weights, a fixed length), if it is installed."""
+    c = model.config
     try:
         import transformers
     except ImportError:
@@ -513,6 +485,54 @@ def main(argv=None):
     hf_rate = (out.size(1) - L) * out.size(0) / (time.time() - t0)
     print(f"HF generate (same config, random weights, fixed length {new}): {hf_rate:,.0f} tokens/s "
           f"(transformers {transformers.__version__})")
+
+
+def benchmark(args, rt):
+    """Without a mode flag: the matmul rate, training tokens/s and MFU, sampling tokens/s against
+    the naive loop, and against transformers' generate."""
+    if args.ckpt:
+        model, _ = load_checkpoint(args.ckpt, kind="lm", device=rt.device)
+    else:
+        model = GPT(GPTConfig(**DEFAULT_MODEL)).to(rt.device)
+    c = model.config
+    dtype = torch.bfloat16 if isinstance(rt.autocast, torch.autocast) else torch.float32
+    print(f"device {rt.device}, threads {torch.get_num_threads()}, model {c.n_layer}x{c.n_embd} "
+          f"({model.num_params() / 1e6:.2f}M parameters), compute dtype {dtype}")
+
+    peak = max(matmul_flops(n, dtype, rt.device) for n in (c.n_embd * 4, 1024))
+    print(f"matmul rate ({dtype}): {peak / 1e9:.1f} GFLOP/s")
+
+    tok_s, flops = train_rate(model, args.batch_size, min(64, c.block_size), args.train_steps, rt)
+    print(f"training: {tok_s:,.0f} tokens/s, {flops / 1e9:.2f} GFLOP/s, MFU {100 * flops / peak:.1f}% "
+          f"of the measured matmul rate")
+
+    engine, naive, prompts = sampling_rates_of(model, args)
+    print(f"sampling: KV-cache fan-out engine {engine:,.0f} tokens/s, naive loop {naive:,.0f} tokens/s, "
+          f"ratio {engine / naive:.1f}x")
+
+    generate_rate(model, prompts, args, rt)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    rt = common.setup_runtime(args.device, args.dtype)
+    common.seed_everything(args.seed)
+    torch.set_grad_enabled(True)
+    if args.ppo_child:  # one measurement of ppo_table's, in its own process
+        print(json.dumps(ppo_phases(rt=rt, **json.loads(args.ppo_child))))
+        return
+    if args.ppo:
+        ppo_table(args, rt)
+        return
+    if args.gpu_check:
+        gpu_check(args, rt)
+        return
+    if args.hf_compare:
+        for name in (HF_COMPARE if args.hf_compare == "all" else [args.hf_compare]):
+            hf_compare(name, args.hf_layers, rt.device, args.hf_train_steps, args.hf_batch,
+                       args.hf_seq, args.seed, args.hf_prompts)
+        return
+    benchmark(args, rt)
 
 
 if __name__ == "__main__":
