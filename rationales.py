@@ -114,27 +114,42 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
         bar.update(len(chunk) * k)
     bar.close()
     if exemplars and any(h is not None for _, h in requests):
-        # SML step 2 with a few-shot prompt: the answer of a rationale written for a given
-        # answer is read on the prompt without it
-        unhinted = [encode_prompt(tok, task, q, None, exemplars, max_new_tokens + 16, block)
-                    for q, _ in requests]
-        todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
-                for s in samples if s["finished"] and s["text"]]
-        lines = read_answers(model, tok, task, unhinted, [q for q, _ in requests], todo, candidates, exemplars,
-                             batch_prompts * k, stops, True, f"{desc}: reading answers", quiet)
-        for (i, s), line in zip(todo, lines):
-            s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
-            s["final_answer"] = task.extract_answer(s["answer_text"])
-            s["answer_read"] = True
+        read_hinted_answers(model, tok, task, requests, results, candidates, exemplars, max_new_tokens,
+                            batch_prompts * k, stops, desc, quiet)
     if complete_missing:
-        missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
-        lines = read_answers(model, tok, task, prompts, [q for q, _ in requests], missing, candidates, exemplars,
-                             batch_prompts * k, stops, bool(exemplars), f"{desc}: answer lines", quiet)
-        for (i, s), line in zip(missing, lines):
-            s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
-            s["final_answer"] = task.extract_answer(s["answer_text"])
-            s["answer_completed"] = True
+        complete_answer_lines(model, tok, task, requests, results, prompts, candidates, exemplars,
+                              batch_prompts * k, stops, desc, quiet)
     return results, {"tokens": n_tok, "seconds": time.time() - t0}
+
+
+def read_hinted_answers(model, tok, task, requests, results, candidates, exemplars, max_new_tokens,
+                        rows_per_batch, stops, desc, quiet):
+    """SML step 2 with a few-shot prompt: the answer of each finished rationale written for a
+    given answer is read on the prompt without it, from the question and the rationale alone
+    (sets its answer_text and final_answer, and answer_read)."""
+    block = model.config.block_size
+    unhinted = [encode_prompt(tok, task, q, None, exemplars, max_new_tokens + 16, block) for q, _ in requests]
+    todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
+            for s in samples if s["finished"] and s["text"]]
+    lines = read_answers(model, tok, task, unhinted, [q for q, _ in requests], todo, candidates, exemplars,
+                         rows_per_batch, stops, True, f"{desc}: reading answers", quiet)
+    for (i, s), line in zip(todo, lines):
+        s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
+        s["final_answer"] = task.extract_answer(s["answer_text"])
+        s["answer_read"] = True
+
+
+def complete_answer_lines(model, tok, task, requests, results, prompts, candidates, exemplars, rows_per_batch,
+                          stops, desc, quiet):
+    """Evaluation's reading of a rationale that states no final answer: the answer line the model
+    completes after it, on its own prompt (sets answer_text, final_answer and answer_completed)."""
+    missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
+    lines = read_answers(model, tok, task, prompts, [q for q, _ in requests], missing, candidates, exemplars,
+                         rows_per_batch, stops, bool(exemplars), f"{desc}: answer lines", quiet)
+    for (i, s), line in zip(missing, lines):
+        s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
+        s["final_answer"] = task.extract_answer(s["answer_text"])
+        s["answer_completed"] = True
 
 
 def read_answers(model, tok, task, prompts, questions, todo, candidates, exemplars, rows_per_batch, stops,

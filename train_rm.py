@@ -104,7 +104,11 @@ def batch_scores(rm, seqs, device, pad_id):
 
 @torch.no_grad()
 def score_texts(rm, tok, prompts, completions, device, batch_size=128, amp=nullcontext()):
-    """Reward-model scores (on the CPU) of (prompt, completion) texts, batch_size at a time."""
+    """The reward model's score of each (prompt, completion) text, as a float tensor (N,) on the
+    CPU. Each is encoded as training encodes a pair's side (encode_pair_side: the prompt, the
+    completion as it follows it, the end-of-text), keeps its last block_size tokens, and is
+    scored at its end-of-text; batch_size sequences per forward pass, under `amp`. The held-out
+    pairs and the report's fresh samples are scored this way."""
     rm.eval()
     # Decoding sampled tokens and encoding the text again can give more tokens than were
     # sampled (a stray byte becomes a replacement character): keep the end, where the score is read.
@@ -278,6 +282,30 @@ def held_out_loss(rm, tok, pairs, rt):
     return float(bradley_terry_loss(c, r))
 
 
+def quality_report(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs):
+    """Whether the reward model's scores mean anything, printed and returned: its held-out pairs,
+    then fresh SFT samples (report_fresh_samples)."""
+    report = {}
+    if val_pairs:
+        # Held out of the RM's training, but not of SFT's: the trunk was fine-tuned on these
+        # questions' high-quality rationales. The fresh-sample AUC below is the headline.
+        c, r = pair_scores(rm, tok, val_pairs, rt.device, rt.autocast)
+        report.update({"val_pair_accuracy": float((c > r).float().mean()), "val_mean_score_high": float(c.mean()),
+                       "val_mean_score_low": float(r.mean()), "val_score_std": float(torch.cat([c, r]).std())})
+        print(f"held-out pair accuracy {100 * report['val_pair_accuracy']:.1f}% ({len(val_pairs)} pairs); mean "
+              f"score high {report['val_mean_score_high']:.2f} vs low {report['val_mean_score_low']:.2f}")
+    sft_model.to(rt.device)
+    report.update(report_fresh_samples(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs))
+    print(f"AUC of the RM score for correctness on {report['auc_samples']} fresh SFT samples of test questions: "
+          f"{report['auc_correctness']:.3f} (their accuracy {100 * report['auc_sample_accuracy']:.1f}%)")
+    print(f"  among correct answers, AUC for every step right: {report['auc_every_step_right_among_correct']:.3f} "
+          f"({report['steps_checked_among_correct']} checked); Spearman with length "
+          f"{report['spearman_score_length']:.3f}"
+          + (f"; a wrong final answer scores lower in {100 * report['answer_swap']['share_lower']:.1f}% of "
+             f"{report['answer_swap']['probes']} correct rationales" if "answer_swap" in report else ""))
+    return report
+
+
 def main(argv=None):
     args = get_args(argv)
     common.check_outputs({"--out": args.out, "--report": args.report}, args.overwrite,
@@ -321,26 +349,10 @@ def main(argv=None):
               f"{len(val_pairs)} pairs)")
     train_seconds = time.time() - t0
 
-    # Reports (written before the checkpoint: rm.pt, written last, says the stage is done).
+    # The report (written before the checkpoint: rm.pt, written last, says the stage is done).
     report = {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "train_seconds": train_seconds,
               "steps": max_steps, "kept_step": best["step"]}
-    if val_pairs:
-        # Held out of the RM's training, but not of SFT's: the trunk was fine-tuned on these
-        # questions' high-quality rationales. The fresh-sample AUC below is the headline.
-        c, r = pair_scores(rm, tok, val_pairs, rt.device, rt.autocast)
-        report.update({"val_pair_accuracy": float((c > r).float().mean()), "val_mean_score_high": float(c.mean()),
-                       "val_mean_score_low": float(r.mean()), "val_score_std": float(torch.cat([c, r]).std())})
-        print(f"held-out pair accuracy {100 * report['val_pair_accuracy']:.1f}% ({len(val_pairs)} pairs); mean "
-              f"score high {report['val_mean_score_high']:.2f} vs low {report['val_mean_score_low']:.2f}")
-    sft_model.to(rt.device)
-    report.update(report_fresh_samples(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs))
-    print(f"AUC of the RM score for correctness on {report['auc_samples']} fresh SFT samples of test questions: "
-          f"{report['auc_correctness']:.3f} (their accuracy {100 * report['auc_sample_accuracy']:.1f}%)")
-    print(f"  among correct answers, AUC for every step right: {report['auc_every_step_right_among_correct']:.3f} "
-          f"({report['steps_checked_among_correct']} checked); Spearman with length "
-          f"{report['spearman_score_length']:.3f}"
-          + (f"; a wrong final answer scores lower in {100 * report['answer_swap']['share_lower']:.1f}% of "
-             f"{report['answer_swap']['probes']} correct rationales" if "answer_swap" in report else ""))
+    report.update(quality_report(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs))
     if os.path.exists(args.out):
         os.remove(args.out)  # an earlier run's: it says "done", and this run's report comes first
     if args.report:
