@@ -87,9 +87,8 @@ def get_args(argv=None):
 DISCARD_REASONS = ("unfinished", "no_answer", "two_answers", "mentions_hint", "inconsistent", "wrong")
 # An explanation on one of the paper's datasets that leans on the given answer itself ("as
 # given", "the hint says") argues nothing: a base model behind "Given answer: X" writes these,
-# and the consistency check would keep them. Not in the built-in world, whose measured figures
-# stay as they were: its coin flip model copies "Hint:" from its prompt into about 1 rationale
-# in 400 (6 of 2,400 hinted samples of the default preset's base model), which it always did.
+# and the consistency check would keep them. Only on the paper's datasets: the built-in world's
+# base model is pretrained on the hint template, and seldom copies "Hint:" into a rationale.
 MENTIONS_HINT_RE = re.compile(r"\bgiven answer\b|\bas given\b|\bhint", re.IGNORECASE)
 
 

@@ -235,9 +235,8 @@ def read_answers_by_candidates(model, tok, task, prompts, questions, todo, candi
     Task.finish writes answers (" yes", " B"). The candidates are scored against a content-free
     context too, the same prompt with the question "N/A" and no rationale, and the one whose
     log-probability rises most over it wins (contextual calibration, Zhao et al. 2021). A
-    greedy answer line copies a model's lean instead: SmolLM2-135M on Coin Flip read 6 of 107
-    explanations written for "yes" as "yes" (what calibration does there: README, "Reading
-    answers"). prompts[i] is an unhinted prompt for questions[i] (with `exemplars`, few-shot),
+    greedy answer line copies a model's lean instead: a model that leans to "no" reads most
+    explanations written for "yes" as "no". prompts[i] is an unhinted prompt for questions[i] (with `exemplars`, few-shot),
     as in read_answer_lines. Returns one candidate per todo item."""
     block = model.config.block_size
     spelled = {c: encode_after(tok, task.ANSWER_PREFIX, " " + c) for i, _ in todo for c in candidates[i]}

@@ -149,9 +149,8 @@ def row_uniforms(seeds, steps, device):
     """(R, steps) uniforms in (0, 1]: row r's t-th is 1 - the t-th draw of a torch.Generator
     seeded with seeds[r]. Row r's uniforms depend on seeds[r] alone, not on how many rows
     there are, where row r is, or what its neighbours are: this is what makes a sample
-    independent of its batch. (It is the stream this project has always sampled with, one
-    draw per row and step, so a seed gives the samples it gave before.) 1 - U[0, 1) lies in
-    (0, 1], so a token of probability 0 is never drawn (see next_tokens)."""
+    independent of its batch. 1 - U[0, 1) lies in (0, 1], so a token of probability 0 is
+    never drawn (see next_tokens)."""
     draws = [torch.rand(steps, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
              for s in seeds]
     return (1.0 - torch.stack(draws)).to(device, cdf_dtype(device))

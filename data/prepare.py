@@ -98,8 +98,8 @@ def get_args(argv=None):
     g.add_argument("--max_operand", type=int, default=None,
                    help="arithmetic: the largest start value and change (3 unless told)")
     g = p.add_argument_group("the paper's datasets (--task gsm8k, aqua, ...: converted, not made)")
-    # Defaults suppressed: absent unless given, so the built-in world's meta.json (which
-    # records every argument) is what it was before these flags existed.
+    # Defaults suppressed: absent unless given, so that the built-in world's meta.json (which
+    # records every argument) holds none of these.
     g.add_argument("--source", default=argparse.SUPPRESS,
                    help="a folder with the dataset in its public layout (see data/datasets.py); "
                         "without it the public files are downloaded and verified into --cache_dir")
