@@ -518,6 +518,12 @@ def add_eval_temperature_arg(group):
     group.add_argument("--eval_temperature", type=NONNEG_FLOAT, default=1.0, help="0: greedy")
 
 
+def add_grad_checkpointing_arg(group):
+    """The memory switch of the scripts that fine-tune a model (SFT, the reward model, PPO)."""
+    group.add_argument("--grad_checkpointing", action="store_true",
+                       help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
+
+
 def add_runtime_args(parser):
     """The flags every script shares: seed, device, precision, compile."""
     g = parser.add_argument_group("runtime")

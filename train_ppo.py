@@ -164,8 +164,7 @@ def add_optimisation_args(p):
     g.add_argument("--micro_batch_size", type=common.COUNT, default=None,
                    help="rollouts per forward pass; gradients accumulate over a minibatch (default: "
                         "the minibatch)")
-    g.add_argument("--grad_checkpointing", action="store_true",
-                   help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
+    common.add_grad_checkpointing_arg(g)
 
 
 def add_evaluation_args(p):

@@ -66,8 +66,7 @@ def get_args(argv=None):
     g.add_argument("--batch_size", type=common.COUNT, default=32, help="pairs per optimizer step")
     g.add_argument("--micro_batch_size", type=common.COUNT, default=None,
                    help="pairs per forward pass; gradients accumulate over a step (default: the batch)")
-    g.add_argument("--grad_checkpointing", action="store_true",
-                   help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
+    common.add_grad_checkpointing_arg(g)
     g.add_argument("--lr", type=common.LEARNING_RATE, default=3e-4)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=50)
     g.add_argument("--weight_decay", type=common.NONNEG_FLOAT, default=0.0)
