@@ -36,7 +36,7 @@ from data import load_world
 from data.jsonl import load_dataset
 from data.tokenizer import eot_id
 from checkpoint import load_checkpoint
-from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar
+from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, pad_batch
 from sampler import sample
 
 # Without --ckpt: a fresh model of pretrain.py's default shape
@@ -133,6 +133,12 @@ HF_SHAPES = {
 HF_COMPARE = ("gpt2", "qwen2.5-0.5b")
 
 
+def left_padded(prompts, device):
+    """(input_ids, attention_mask) of prompts left-padded with 0, as transformers' generate takes them."""
+    ids, real = pad_batch(prompts, 0, left=True)
+    return ids.to(device), real.long().to(device)
+
+
 def hf_compare(name, layers, device, train_steps, batch, seq, seed, n_prompts):
     """Ours vs transformers on one shape, the same weights in both."""
     import transformers  # a test-only peer, not a requirement
@@ -188,9 +194,8 @@ def hf_compare(name, layers, device, train_steps, batch, seq, seed, n_prompts):
         out = sample(ours, prompts, max_new_tokens=n, temperature=1.0, seeds=list(range(len(prompts))))
         return int(out.lengths.sum())
 
-    L = max(map(len, prompts))
-    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=device)
-    att = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=device)
+    ids, att = left_padded(prompts, device)
+    L = ids.size(1)
 
     def theirs_sample(n):
         theirs.eval()
@@ -398,7 +403,7 @@ def counts(text):
     return [common.COUNT(x) for x in text.split(",")]
 
 
-def main(argv=None):
+def get_args(argv=None):
     p = common.ArgumentParser(description=__doc__)
     p.add_argument("--ckpt", default=None, help="a language-model checkpoint (default: a fresh default model)")
     p.add_argument("--data_dir", default=None, help="data folder for real prompts (with --ckpt)")
@@ -431,7 +436,85 @@ def main(argv=None):
     g.add_argument("--out", default=None, help="write the GPU check's figures here (JSON)")
     g.add_argument("--ppo_child", default=None, help=argparse.SUPPRESS)
     common.add_runtime_args(p)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def sampling_rates_of(model, args):
+    """(engine tokens/s, naive loop tokens/s, the prompts): real prompts with --ckpt and
+    --data_dir, else fixed synthetic ones."""
+    c = model.config
+    if args.ckpt and args.data_dir:
+        tok, task = load_world(args.data_dir)
+        rows = load_dataset(os.path.join(args.data_dir, "train.jsonl"))
+        r = sampling_rates(model, tok, task, rows, args.k, 1.0, args.seed, args.questions)
+        engine, naive = r["engine_tokens_per_s"], r["naive_tokens_per_s"]
+        prompts = [tok.encode(task.prompt(x["question"])).ids for x in rows[:args.questions]]
+    else:  # synthetic prompts: no tokenizer, so no stop id (every sample runs to its budget)
+        prompts = [[1 + (i * 7 + j) % (c.vocab_size - 1) for j in range(24)] for i in range(args.questions)]
+        t0 = time.time()
+        out = sample(model, prompts, num_samples=args.k, max_new_tokens=40, temperature=1.0,
+                     seeds=list(range(len(prompts) * args.k)))
+        engine = int(out.lengths.sum()) / (time.time() - t0)
+        g = torch.Generator().manual_seed(args.seed)
+        t0, n = time.time(), 0
+        for pr in prompts[:max(1, len(prompts) // 4)]:
+            for _ in range(args.k):
+                n += len(naive_sample(model, pr, 40, 1.0, -1, g))
+        naive = n / (time.time() - t0)
+    return engine, naive, prompts
+
+
+def generate_rate(model, prompts, args, rt):
+    """transformers' generate on the same config (random weights, a fixed length), if it is installed."""
+    c = model.config
+    try:
+        import transformers
+    except ImportError:
+        print("HF generate: transformers is not installed (optional; pip install transformers to compare)")
+        return
+    hf_cfg = transformers.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                                     n_layer=c.n_layer, n_head=c.n_head)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).to(rt.device).eval()
+    ids, att = left_padded(prompts, rt.device)
+    L = ids.size(1)
+    new = min(40, c.block_size - L)
+    t0 = time.time()
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=att, do_sample=True, max_new_tokens=new, min_new_tokens=new,
+                          num_return_sequences=args.k, pad_token_id=0)
+    hf_rate = (out.size(1) - L) * out.size(0) / (time.time() - t0)
+    print(f"HF generate (same config, random weights, fixed length {new}): {hf_rate:,.0f} tokens/s "
+          f"(transformers {transformers.__version__})")
+
+
+def benchmark(args, rt):
+    """Without a mode flag: the matmul rate, training tokens/s and MFU, sampling tokens/s against
+    the naive loop, and against transformers' generate."""
+    if args.ckpt:
+        model, _ = load_checkpoint(args.ckpt, kind="lm", device=rt.device)
+    else:
+        model = GPT(GPTConfig(**DEFAULT_MODEL)).to(rt.device)
+    c = model.config
+    dtype = torch.bfloat16 if isinstance(rt.autocast, torch.autocast) else torch.float32
+    print(f"device {rt.device}, threads {torch.get_num_threads()}, model {c.n_layer}x{c.n_embd} "
+          f"({model.num_params() / 1e6:.2f}M parameters), compute dtype {dtype}")
+
+    peak = max(matmul_flops(n, dtype, rt.device) for n in (c.n_embd * 4, 1024))
+    print(f"matmul rate ({dtype}): {peak / 1e9:.1f} GFLOP/s")
+
+    tok_s, flops = train_rate(model, args.batch_size, min(64, c.block_size), args.train_steps, rt)
+    print(f"training: {tok_s:,.0f} tokens/s, {flops / 1e9:.2f} GFLOP/s, MFU {100 * flops / peak:.1f}% "
+          f"of the measured matmul rate")
+
+    engine, naive, prompts = sampling_rates_of(model, args)
+    print(f"sampling: KV-cache fan-out engine {engine:,.0f} tokens/s, naive loop {naive:,.0f} tokens/s, "
+          f"ratio {engine / naive:.1f}x")
+
+    generate_rate(model, prompts, args, rt)
+
+
+def main(argv=None):
+    args = get_args(argv)
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     torch.set_grad_enabled(True)
@@ -449,66 +532,7 @@ def main(argv=None):
             hf_compare(name, args.hf_layers, rt.device, args.hf_train_steps, args.hf_batch,
                        args.hf_seq, args.seed, args.hf_prompts)
         return
-
-    if args.ckpt:
-        model, _ = load_checkpoint(args.ckpt, kind="lm", device=rt.device)
-    else:
-        model = GPT(GPTConfig(**DEFAULT_MODEL)).to(rt.device)
-    c = model.config
-    dtype = torch.bfloat16 if isinstance(rt.autocast, torch.autocast) else torch.float32
-    print(f"device {rt.device}, threads {torch.get_num_threads()}, model {c.n_layer}x{c.n_embd} "
-          f"({model.num_params() / 1e6:.2f}M parameters), compute dtype {dtype}")
-
-    peak = max(matmul_flops(n, dtype, rt.device) for n in (c.n_embd * 4, 1024))
-    print(f"matmul rate ({dtype}): {peak / 1e9:.1f} GFLOP/s")
-
-    tok_s, flops = train_rate(model, args.batch_size, min(64, c.block_size), args.train_steps, rt)
-    print(f"training: {tok_s:,.0f} tokens/s, {flops / 1e9:.2f} GFLOP/s, MFU {100 * flops / peak:.1f}% "
-          f"of the measured matmul rate")
-
-    # Sampling: real prompts if we have data, else a fixed synthetic prompt.
-    if args.ckpt and args.data_dir:
-        tok, task = load_world(args.data_dir)
-        rows = load_dataset(os.path.join(args.data_dir, "train.jsonl"))
-        r = sampling_rates(model, tok, task, rows, args.k, 1.0, args.seed, args.questions)
-        engine, naive = r["engine_tokens_per_s"], r["naive_tokens_per_s"]
-        eot = eot_id(tok)
-        prompts = [tok.encode(task.prompt(x["question"])).ids for x in rows[:args.questions]]
-    else:
-        eot = None
-        prompts = [[1 + (i * 7 + j) % (c.vocab_size - 1) for j in range(24)] for i in range(args.questions)]
-        t0 = time.time()
-        out = sample(model, prompts, num_samples=args.k, max_new_tokens=40, temperature=1.0, stop_ids=eot,
-                     seeds=list(range(len(prompts) * args.k)))
-        engine = int(out.lengths.sum()) / (time.time() - t0)
-        g = torch.Generator().manual_seed(args.seed)
-        t0, n = time.time(), 0
-        for pr in prompts[:max(1, len(prompts) // 4)]:
-            for _ in range(args.k):
-                n += len(naive_sample(model, pr, 40, 1.0, -1, g))
-        naive = n / (time.time() - t0)
-    print(f"sampling: KV-cache fan-out engine {engine:,.0f} tokens/s, naive loop {naive:,.0f} tokens/s, "
-          f"ratio {engine / naive:.1f}x")
-
-    try:
-        import transformers
-    except ImportError:
-        print("HF generate: transformers is not installed (optional; pip install transformers to compare)")
-        return
-    hf_cfg = transformers.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-                                     n_layer=c.n_layer, n_head=c.n_head)
-    hf = transformers.GPT2LMHeadModel(hf_cfg).to(rt.device).eval()
-    L = max(len(x) for x in prompts)
-    ids = torch.tensor([[0] * (L - len(x)) + x for x in prompts], device=rt.device)
-    att = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in prompts], device=rt.device)
-    new = min(40, c.block_size - L)
-    t0 = time.time()
-    with torch.no_grad():
-        out = hf.generate(ids, attention_mask=att, do_sample=True, max_new_tokens=new, min_new_tokens=new,
-                          num_return_sequences=args.k, pad_token_id=0)
-    hf_rate = (out.size(1) - L) * out.size(0) / (time.time() - t0)
-    print(f"HF generate (same config, random weights, fixed length {new}): {hf_rate:,.0f} tokens/s "
-          f"(transformers {transformers.__version__})")
+    benchmark(args, rt)
 
 
 if __name__ == "__main__":

@@ -105,29 +105,36 @@ def foreign_entries(folder, outputs):
 
 @contextmanager
 def atomic_folder(path, outputs):
-    """The same for a folder of outputs: yields a temporary folder beside `path` to fill;
-    on success it takes `path`'s place as a whole, on failure it is removed and `path` is left
-    as it was. `outputs` names every file the script writes there. The one rule that keeps a
+    """The same for a folder of outputs: yields a temporary folder beside `path` to fill; once
+    it is complete it takes `path`'s place as a whole. An earlier `path` is renamed aside first
+    and removed after, not deleted file by file: whoever reads `path`, or a run killed at any
+    moment, finds the old folder or the new one, never a mix of the two (and, for the instant
+    between two renames, neither). On a failure the temporary is removed and `path` is left as
+    it was. `outputs` names every file the script writes there. The one rule that keeps a
     user's files safe: an existing `path` is replaced only if it holds these files and nothing
     else (a previous run's outputs); a folder that holds anything else is never deleted
     (check_output refuses it before any work; it is checked again here)."""
     path = os.path.abspath(path.rstrip("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _sweep_stale_temporaries(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    os.makedirs(tmp)
+    work = f"{path}.tmp{os.getpid()}"
+    new, old = os.path.join(work, "new"), os.path.join(work, "old")
+    os.makedirs(new)
     try:
-        yield tmp
+        yield new
         if os.path.exists(path):
             foreign = foreign_entries(path, outputs)
             if foreign:
                 raise UserError(f"{path}: now holds {', '.join(foreign)}, which this run did not write; "
                                 f"nothing was replaced")
-            shutil.rmtree(path)
-        os.rename(tmp, path)
+            os.rename(path, old)
+        os.rename(new, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(old) and not os.path.exists(path):
+            os.rename(old, path)  # the earlier folder goes back where it was
+        shutil.rmtree(work, ignore_errors=True)
         raise
+    shutil.rmtree(work, ignore_errors=True)
     _fsync_folder(os.path.dirname(path))
 
 
@@ -466,6 +473,15 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
+def check_loss(loss, where=None, last_good=None):
+    """A loss that is NaN or infinite ends the run with one line (where: "at step 12"; last_good:
+    the checkpoint to go back to), before training on spreads it to every weight. A learning
+    rate too high for the model is the usual cause."""
+    if not math.isfinite(loss):
+        raise UserError(f"loss is {loss}{f' {where}' if where else ''}; try a lower --lr"
+                        + (f" (the last good checkpoint is {last_good})" if last_good else ""))
+
+
 def split_by_question(rows, val_frac, seed):
     """(train, held out): a share val_frac of the questions (at least one, and at least one left
     for training, where there are two) and all their rows held out, so that no question is on
@@ -486,6 +502,26 @@ def add_budget_args(group):
                             "64 in the built-in world, 256 for GSM8K and AQuA, 128 for the other datasets)")
     group.add_argument("--batch_prompts", type=COUNT, default=None,
                        help="prompts sampled at once (x samples each; default: as many as fit)")
+
+
+def add_filter_args(group):
+    """--top_k and --top_p, for the scripts whose sampling may filter the model's distribution
+    (collection and evaluation; PPO samples unfiltered, so that its log-probs are the sampler's).
+    Their types already hold them to what sampler.filter_logits accepts."""
+    group.add_argument("--top_k", type=NONNEG, default=None, help="0 or unset: off")
+    group.add_argument("--top_p", type=FRACTION, default=None, help="unset or 1: off")
+
+
+def add_eval_temperature_arg(group):
+    """The temperature of the evaluations a training script runs on its way (SFT's last look,
+    PPO's checkpoint choice)."""
+    group.add_argument("--eval_temperature", type=NONNEG_FLOAT, default=1.0, help="0: greedy")
+
+
+def add_grad_checkpointing_arg(group):
+    """The memory switch of the scripts that fine-tune a model (SFT, the reward model, PPO)."""
+    group.add_argument("--grad_checkpointing", action="store_true",
+                       help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
 
 
 def add_runtime_args(parser):

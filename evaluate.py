@@ -24,7 +24,6 @@ import rationales
 from data import fewshot, load_world
 from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
 from checkpoint import load_checkpoint
-from sampler import check_sampling_args
 
 
 PRESETS = rationales.SAMPLING_PRESETS
@@ -52,8 +51,7 @@ def get_args(argv=None):
     g.add_argument("--temperature", type=common.NONNEG_FLOAT, default=0.0, help="0 = greedy")
     g.add_argument("--k", type=common.SAMPLES, default=1,
                    help="samples per question (their mean, and their majority vote)")
-    g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")
-    g.add_argument("--top_p", type=common.FRACTION, default=None, help="unset or 1: off")
+    common.add_filter_args(g)
     common.add_budget_args(g)
     g.add_argument("--shots", type=common.NONNEG, default=0,
                    help="solved exemplars (from data_dir's train split) before each question: a "
@@ -62,10 +60,6 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.command == "eval":
         common.apply_preset(p, args, argv, PRESETS)
-        try:
-            check_sampling_args(args.top_k, args.top_p)
-        except ValueError as e:
-            s.error(str(e))
     return args
 
 

@@ -42,7 +42,6 @@ from data import fewshot, load_world
 from data.jsonl import load_dataset, write_jsonl
 from data.tasks import CLASS_KINDS, DATASET_TASKS
 from checkpoint import load_checkpoint
-from sampler import check_sampling_args
 
 PRESETS = rationales.SAMPLING_PRESETS
 OUTPUTS = ["rationales.jsonl", "sft.jsonl", "pairs.jsonl", "rft.jsonl", "star.jsonl", "stats.json"]  # --out_dir's files
@@ -71,18 +70,13 @@ def get_args(argv=None):
     g.add_argument("--k_unhinted", type=common.number(int, low=0, high=common.MAX_SAMPLES), default=4,
                    help="rationales with no answer given, for the RFT and STaR baselines (0: none)")
     g.add_argument("--temperature", type=common.POSITIVE, default=1.0)
-    g.add_argument("--top_k", type=common.NONNEG, default=None, help="0 or unset: off")
-    g.add_argument("--top_p", type=common.FRACTION, default=None, help="unset or 1: off")
+    common.add_filter_args(g)
     common.add_budget_args(g)
     g = p.add_argument_group("SML step 2: the reward model's pairs")
     g.add_argument("--max_pairs_per_question", type=common.NONNEG, default=8, help="0 = all pairs")
     common.add_runtime_args(p)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
-    try:
-        check_sampling_args(args.top_k, args.top_p)
-    except ValueError as e:
-        p.error(str(e))
     return args
 
 
@@ -93,9 +87,8 @@ def get_args(argv=None):
 DISCARD_REASONS = ("unfinished", "no_answer", "two_answers", "mentions_hint", "inconsistent", "wrong")
 # An explanation on one of the paper's datasets that leans on the given answer itself ("as
 # given", "the hint says") argues nothing: a base model behind "Given answer: X" writes these,
-# and the consistency check would keep them. Not in the built-in world, whose measured figures
-# stay as they were: its coin flip model copies "Hint:" from its prompt into about 1 rationale
-# in 400 (6 of 2,400 hinted samples of the default preset's base model), which it always did.
+# and the consistency check would keep them. Only on the paper's datasets: the built-in world's
+# base model is pretrained on the hint template, and seldom copies "Hint:" into a rationale.
 MENTIONS_HINT_RE = re.compile(r"\bgiven answer\b|\bas given\b|\bhint", re.IGNORECASE)
 
 

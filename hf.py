@@ -23,10 +23,8 @@ import json
 import math
 import os
 import re
-import shutil
 import struct
 import sys
-from contextlib import contextmanager
 from dataclasses import asdict
 
 import torch
@@ -205,8 +203,8 @@ def _config_from_hf(cfg, where, block_size):
     cfg = {**_DEFAULTS[family], **{k: v for k, v in cfg.items() if v is not None}}
     special = {"bos_id": cfg.get("bos_token_id"), "eos_id": cfg.get("eos_token_id"), "pad_id": cfg.get("pad_token_id")}
     if family == "gpt2":
-        if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("reorder_and_upcast_attn") \
-                or cfg.get("scale_attn_weights") is False:
+        if (cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("reorder_and_upcast_attn")
+                or cfg.get("scale_attn_weights") is False):
             raise CheckpointError(f"{where}: GPT-2 attention variants (scale_attn_*, reorder_and_upcast_attn) "
                                   f"are not supported")
         acts = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -251,8 +249,8 @@ def family_of(config):
     window is a Llama; today's from-scratch GPT is a GPT-2."""
     c = config
     if c.pos_emb == "learned":
-        ok = c.norm == "layernorm" and c.mlp in ("gelu", "gelu_tanh") and c.bias and c.qkv_bias \
-            and c.n_kv_head == c.n_head and c.head_dim * c.n_head == c.n_embd and not c.qk_norm
+        ok = (c.norm == "layernorm" and c.mlp in ("gelu", "gelu_tanh") and c.bias and c.qkv_bias
+              and c.n_kv_head == c.n_head and c.head_dim * c.n_head == c.n_embd and not c.qk_norm)
         family = "gpt2"
     else:
         family = "qwen3" if c.qk_norm else "qwen2" if (c.qkv_bias and not c.bias) else "llama"
@@ -364,8 +362,8 @@ def hf_tensor_plan(model, family, shapes, file_of, where, config_path):
                 raise CheckpointError(f"{where}: missing tensor {name} (for {ours})")
         # the pieces are concatenated along dim 0, after GPT-2's transpose
         pieces = [tuple(shapes[n])[::-1] if transpose else tuple(shapes[n]) for n in hf]
-        fits = all(len(p) == target.dim() and p[1:] == target.shape[1:] for p in pieces) \
-            and sum(p[0] for p in pieces) == target.shape[0]
+        fits = (all(len(p) == target.dim() and p[1:] == target.shape[1:] for p in pieces)
+                and sum(p[0] for p in pieces) == target.shape[0])
         if not fits:
             detail = ", ".join(f"{n} {tuple(shapes[n])}" for n in hf)
             raise CheckpointError(f"{file_of[hf[0]]}: tensor {detail} does not fit {ours} {tuple(target.shape)}"
@@ -509,7 +507,7 @@ _SAVED = ("config.json", "generation_config.json", "model.safetensors", "tokeniz
 def save_pretrained(model, tokenizer, out_dir):
     """Write config.json, generation_config.json, model.safetensors, tokenizer.json and
     tokenizer_config.json: a folder transformers loads as the matching family. All or
-    nothing (_replaced_folder): a folder save_pretrained wrote before is replaced whole, and
+    nothing (common.atomic_folder): a folder save_pretrained wrote before is replaced whole, and
     a folder that holds anything else is refused, never wiped."""
     raw = model.module if hasattr(model, "module") else model
     raw = getattr(raw, "_orig_mod", raw)
@@ -533,32 +531,10 @@ def save_pretrained(model, tokenizer, out_dir):
     eos = token(c.eos_id) or ("<|endoftext|>" if tokenizer.token_to_id("<|endoftext|>") is not None else None)
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": token(c.bos_id) or eos,
                "eos_token": eos, "pad_token": token(c.pad_id), "model_max_length": c.block_size}
-    with _replaced_folder(out_dir) as tmp:
+    with common.atomic_folder(out_dir, _SAVED) as tmp:
         write_safetensors(os.path.join(tmp, "model.safetensors"), state_dict_to_hf(raw))
         common.write_json(os.path.join(tmp, "config.json"), hf_config)
         common.write_json(os.path.join(tmp, "generation_config.json"), gen)
         common.write_json(os.path.join(tmp, "tokenizer_config.json"),
                           {k: v for k, v in tok_cfg.items() if v is not None})
         tokenizer.save(os.path.join(tmp, "tokenizer.json"))
-
-
-@contextmanager
-def _replaced_folder(out_dir):
-    """A temporary folder beside out_dir to write into; once it is complete it takes out_dir's
-    place. An earlier out_dir is renamed aside first and removed after, not deleted file by
-    file: whoever reads out_dir, or a run killed at any moment, finds the old folder or the new
-    one, never a mix of the two (and, for the instant between two renames, neither).
-    Temporaries that killed runs left beside it are swept."""
-    common._sweep_stale_temporaries(out_dir)
-    work = f"{out_dir}.tmp{os.getpid()}"
-    new, old = os.path.join(work, "new"), os.path.join(work, "old")
-    os.makedirs(new)
-    try:
-        yield new
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if os.path.exists(out_dir):
-        os.rename(out_dir, old)
-    os.rename(new, out_dir)
-    shutil.rmtree(work, ignore_errors=True)

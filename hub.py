@@ -219,8 +219,8 @@ def _download(url, blob, size, headers, label):
         raise _Offline(_reason(e))
     if have and r.status != 206:  # the server ignored Range: start over
         have = 0
-    with r, open(part, "ab" if have else "wb") as f, \
-            tqdm(total=size, initial=have, unit="B", unit_scale=True, desc=label, leave=False) as bar:
+    bar = tqdm(total=size, initial=have, unit="B", unit_scale=True, desc=label, leave=False)
+    with r, open(part, "ab" if have else "wb") as f, bar:
         try:
             copy_download(r, f, download_timeout(), None if size is None else size - have, bar.update)
         except OSError as e:
@@ -305,8 +305,8 @@ def read_json(path, required=True):
 
 def is_hub_id(s):
     parts = s.split("/")
-    return not os.path.exists(s) and len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~")) \
-        and not s.endswith((".pt", ".json", ".safetensors"))
+    return (not os.path.exists(s) and len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+            and not s.endswith((".pt", ".json", ".safetensors")))
 
 
 

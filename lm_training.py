@@ -12,7 +12,6 @@ rationales) share, with the checkpoint convention of both:
 """
 
 import contextlib
-import json
 import os
 import time
 
@@ -20,20 +19,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
-from data.jsonl import DataError
+from data.jsonl import DataError, append_row, open_log
 from checkpoint import load_checkpoint, save_checkpoint
-from model import IGNORE_INDEX, configure_optimizer
+from model import IGNORE_INDEX, configure_optimizer, pad_batch
 
 
 def log_path_of(out):
     return os.path.splitext(out)[0] + ".log.jsonl"
-
-
-def read_log(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def start_or_resume(out, resume, overwrite, init, tokenizer_json, device="cpu", inputs=()):
@@ -73,16 +65,10 @@ def make_batch(examples, indices, pad_id, device):
     Each row holds one example, so no example ever attends to another; padding sits at
     the end of the row (the causal mask keeps it invisible) and gets no loss."""
     rows = [examples[i] for i in indices]
-    T = max(len(ids) for ids, _ in rows) - 1
-    idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
-    for r, (ids, mask) in enumerate(rows):
-        ids_t = torch.tensor(ids, dtype=torch.long)
-        n = len(ids) - 1
-        idx[r, :n] = ids_t[:-1]
-        tgt = ids_t[1:].clone()
-        tgt[~torch.tensor(mask[1:], dtype=torch.bool)] = IGNORE_INDEX  # mask[j]: predict token j?
-        targets[r, :n] = tgt
+    idx, _ = pad_batch([ids[:-1] for ids, _ in rows], pad_id)
+    # mask[j]: is token j predicted (trained on)?
+    targets, _ = pad_batch([[t if m else IGNORE_INDEX for t, m in zip(ids[1:], mask[1:])] for ids, mask in rows],
+                           IGNORE_INDEX)
     return idx.to(device), targets.to(device)
 
 
@@ -100,6 +86,12 @@ def step_indices(seed, step, n_examples, batch_size):
     return torch.randint(0, n_examples, (batch_size,), generator=g).tolist()
 
 
+def token_loss_sum(logits, targets):
+    """The next-token loss summed over the tokens that get one (targets not IGNORE_INDEX)."""
+    return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1),
+                                             ignore_index=IGNORE_INDEX, reduction="sum")
+
+
 @torch.no_grad()
 def eval_loss(model, examples, pad_id, rt, batch_size):
     """Mean next-token loss over the given examples (per token, loss-masked)."""
@@ -110,9 +102,7 @@ def eval_loss(model, examples, pad_id, rt, batch_size):
                               pad_id, rt.device)
         with rt.autocast:
             logits, _ = model(idx)
-        total += torch.nn.functional.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), tgt.view(-1),
-            ignore_index=IGNORE_INDEX, reduction="sum").item()
+        total += token_loss_sum(logits, tgt).item()
         ntok += int((tgt != IGNORE_INDEX).sum())
     model.train()
     return total / max(1, ntok)
@@ -120,6 +110,63 @@ def eval_loss(model, examples, pad_id, rt, batch_size):
 
 # -----------------------------------------------------------------------------
 # The loop
+
+
+def micro_batch_size(batch_size, rt, grad_accum):
+    """The examples of one forward pass: the global batch split evenly over the processes, and
+    each process's share over its grad_accum micro-batches."""
+    per_rank = batch_size // rt.world_size
+    if per_rank * rt.world_size != batch_size or per_rank % grad_accum:
+        raise common.UserError(f"--batch_size {batch_size} must split evenly over "
+                               f"{rt.world_size} processes x {grad_accum} micro-batches")
+    return per_rank // grad_accum
+
+
+def accumulate_gradients(model, rt, examples, batch, micro, grad_accum, pad_id):
+    """Forward and backward of this process's share of a step's global batch (`batch`: example
+    indices), grad_accum micro-batches of `micro` examples. Returns (the loss per token over
+    the global batch, the global batch's loss tokens)."""
+    per_rank = micro * grad_accum
+    global_tokens = sum(int(sum(examples[i][1][1:])) for i in batch)
+    mine = batch[rt.rank * per_rank:(rt.rank + 1) * per_rank]
+    loss_sum = torch.zeros((), device=rt.device)
+    for m in range(grad_accum):
+        idx, tgt = make_batch(examples, mine[m * micro:(m + 1) * micro], pad_id, rt.device)
+        if rt.ddp:  # average gradients across processes only on the last micro-batch
+            model.require_backward_grad_sync = m == grad_accum - 1
+        with rt.autocast:
+            logits, _ = model(idx)
+        # Sum of token losses over the *global* token count, so that one process and
+        # several give the same gradient whatever the token counts per process
+        # (DDP averages gradients, hence the factor world_size).
+        tok_loss = token_loss_sum(logits, tgt)
+        (tok_loss * rt.world_size / global_tokens).backward()
+        loss_sum += tok_loss.detach()
+    if rt.ddp:
+        torch.distributed.all_reduce(loss_sum)
+    return loss_sum.item() / global_tokens, global_tokens
+
+
+def optimizer_and_best(model, lr, weight_decay, resume_state):
+    """AdamW, with a resumed run's state, and the best held-out loss so far (none yet)."""
+    optimizer = configure_optimizer(model, lr, weight_decay)
+    resume_state = resume_state or {}
+    if resume_state.get("optimizer") is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+    return optimizer, resume_state.get("best") or {"step": None, "val_loss": float("inf")}
+
+
+def finish(model, out, tokenizer_json, provenance, max_steps, best, select_best, n_val):
+    """The finished checkpoint under its real name, weights only (the last step's, or the chosen
+    ones), and the unfinished one removed."""
+    if select_best:  # finished: the chosen weights get the real name
+        print(f"{out}: step {best['step']} of {max_steps}, the lowest held-out loss "
+              f"({best['val_loss']:.4f} on {n_val} examples)", flush=True)
+        os.replace(out + ".best", out)
+    else:
+        save_checkpoint(out, model, tokenizer_json, {**provenance, "step": max_steps})
+    if os.path.exists(out + ".partial"):
+        os.remove(out + ".partial")  # our own unfinished checkpoint, now finished
 
 
 def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_json, provenance, *,
@@ -136,98 +183,50 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
         raise common.UserError("choosing the checkpoint on held-out loss needs held-out examples (--val_frac)")
     model.to(rt.device)
     raw_model = model
-    optimizer = configure_optimizer(raw_model, lr, weight_decay)
-    resume_state = resume_state or {}
-    if resume_state.get("optimizer") is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-    best = resume_state.get("best") or {"step": None, "val_loss": float("inf")}
+    optimizer, best = optimizer_and_best(raw_model, lr, weight_decay, resume_state)
     if compile:
         model = torch.compile(model)
     if rt.ddp:
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
-    per_rank = batch_size // rt.world_size
-    if per_rank * rt.world_size != batch_size or per_rank % grad_accum:
-        raise common.UserError(f"--batch_size {batch_size} must split evenly over "
-                               f"{rt.world_size} processes x {grad_accum} micro-batches")
-    micro = per_rank // grad_accum
-    partial, best_path, log_path = out + ".partial", out + ".best", log_path_of(out)
-    records = []
-
-    def save(step):
-        if rt.master:
-            save_checkpoint(partial, raw_model, tokenizer_json, {**provenance, "step": step},
-                            extra={"resume": {"optimizer": optimizer.state_dict(), "best": best}})
-
-    log = None
+    micro = micro_batch_size(batch_size, rt, grad_accum)
+    partial, best_path = out + ".partial", out + ".best"
+    records, log = [], None
     if rt.master:  # the rows up to the checkpoint we start from, then this run's
-        kept = [r for r in read_log(log_path) if r["step"] <= start_step] if start_step else []
-        with common.atomic_file(log_path) as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        log = open(log_path, "a")
+        log = open_log(log_path_of(out), (lambda row: row["step"] <= start_step) if start_step else None)
     model.train()
     t0, tokens_seen = time.time(), 0
     bar = common.progress(range(start_step, max_steps), desc=desc, disable=not rt.master,
                           initial=start_step, total=max_steps)
     for step in bar:
         step_lr = common.cosine_lr(step, max_steps, lr, warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = step_lr
-        # This process's share of the global batch, split into micro-batches.
+        common.set_lr(optimizer, step_lr)
         batch = step_indices(seed, step, len(train_examples), batch_size)
-        global_tokens = sum(int(sum(train_examples[i][1][1:])) for i in batch)
-        mine = batch[rt.rank * per_rank:(rt.rank + 1) * per_rank]
-        loss_sum = torch.zeros((), device=rt.device)
-        for m in range(grad_accum):
-            idx, tgt = make_batch(train_examples, mine[m * micro:(m + 1) * micro], pad_id, rt.device)
-            if rt.ddp:  # average gradients across processes only on the last micro-batch
-                model.require_backward_grad_sync = m == grad_accum - 1
-            with rt.autocast:
-                logits, _ = model(idx)
-            # Sum of token losses over the *global* token count, so that one process and
-            # several give the same gradient whatever the token counts per process
-            # (DDP averages gradients, hence the factor world_size).
-            tok_loss = torch.nn.functional.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), tgt.view(-1),
-                ignore_index=IGNORE_INDEX, reduction="sum")
-            (tok_loss * rt.world_size / global_tokens).backward()
-            loss_sum += tok_loss.detach()
-        if rt.ddp:
-            torch.distributed.all_reduce(loss_sum)
-        loss = loss_sum.item() / global_tokens
-        if not torch.isfinite(torch.tensor(loss)):
-            raise common.UserError(f"loss is {loss} at step {step}; try a lower --lr "
-                                   f"(the last good checkpoint is {partial})")
+        loss, global_tokens = accumulate_gradients(model, rt, train_examples, batch, micro, grad_accum, pad_id)
+        common.check_loss(loss, f"at step {step}", partial)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += global_tokens
 
         rec = {"step": step + 1, "loss": loss, "lr": step_lr, "grad_norm": float(grad_norm)}
-        last = step + 1 == max_steps
-        if (step + 1) % eval_interval == 0 or last:
+        if (step + 1) % eval_interval == 0 or step + 1 == max_steps:
             rec["val_loss"] = eval_loss(raw_model, val_examples, pad_id, rt, micro) if val_examples else None
             rec["tokens_per_s"] = tokens_seen / (time.time() - t0)
             if select_best and rec["val_loss"] < best["val_loss"]:  # ties: the earlier step
                 best = {"step": step + 1, "val_loss": rec["val_loss"]}
                 if rt.master:
                     save_checkpoint(best_path, raw_model, tokenizer_json, {**provenance, "step": step + 1})
-            save(step + 1)
+            if rt.master:
+                save_checkpoint(partial, raw_model, tokenizer_json, {**provenance, "step": step + 1},
+                                extra={"resume": {"optimizer": optimizer.state_dict(), "best": best}})
             common.print0(rt, f"\nstep {step + 1}: loss {loss:.4f} val {rec['val_loss'] or 0:.4f} "
                               f"lr {step_lr:.2e} {rec['tokens_per_s']:.0f} tok/s")
         if rt.master:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+            append_row(log, rec)
         records.append(rec)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)  # shown at the next redraw
     bar.close()
     if rt.master:
         log.close()
-        if select_best:  # finished: the chosen weights get the real name
-            print(f"{out}: step {best['step']} of {max_steps}, the lowest held-out loss "
-                  f"({best['val_loss']:.4f} on {len(val_examples)} examples)", flush=True)
-            os.replace(best_path, out)
-        else:
-            save_checkpoint(out, raw_model, tokenizer_json, {**provenance, "step": max_steps})
-        if os.path.exists(partial):
-            os.remove(partial)  # our own unfinished checkpoint, now finished
+        finish(raw_model, out, tokenizer_json, provenance, max_steps, best, select_best, len(val_examples))
     return records

@@ -386,6 +386,20 @@ def _attention_mask_and_positions(idx, pad_mask, positions, kv_cache):
     return mask.unsqueeze(1), positions
 
 
+def pad_batch(seqs, pad_id, left=False):
+    """Token-id lists as one batch: (idx, real), both (B, T) for T the longest list. Each row is
+    padded with pad_id at its end (left=True: at its start, so that every row's next token goes
+    in the same column, as the sampler needs), and real is True at its own tokens."""
+    T = max(map(len, seqs))
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    real = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        cols = slice(T - len(s), T) if left else slice(0, len(s))
+        idx[i, cols] = torch.tensor(s, dtype=torch.long)
+        real[i, cols] = True
+    return idx, real
+
+
 def sequence_scores(scores, pad_mask):
     """The score of a sequence is read at its last real token. scores, pad_mask: (B, T).
     Works for right padding, left padding and both at once."""

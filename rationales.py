@@ -24,7 +24,8 @@ import torch
 
 import common
 from data.tasks import CLASS_KINDS
-from data.tokenizer import encode_after, eot_id, newline_ids, stop_ids
+from data.tokenizer import decode_sampled, encode_after, eot_id, newline_ids, stop_ids
+from model import pad_batch
 from sampler import prompts_per_batch, sample
 
 # The presets of the two scripts that sample rationales, generate.py and evaluate.py eval:
@@ -104,7 +105,7 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
         for r, ids in enumerate(out.token_lists()):
             if r % k == 0:
                 results.append([])
-            text = tok.decode(ids[:-1] if ids and ids[-1] in ends else ids)
+            text = decode_sampled(tok, ids, ends)
             text = (text.split("\n")[0] if exemplars else text).strip()  # a few-shot row: its line
             results[-1].append({"text": text, "answer_text": text, "final_answer": task.extract_answer(text),
                                 "tokens": ids,
@@ -113,30 +114,45 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
         bar.update(len(chunk) * k)
     bar.close()
     if exemplars and any(h is not None for _, h in requests):
-        # SML step 2 with a few-shot prompt: the answer of a rationale written for a given
-        # answer is read on the prompt without it
-        unhinted = [encode_prompt(tok, task, q, None, exemplars, max_new_tokens + 16, block)
-                    for q, _ in requests]
-        todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
-                for s in samples if s["finished"] and s["text"]]
-        lines = read_answers(model, tok, task, unhinted, [q for q, _ in requests], todo, candidates, exemplars,
-                             batch_prompts * k, stops, True, f"{desc}: reading answers", quiet)
-        for (i, s), line in zip(todo, lines):
-            s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
-            s["final_answer"] = task.extract_answer(s["answer_text"])
-            s["answer_read"] = True
+        read_hinted_answers(model, tok, task, requests, results, candidates, exemplars, max_new_tokens,
+                            batch_prompts * k, stops, desc, quiet)
     if complete_missing:
-        missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
-        lines = read_answers(model, tok, task, prompts, [q for q, _ in requests], missing, candidates, exemplars,
-                             batch_prompts * k, stops, bool(exemplars), f"{desc}: answer lines", quiet)
-        for (i, s), line in zip(missing, lines):
-            s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
-            s["final_answer"] = task.extract_answer(s["answer_text"])
-            s["answer_completed"] = True
+        complete_answer_lines(model, tok, task, requests, results, prompts, candidates, exemplars,
+                              batch_prompts * k, stops, desc, quiet)
     return results, {"tokens": n_tok, "seconds": time.time() - t0}
 
 
-def read_answers(model, tok, task, prompts, questions, todo, candidates, exemplars, rows_per_batch, stop_ids,
+def read_hinted_answers(model, tok, task, requests, results, candidates, exemplars, max_new_tokens,
+                        rows_per_batch, stops, desc, quiet):
+    """SML step 2 with a few-shot prompt: the answer of each finished rationale written for a
+    given answer is read on the prompt without it, from the question and the rationale alone
+    (sets its answer_text and final_answer, and answer_read)."""
+    block = model.config.block_size
+    unhinted = [encode_prompt(tok, task, q, None, exemplars, max_new_tokens + 16, block) for q, _ in requests]
+    todo = [(i, s) for i, ((_, h), samples) in enumerate(zip(requests, results)) if h is not None
+            for s in samples if s["finished"] and s["text"]]
+    lines = read_answers(model, tok, task, unhinted, [q for q, _ in requests], todo, candidates, exemplars,
+                         rows_per_batch, stops, True, f"{desc}: reading answers", quiet)
+    for (i, s), line in zip(todo, lines):
+        s["answer_text"] = s["text"] + task.ANSWER_PREFIX + " " + line
+        s["final_answer"] = task.extract_answer(s["answer_text"])
+        s["answer_read"] = True
+
+
+def complete_answer_lines(model, tok, task, requests, results, prompts, candidates, exemplars, rows_per_batch,
+                          stops, desc, quiet):
+    """Evaluation's reading of a rationale that states no final answer: the answer line the model
+    completes after it, on its own prompt (sets answer_text, final_answer and answer_completed)."""
+    missing = [(i, s) for i, samples in enumerate(results) for s in samples if s["final_answer"] is None]
+    lines = read_answers(model, tok, task, prompts, [q for q, _ in requests], missing, candidates, exemplars,
+                         rows_per_batch, stops, bool(exemplars), f"{desc}: answer lines", quiet)
+    for (i, s), line in zip(missing, lines):
+        s["answer_text"] = task.ANSWER_PREFIX.strip() + " " + line  # what is read
+        s["final_answer"] = task.extract_answer(s["answer_text"])
+        s["answer_completed"] = True
+
+
+def read_answers(model, tok, task, prompts, questions, todo, candidates, exemplars, rows_per_batch, stops,
                  one_line, desc, quiet):
     """The answer line of each (i, sample) in todo, after prompts[i] + its rationale: the
     calibrated candidate the model prefers where the task has candidates (choice, yes/no),
@@ -144,11 +160,11 @@ def read_answers(model, tok, task, prompts, questions, todo, candidates, exempla
     if candidates is not None:
         return read_answers_by_candidates(model, tok, task, prompts, questions, todo, candidates, exemplars,
                                           rows_per_batch, desc=desc, quiet=quiet)
-    return read_answer_lines(model, tok, task, prompts, questions, todo, rows_per_batch, stop_ids,
+    return read_answer_lines(model, tok, task, prompts, questions, todo, rows_per_batch, stops,
                              one_line=one_line, desc=desc, quiet=quiet)
 
 
-def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts, stop_ids, one_line,
+def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts, stops, one_line,
                       desc="reading answers", quiet=False):
     """Evaluation's fallback for a rationale that states no final answer (and, with a few-shot
     prompt, how SML step 2 reads any answer): for each (i, sample) in todo, append the answer
@@ -157,7 +173,7 @@ def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts,
     so its text ends with task.prompt(questions[i]). one_line (a few-shot prompt, whose stop
     ids include the line breaks): the prompts share the exemplars as a prefix, and what is
     read is the first line."""
-    eot = eot_id(tok)
+    eot, ends = eot_id(tok), stop_ids(tok, model.config)
     block = model.config.block_size
     lines = []
     bar = common.progress(total=len(todo), desc=desc, disable=quiet or not todo, leave=False)
@@ -167,11 +183,10 @@ def read_answer_lines(model, tok, task, prompts, questions, todo, batch_prompts,
         for i, s in chunk:
             ids = prompts[i] + encode_after(tok, task.prompt(questions[i]), " " + s["text"] + task.ANSWER_PREFIX)
             answer_prompts.append(ids[-(block - 8):])  # keep the tail if it is too long
-        out = sample(model, answer_prompts, max_new_tokens=8, temperature=0, stop_ids=stop_ids, pad_id=eot,
+        out = sample(model, answer_prompts, max_new_tokens=8, temperature=0, stop_ids=stops, pad_id=eot,
                      share_prefix=one_line, n_vocab=tok.get_vocab_size())
         for ids in out.token_lists():
-            ids = ids[:-1] if ids and ids[-1] == eot else ids
-            text = tok.decode(ids)
+            text = decode_sampled(tok, ids, ends)
             lines.append(text.split("\n")[0] if one_line else text)
         bar.update(len(chunk))
     bar.close()
@@ -202,13 +217,7 @@ def candidate_logprobs(model, contexts, candidates):
         for cand in cands:
             for j in range(len(cand)):
                 rows.setdefault((c, tuple(cand[:j])), len(rows))
-    seqs = [contexts[c] + list(prefix) for c, prefix in rows]
-    T = max(len(ids) for ids in seqs)
-    idx = torch.zeros(len(seqs), T, dtype=torch.long)
-    real = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for r, ids in enumerate(seqs):
-        idx[r, T - len(ids):] = torch.tensor(ids)
-        real[r, T - len(ids):] = True
+    idx, real = pad_batch([contexts[c] + list(prefix) for c, prefix in rows], 0, left=True)
     device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():
@@ -226,9 +235,8 @@ def read_answers_by_candidates(model, tok, task, prompts, questions, todo, candi
     Task.finish writes answers (" yes", " B"). The candidates are scored against a content-free
     context too, the same prompt with the question "N/A" and no rationale, and the one whose
     log-probability rises most over it wins (contextual calibration, Zhao et al. 2021). A
-    greedy answer line copies a model's lean instead: SmolLM2-135M on Coin Flip read 6 of 107
-    explanations written for "yes" as "yes" (what calibration does there: README, "Reading
-    answers"). prompts[i] is an unhinted prompt for questions[i] (with `exemplars`, few-shot),
+    greedy answer line copies a model's lean instead: a model that leans to "no" reads most
+    explanations written for "yes" as "no". prompts[i] is an unhinted prompt for questions[i] (with `exemplars`, few-shot),
     as in read_answer_lines. Returns one candidate per todo item."""
     block = model.config.block_size
     spelled = {c: encode_after(tok, task.ANSWER_PREFIX, " " + c) for i, _ in todo for c in candidates[i]}

@@ -19,7 +19,7 @@ import re
 import statistics
 
 import common
-from data.jsonl import iter_jsonl
+from data.jsonl import read_rows
 
 # (key, row name, what it is) in table order. The key names the files of a method's
 # evaluations, eval_<key>.json (k samples at temperature 1) and eval_<key>_greedy.json; a key
@@ -52,10 +52,6 @@ def row_of(key):
 
 def load(path):
     return common.read_json(path)  # a truncated file: one line naming it
-
-
-def load_jsonl(path):
-    return [row for _, row in iter_jsonl(path)]
 
 
 def output_folder(run, stage):
@@ -93,7 +89,7 @@ def one_seed(run):
         out["findings"]["ppo_best_update"] = load(summary).get("best_update")
     timings = os.path.join(run, "timings.jsonl")
     if os.path.exists(timings):
-        for t in load_jsonl(timings):
+        for t in read_rows(timings):
             if t["stage"].startswith("compare "):  # a second or two each: one row for them all
                 out["stages"].setdefault("compare with SML", {"seconds": 0})["seconds"] += t["seconds"]
             else:  # (a stage redone after its output was removed: its last time)
@@ -101,11 +97,11 @@ def one_seed(run):
     for stage, timing in out["stages"].items():  # tokens/s where a stage measures it
         folder = output_folder(run, "base" if stage == "pretrain" else stage)
         if os.path.exists(log := folder + ".log.jsonl"):  # pretraining and SFT
-            rates = [r["tokens_per_s"] for r in load_jsonl(log) if "tokens_per_s" in r]
+            rates = [r["tokens_per_s"] for r in read_rows(log) if "tokens_per_s" in r]
             if rates:
                 timing["tokens_per_s"] = rates[-1]
         elif os.path.exists(log := os.path.join(folder, "ppo_log.jsonl")):  # PPO and its variants
-            timing["tokens_per_s"] = statistics.mean(r["tok/s"] for r in load_jsonl(log) if "tok/s" in r)
+            timing["tokens_per_s"] = statistics.mean(r["tok/s"] for r in read_rows(log) if "tok/s" in r)
         elif os.path.exists(stats := os.path.join(folder, "stats.json")):  # collection
             timing["tokens_per_s"] = load(stats)["tokens_per_s"]
     stats = os.path.join(run, "collect", "stats.json")
@@ -296,7 +292,7 @@ def plot(run):
         import matplotlib.pyplot as plt
     except ImportError:
         return "PPO curves: pip install matplotlib, then run python results.py again"
-    log = [r for r in load_jsonl(log_path) if "rm_score" in r]  # update 0 is the SFT model's evaluation
+    log = [r for r in read_rows(log_path) if "rm_score" in r]  # update 0 is the SFT model's evaluation
     x = [r["update"] for r in log]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     a.plot(x, [r["rm_score"] for r in log], label="RM score")

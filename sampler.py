@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model import compute_dtype
+from model import compute_dtype, pad_batch
 
 
 class KVCache:
@@ -149,9 +149,8 @@ def row_uniforms(seeds, steps, device):
     """(R, steps) uniforms in (0, 1]: row r's t-th is 1 - the t-th draw of a torch.Generator
     seeded with seeds[r]. Row r's uniforms depend on seeds[r] alone, not on how many rows
     there are, where row r is, or what its neighbours are: this is what makes a sample
-    independent of its batch. (It is the stream this project has always sampled with, one
-    draw per row and step, so a seed gives the samples it gave before.) 1 - U[0, 1) lies in
-    (0, 1], so a token of probability 0 is never drawn (see next_tokens)."""
+    independent of its batch. 1 - U[0, 1) lies in (0, 1], so a token of probability 0 is
+    never drawn (see next_tokens)."""
     draws = [torch.rand(steps, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
              for s in seeds]
     return (1.0 - torch.stack(draws)).to(device, cdf_dtype(device))
@@ -212,11 +211,7 @@ def prefill(model, prompts, num_samples, new_tokens, pad_id, share_prefix):
     if shared:
         model(torch.tensor([prompts[0][:shared]], device=device), kv_cache=cache, last_only=True)
         cache.fan_out(P)
-    idx = torch.full((P, T0), pad_id, dtype=torch.long)
-    pad_mask = torch.zeros(P, T0, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        idx[i, T0 - len(p) + shared:] = torch.tensor(p[shared:], dtype=torch.long)
-        pad_mask[i, T0 - len(p) + shared:] = True
+    idx, pad_mask = pad_batch([p[shared:] for p in prompts], pad_id, left=True)
     logits, _ = model(idx.to(device), pad_mask=pad_mask.to(device), kv_cache=cache, last_only=True)
     cache.fan_out(num_samples)
     return logits[:, -1, :].repeat_interleave(num_samples, dim=0), cache

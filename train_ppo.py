@@ -77,7 +77,6 @@ reward's meaning during training).
 """
 
 import copy
-import json
 import math
 import os
 import random
@@ -92,11 +91,10 @@ from torch.utils.checkpoint import checkpoint
 import common
 import rationales
 from data import load_world
-from data.jsonl import DataError, load_dataset
-from data.tokenizer import stop_ids
-from lm_training import read_log
+from data.jsonl import DataError, append_row, load_dataset, open_log
+from data.tokenizer import decode_sampled, stop_ids
 from checkpoint import checked_config, load_checkpoint, save_checkpoint
-from model import GPT, configure_optimizer, lm_to_scalar, sequence_scores
+from model import GPT, configure_optimizer, lm_to_scalar, pad_batch, sequence_scores
 from sampler import mask_padded_vocab, prompts_per_batch, sample
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
@@ -112,16 +110,8 @@ PRESETS = {"default": {},
 MIN_RM_QUALITY = 0.6  # held-out pair accuracy and fresh-sample AUC below this count as near chance
 
 
-def get_args(argv=None):
-    p = common.ArgumentParser(description=__doc__)
-    g = p.add_argument_group("input / output")
-    g.add_argument("--sft", required=True, help="SFT checkpoint: the initial policy and the frozen reference")
-    g.add_argument("--rm", help="reward-model checkpoint (needed unless --reward exact)")
-    g.add_argument("--data_dir", required=True, help="folder with train/val/test.jsonl, tokenizer.json, meta.json")
-    g.add_argument("--out_dir", required=True)
-    g.add_argument("--resume", action="store_true", help="continue from out_dir/ppo_last.pt")
-    g.add_argument("--overwrite", action="store_true", help="start again in an out_dir that holds a run")
-    g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
+def add_reward_args(p):
+    """Step 2's flags: the reward, its scale, its penalties, and the reward model's bar."""
     g = p.add_argument_group("reward")
     g.add_argument("--reward", default="rm", choices=["rm", "exact", "rm+exact"])
     g.add_argument("--kl_coef", type=common.NONNEG_FLOAT, default=0.02,
@@ -142,17 +132,15 @@ def get_args(argv=None):
     g.add_argument("--allow_weak_rm", action="store_true",
                    help=f"train against a reward model whose held-out pair accuracy or fresh-sample AUC is "
                         f"below {MIN_RM_QUALITY} (near chance), or that carries no report")
-    g = p.add_argument_group("rollouts")
-    g.add_argument("--updates", type=common.COUNT, default=32)
-    g.add_argument("--questions_per_update", type=common.COUNT, default=48)
-    g.add_argument("--samples_per_question", type=common.SAMPLES, default=4)
-    g.add_argument("--temperature", type=common.POSITIVE, default=1.0, help="rollouts and log-probs alike")
-    common.add_budget_args(g)
+
+
+def add_optimisation_args(p):
+    """Step 4's flags: the epochs, the step sizes, the estimator, the clips; and memory."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--ppo_epochs", type=common.COUNT, default=2, help="passes over each rollout batch")
     g.add_argument("--minibatch_size", type=common.COUNT, default=96, help="rollouts per optimizer step")
     g.add_argument("--lr", type=common.LEARNING_RATE, default=1.5e-4,
-                   help="policy learning rate (at 3e-5 the default run's policy barely moves)")
+                   help="policy learning rate")
     g.add_argument("--critic_lr", type=common.LEARNING_RATE, default=1e-4)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=0,
                    help="optimizer steps of linear learning-rate warmup (policy and critic)")
@@ -176,20 +164,50 @@ def get_args(argv=None):
     g.add_argument("--micro_batch_size", type=common.COUNT, default=None,
                    help="rollouts per forward pass; gradients accumulate over a minibatch (default: "
                         "the minibatch)")
-    g.add_argument("--grad_checkpointing", action="store_true",
-                   help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
+    common.add_grad_checkpointing_arg(g)
+
+
+def add_evaluation_args(p):
+    """Checkpoint selection on the validation split, and what is logged."""
     g = p.add_argument_group("evaluation and checkpoint selection")
     g.add_argument("--eval_interval", type=common.COUNT, default=8, help="validate and checkpoint every N updates")
     g.add_argument("--eval_limit", type=common.NONNEG, default=0,
                    help="test questions logged at each evaluation (0: all)")
-    g.add_argument("--eval_temperature", type=common.NONNEG_FLOAT, default=1.0)
+    common.add_eval_temperature_arg(g)
     g.add_argument("--val_samples", type=common.SAMPLES, default=4,
                    help="samples per validation question for choosing the best checkpoint")
     g.add_argument("--log_samples", type=common.NONNEG, default=3,
                    help="decoded rollouts written to the log at each evaluation")
+
+
+def get_args(argv=None):
+    p = common.ArgumentParser(description=__doc__)
+    g = p.add_argument_group("input / output")
+    g.add_argument("--sft", required=True, help="SFT checkpoint: the initial policy and the frozen reference")
+    g.add_argument("--rm", help="reward-model checkpoint (needed unless --reward exact)")
+    g.add_argument("--data_dir", required=True, help="folder with train/val/test.jsonl, tokenizer.json, meta.json")
+    g.add_argument("--out_dir", required=True)
+    g.add_argument("--resume", action="store_true", help="continue from out_dir/ppo_last.pt")
+    g.add_argument("--overwrite", action="store_true", help="start again in an out_dir that holds a run")
+    g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
+    add_reward_args(p)
+    g = p.add_argument_group("rollouts")
+    g.add_argument("--updates", type=common.COUNT, default=32)
+    g.add_argument("--questions_per_update", type=common.COUNT, default=48)
+    g.add_argument("--samples_per_question", type=common.SAMPLES, default=4)
+    g.add_argument("--temperature", type=common.POSITIVE, default=1.0, help="rollouts and log-probs alike")
+    common.add_budget_args(g)
+    add_optimisation_args(p)
+    add_evaluation_args(p)
     common.add_runtime_args(p)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
+    check_args(p, args)
+    return args
+
+
+def check_args(p, args):
+    """What no single flag's type can check, and the settings one flag implies for another."""
     if args.reward != "exact" and not args.rm:
         p.error(f"--reward {args.reward} needs --rm")
     if args.critic_warmup_updates >= args.updates:
@@ -203,7 +221,6 @@ def get_args(argv=None):
     if args.critic_init == "rm" and not args.rm:
         args.critic_init = "sft"  # exact-match reward and no reward model: SFT's trunk
     args.micro_batch_size = min(args.micro_batch_size or args.minibatch_size, args.minibatch_size)
-    return args
 
 
 # -----------------------------------------------------------------------------
@@ -243,8 +260,8 @@ def token_logprobs(model, idx, mask, temperature, n_vocab=None, chunk=512):
     logps, entropies = [], []
     for s in range(0, h.size(0), chunk):
         args = (model.lm_head, h[s:s + chunk], targets[s:s + chunk], temperature, n_vocab)
-        lp, ent = checkpoint(_head_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled() \
-            else _head_logprobs(*args)
+        lp, ent = (checkpoint(_head_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+                   else _head_logprobs(*args))
         logps.append(lp)
         entropies.append(ent)
     zeros = torch.zeros(mask.shape, device=idx.device)
@@ -389,11 +406,9 @@ def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, de
         sampler_logp += [out.logprobs[i, :len(r)].tolist() for i, r in enumerate(chunk)]
         finished.append(out.finished.cpu())
     seqs = [prompts[i // k] + r for i, r in enumerate(responses)]
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), stop_ids[0], dtype=torch.long)
-    mask = torch.zeros(len(seqs), T - 1)
+    idx, _ = pad_batch(seqs, stop_ids[0])
+    mask = torch.zeros(idx.shape[0], idx.shape[1] - 1)
     for i, s in enumerate(seqs):
-        idx[i, :len(s)] = torch.tensor(s)
         n_prompt = len(prompts[i // k])
         mask[i, n_prompt - 1:len(s) - 1] = 1.0  # positions that predict a response token
     return Rollout(idx.to(device), mask.to(device), responses, sampler_logp,
@@ -457,6 +472,49 @@ def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, temperatur
                  returns, kl.sum(1))
 
 
+def minibatch_gradients(policy, critic, batch, mb, micro_batch_size, temperature, clip, value_clip, train_policy,
+                        amp, n_vocab):
+    """The gradients of one minibatch (`mb`: row indices), micro_batch_size rows at a time, each
+    micro-batch's loss weighted by its share of the minibatch's response tokens, so the
+    accumulated gradient is the whole minibatch's. The policy's forward and backward run before
+    the critic's, so the two graphs are never alive at once. Returns the minibatch's
+    diagnostics (their token-weighted means) and its largest policy ratio."""
+    n_tok = batch.mask[mb].sum().clamp(min=1)
+    stats = {k: 0.0 for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
+    ratio_max = 0.0
+    for rows in micro_batches(mb, micro_batch_size):
+        T = int(batch.seq_lens[rows].max())
+        idx, mask = batch.idx[rows, :T], batch.mask[rows, :T - 1]
+        share = mask.sum() / n_tok  # this micro-batch's part of the minibatch's mean
+        if train_policy:
+            with amp:
+                new_logp, entropy = token_logprobs(policy, idx, mask, temperature, n_vocab)
+            pg_loss, approx_kl, clip_frac = policy_loss(new_logp, batch.old_logp[rows, :T - 1],
+                                                        batch.advantages[rows, :T - 1], mask, clip)
+            (pg_loss * share).backward()
+            ratio = torch.exp(new_logp.detach() - batch.old_logp[rows, :T - 1])[mask > 0]
+            ratio_max = max(ratio_max, float(ratio.max()) if ratio.numel() else 0.0)
+            for k, v in (("policy_loss", pg_loss), ("approx_kl", approx_kl), ("clip_frac", clip_frac),
+                         ("entropy", masked_mean(entropy, mask))):
+                stats[k] += float(v.detach() * share)
+        if critic is not None:
+            with amp:
+                new_values = values_of(critic, idx)
+            v_loss = value_loss(new_values, batch.values[rows, :T - 1], batch.returns[rows, :T - 1], mask,
+                                value_clip)
+            (v_loss * share).backward()
+            stats["value_loss"] += float(v_loss.detach() * share)
+    return stats, ratio_max
+
+
+def optimizer_step(model, optimizer, grad_clip):
+    """Clip the gradient, step, clear; returns the gradient's norm before the clip."""
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, minibatch_size, temperature,
                clip, value_clip, grad_clip, micro_batch_size=None, train_policy=True, target_kl=None,
                lr_at=None, amp=nullcontext(), n_vocab=None):
@@ -464,12 +522,9 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, mi
     diagnostics, averaged over minibatches (ratio_max and the gradient norms: their largest;
     first_approx_kl: the first minibatch's, which should be 0; epoch_clip_frac: per epoch).
 
-    A minibatch is one optimizer step; its rows run micro_batch_size at a time, each micro-batch's
-    loss weighted by its share of the minibatch's response tokens, so the accumulated gradient
-    is the whole minibatch's. The policy's forward and backward run before the critic's, so
-    the two graphs are never alive at once. train_policy=False (the critic's warmup) leaves
-    the policy as it is; critic=None (rloo, grpo) trains the policy alone. lr_at(i) -> (policy
-    lr, critic lr) of this update's i-th optimizer step.
+    A minibatch is one optimizer step (its gradients: minibatch_gradients). train_policy=False
+    (the critic's warmup) leaves the policy as it is; critic=None (rloo, grpo) trains the policy
+    alone. lr_at(i) -> (policy lr, critic lr) of this update's i-th optimizer step.
     Both models run in eval mode: dropout would make the log-probs differ from the rollout's
     even at the first step, where the ratio must be 1."""
     n = batch.idx.size(0)
@@ -485,44 +540,18 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, mi
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, minibatch_size):
             mb = order[start:start + minibatch_size].to(batch.idx.device)
-            n_tok = batch.mask[mb].sum().clamp(min=1)
             if lr_at is not None:
                 lr_policy, lr_critic = lr_at(steps)
                 common.set_lr(opt_policy, lr_policy)
                 if critic is not None:
                     common.set_lr(opt_critic, lr_critic)
-            mb_stats = {k: 0.0 for k in stats}
-            for rows in micro_batches(mb, micro_batch_size):
-                T = int(batch.seq_lens[rows].max())
-                idx, mask = batch.idx[rows, :T], batch.mask[rows, :T - 1]
-                share = mask.sum() / n_tok  # this micro-batch's part of the minibatch's mean
-                if train_policy:
-                    with amp:
-                        new_logp, entropy = token_logprobs(policy, idx, mask, temperature, n_vocab)
-                    pg_loss, approx_kl, clip_frac = policy_loss(new_logp, batch.old_logp[rows, :T - 1],
-                                                                batch.advantages[rows, :T - 1], mask, clip)
-                    (pg_loss * share).backward()
-                    ratio = torch.exp(new_logp.detach() - batch.old_logp[rows, :T - 1])[mask > 0]
-                    ratio_max = max(ratio_max, float(ratio.max()) if ratio.numel() else 0.0)
-                    for k, v in (("policy_loss", pg_loss), ("approx_kl", approx_kl), ("clip_frac", clip_frac),
-                                 ("entropy", masked_mean(entropy, mask))):
-                        mb_stats[k] += float(v.detach() * share)
-                if critic is not None:
-                    with amp:
-                        new_values = values_of(critic, idx)
-                    v_loss = value_loss(new_values, batch.values[rows, :T - 1], batch.returns[rows, :T - 1], mask,
-                                        value_clip)
-                    (v_loss * share).backward()
-                    mb_stats["value_loss"] += float(v_loss.detach() * share)
+            mb_stats, mb_ratio_max = minibatch_gradients(policy, critic, batch, mb, micro_batch_size, temperature,
+                                                         clip, value_clip, train_policy, amp, n_vocab)
+            ratio_max = max(ratio_max, mb_ratio_max)
             if train_policy:
-                grad_norm = max(grad_norm, float(torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)))
-                opt_policy.step()
-                opt_policy.zero_grad(set_to_none=True)
+                grad_norm = max(grad_norm, optimizer_step(policy, opt_policy, grad_clip))
             if critic is not None:
-                critic_grad_norm = max(critic_grad_norm,
-                                       float(torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)))
-                opt_critic.step()
-                opt_critic.zero_grad(set_to_none=True)
+                critic_grad_norm = max(critic_grad_norm, optimizer_step(critic, opt_critic, grad_clip))
             steps += 1
             for k, v in mb_stats.items():
                 if (train_policy and k != "value_loss") or (critic is not None and k == "value_loss"):
@@ -668,8 +697,8 @@ def start(args, rt, data, policy, ref, rm, rm_report):
               f"{scale['min']:.2f} .. {scale['max']:.2f} (5-95%: {scale['p05']:.2f} .. {scale['p95']:.2f})")
     critic = None  # rloo, grpo
     if args.estimator == "ppo":
-        critic = standardised_critic(rm, state["reward_mean"], state["reward_std"]) \
-            if args.critic_init == "rm" else lm_to_scalar(ref)
+        critic = (standardised_critic(rm, state["reward_mean"], state["reward_std"])
+                  if args.critic_init == "rm" else lm_to_scalar(ref))
     return critic, state
 
 
@@ -686,14 +715,13 @@ class PPOPaths:
 
 
 def resume(ckpt, paths, rt):
-    """The critic, the loop's state and the log rows of an interrupted run, from ppo_last.pt."""
+    """The critic and the loop's state of an interrupted run, from ppo_last.pt."""
     critic = None
     if ckpt["critic"] is not None:
         critic = GPT(checked_config(ckpt["critic_config"], ckpt["critic"], f"{paths.last}: its critic"))
         critic.load_state_dict(ckpt["critic"])
         critic.to(rt.device)
-    log_rows = [r for r in read_log(paths.log) if r["update"] <= ckpt["provenance"]["step"]]
-    return critic, ckpt["ppo_state"], log_rows
+    return critic, ckpt["ppo_state"]
 
 
 def trainable_and_frozen(args, rt, policy, ref, rm, critic):
@@ -734,27 +762,23 @@ def setup(args, rt, paths):
     if os.path.exists(paths.summary):
         os.remove(paths.summary)  # ours, and it says "finished": a rerun, fresh or resumed, is not yet
     if resuming:
-        critic, state, log_rows = resume(ckpt, paths, rt)
+        critic, state = resume(ckpt, paths, rt)
     else:
         critic, state = start(args, rt, data, policy, ref, rm, rm_report)
-        log_rows = []
     models = trainable_and_frozen(args, rt, policy, ref, rm, critic)
     if resuming:
         models.opt_policy.load_state_dict(ckpt["opt_policy"])
         if critic is not None:
             models.opt_critic.load_state_dict(ckpt["opt_critic"])
         models.gen.set_state(state["gen_state"])
-    os.makedirs(args.out_dir, exist_ok=True)
-    with common.atomic_file(paths.log) as f:  # a resumed run's log: the rows up to its checkpoint
-        f.writelines(json.dumps(r) + "\n" for r in log_rows)
-    log = open(paths.log, "a")
+    # a resumed run's log: the rows up to its checkpoint
+    log = open_log(paths.log, (lambda row: row["update"] <= ckpt["provenance"]["step"]) if resuming else None)
     if not resuming:  # the SFT model is candidate 0
         rec = {"update": 0, "reward_mean": state["reward_mean"], "reward_std": state["reward_std"],
                "reward_scale": state["reward_scale"]}
         choose_checkpoint(args, rt, data, models, state, 0, rec, paths.best)
         save_resume_point(paths.last, args, data, models, state, 0)
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
+        append_row(log, rec)
     return data, models, state, log
 
 
@@ -832,7 +856,7 @@ def score_rollouts(args, rt, data, models, state, rows, rollouts):
     """Step 2: the sequence reward of each rollout (the standardised RM score for SML, the exact
     answer check for the baseline, penalties for no answer or no ending)."""
     k, task = args.samples_per_question, data.task
-    texts = [data.tok.decode(r[:-1] if r and r[-1] in data.stop_ids else r) for r in rollouts.responses]
+    texts = [decode_sampled(data.tok, r, data.stop_ids) for r in rollouts.responses]
     golds = [rows[i // k]["answer"] for i in range(len(texts))]
     # rewards read answers strictly: only an answer the rationale states counts
     correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=rt.device)
@@ -911,9 +935,9 @@ def main(argv=None):
                            value_clip=args.value_clip, grad_clip=args.grad_clip, target_kl=args.target_kl,
                            train_policy=update >= args.critic_warmup_updates, lr_at=lr_schedule(args, update),
                            amp=rt.autocast, n_vocab=data.n_vocab)
-        if not all(v is None or np.isfinite(v) for v in (stats["policy_loss"], stats["value_loss"])):
-            raise common.UserError(f"loss is not finite at update {update + 1}; try a lower --lr "
-                                   f"(the last good checkpoint is {paths.last})")
+        for loss in (stats["policy_loss"], stats["value_loss"]):
+            if loss is not None:  # (None: a model that did not train in this update)
+                common.check_loss(loss, f"at update {update + 1}", paths.last)
         if args.kl_target:
             state["kl_coef"] = adaptive_kl_coef(state["kl_coef"], float(batch.kl_per_seq.mean()), args.kl_target,
                                                 len(seeds), args.kl_horizon)
@@ -925,8 +949,7 @@ def main(argv=None):
                                "rm_score": float(rewards.rm_z[i])} for i in range(min(args.log_samples, len(seeds)))]
             choose_checkpoint(args, rt, data, models, state, update + 1, rec, paths.best)
             save_resume_point(paths.last, args, data, models, state, update + 1)
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
+        append_row(log, rec)
         print_row(rec)
     log.close()
     finish(args, data, state, time.time() - t_start)

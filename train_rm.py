@@ -39,7 +39,7 @@ from data import load_world
 from data.jsonl import DataError, load_dataset, load_pairs
 from data.tokenizer import encode_after, eot_id
 from checkpoint import load_checkpoint, save_checkpoint
-from model import configure_optimizer, lm_to_scalar, sequence_scores
+from model import configure_optimizer, lm_to_scalar, pad_batch, sequence_scores
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {}, "tiny": dict(max_steps=30, batch_size=16, warmup_steps=1, auc_questions=20),
@@ -66,8 +66,7 @@ def get_args(argv=None):
     g.add_argument("--batch_size", type=common.COUNT, default=32, help="pairs per optimizer step")
     g.add_argument("--micro_batch_size", type=common.COUNT, default=None,
                    help="pairs per forward pass; gradients accumulate over a step (default: the batch)")
-    g.add_argument("--grad_checkpointing", action="store_true",
-                   help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
+    common.add_grad_checkpointing_arg(g)
     g.add_argument("--lr", type=common.LEARNING_RATE, default=3e-4)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=50)
     g.add_argument("--weight_decay", type=common.NONNEG_FLOAT, default=0.0)
@@ -97,19 +96,18 @@ def encode_pair_side(tok, prompt, completion):
 
 def batch_scores(rm, seqs, device, pad_id):
     """Right-pad token lists and read each sequence's score at its last real token."""
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        idx[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = True
+    idx, mask = pad_batch(seqs, pad_id)
     scores, _ = rm(idx.to(device))
     return sequence_scores(scores.float(), mask.to(device))
 
 
 @torch.no_grad()
 def score_texts(rm, tok, prompts, completions, device, batch_size=128, amp=nullcontext()):
-    """Reward-model scores (on the CPU) of (prompt, completion) texts, batch_size at a time."""
+    """The reward model's score of each (prompt, completion) text, as a float tensor (N,) on the
+    CPU. Each is encoded as training encodes a pair's side (encode_pair_side: the prompt, the
+    completion as it follows it, the end-of-text), keeps its last block_size tokens, and is
+    scored at its end-of-text; batch_size sequences per forward pass, under `amp`. The held-out
+    pairs and the report's fresh samples are scored this way."""
     rm.eval()
     # Decoding sampled tokens and encoding the text again can give more tokens than were
     # sampled (a stray byte becomes a replacement character): keep the end, where the score is read.
@@ -197,8 +195,8 @@ def correctness_auc(rm, tok, task, samples, rt):
     scores = score_texts(rm, tok, [task.prompt(r["question"]) for r, _, _ in samples],
                          [" " + t for _, t, _ in samples], rt.device, amp=rt.autocast).tolist()
     correct = [task.answers_match(a, r["answer"]) for r, _, a in samples]
-    return auc([s for s, c in zip(scores, correct) if c], [s for s, c in zip(scores, correct) if not c]), \
-        scores, correct
+    return (auc([s for s, c in zip(scores, correct) if c], [s for s, c in zip(scores, correct) if not c]),
+            scores, correct)
 
 
 def report_fresh_samples(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs):
@@ -270,8 +268,7 @@ def train_step(rm, optimizer, batch, args, rt, pad_id):
         losses.append(float(loss.detach()) * len(micro))
         right += int((r_chosen > r_rejected).sum())
     loss = sum(losses) / len(batch)
-    if not math.isfinite(loss):
-        raise common.UserError(f"loss is {loss}; try a lower --lr")
+    common.check_loss(loss)
     torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -282,6 +279,30 @@ def train_step(rm, optimizer, batch, args, rt, pad_id):
 def held_out_loss(rm, tok, pairs, rt):
     c, r = pair_scores(rm, tok, pairs, rt.device, rt.autocast)
     return float(bradley_terry_loss(c, r))
+
+
+def quality_report(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs):
+    """Whether the reward model's scores mean anything, printed and returned: its held-out pairs,
+    then fresh SFT samples (report_fresh_samples)."""
+    report = {}
+    if val_pairs:
+        # Held out of the RM's training, but not of SFT's: the trunk was fine-tuned on these
+        # questions' high-quality rationales. The fresh-sample AUC below is the headline.
+        c, r = pair_scores(rm, tok, val_pairs, rt.device, rt.autocast)
+        report.update({"val_pair_accuracy": float((c > r).float().mean()), "val_mean_score_high": float(c.mean()),
+                       "val_mean_score_low": float(r.mean()), "val_score_std": float(torch.cat([c, r]).std())})
+        print(f"held-out pair accuracy {100 * report['val_pair_accuracy']:.1f}% ({len(val_pairs)} pairs); mean "
+              f"score high {report['val_mean_score_high']:.2f} vs low {report['val_mean_score_low']:.2f}")
+    sft_model.to(rt.device)
+    report.update(report_fresh_samples(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs))
+    print(f"AUC of the RM score for correctness on {report['auc_samples']} fresh SFT samples of test questions: "
+          f"{report['auc_correctness']:.3f} (their accuracy {100 * report['auc_sample_accuracy']:.1f}%)")
+    print(f"  among correct answers, AUC for every step right: {report['auc_every_step_right_among_correct']:.3f} "
+          f"({report['steps_checked_among_correct']} checked); Spearman with length "
+          f"{report['spearman_score_length']:.3f}"
+          + (f"; a wrong final answer scores lower in {100 * report['answer_swap']['share_lower']:.1f}% of "
+             f"{report['answer_swap']['probes']} correct rationales" if "answer_swap" in report else ""))
+    return report
 
 
 def main(argv=None):
@@ -327,26 +348,10 @@ def main(argv=None):
               f"{len(val_pairs)} pairs)")
     train_seconds = time.time() - t0
 
-    # Reports (written before the checkpoint: rm.pt, written last, says the stage is done).
+    # The report (written before the checkpoint: rm.pt, written last, says the stage is done).
     report = {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "train_seconds": train_seconds,
               "steps": max_steps, "kept_step": best["step"]}
-    if val_pairs:
-        # Held out of the RM's training, but not of SFT's: the trunk was fine-tuned on these
-        # questions' high-quality rationales. The fresh-sample AUC below is the headline.
-        c, r = pair_scores(rm, tok, val_pairs, rt.device, rt.autocast)
-        report.update({"val_pair_accuracy": float((c > r).float().mean()), "val_mean_score_high": float(c.mean()),
-                       "val_mean_score_low": float(r.mean()), "val_score_std": float(torch.cat([c, r]).std())})
-        print(f"held-out pair accuracy {100 * report['val_pair_accuracy']:.1f}% ({len(val_pairs)} pairs); mean "
-              f"score high {report['val_mean_score_high']:.2f} vs low {report['val_mean_score_low']:.2f}")
-    sft_model.to(rt.device)
-    report.update(report_fresh_samples(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs))
-    print(f"AUC of the RM score for correctness on {report['auc_samples']} fresh SFT samples of test questions: "
-          f"{report['auc_correctness']:.3f} (their accuracy {100 * report['auc_sample_accuracy']:.1f}%)")
-    print(f"  among correct answers, AUC for every step right: {report['auc_every_step_right_among_correct']:.3f} "
-          f"({report['steps_checked_among_correct']} checked); Spearman with length "
-          f"{report['spearman_score_length']:.3f}"
-          + (f"; a wrong final answer scores lower in {100 * report['answer_swap']['share_lower']:.1f}% of "
-             f"{report['answer_swap']['probes']} correct rationales" if "answer_swap" in report else ""))
+    report.update(quality_report(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs))
     if os.path.exists(args.out):
         os.remove(args.out)  # an earlier run's: it says "done", and this run's report comes first
     if args.report:

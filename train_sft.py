@@ -55,8 +55,7 @@ def get_args(argv=None):
                    help="the checkpoint written: the last step's, or the evaluation with the lowest held-out loss")
     g.add_argument("--batch_size", type=common.COUNT, default=32, help="examples per optimizer step (global)")
     g.add_argument("--grad_accum", type=common.COUNT, default=1, help="micro-batches per step and process")
-    g.add_argument("--grad_checkpointing", action="store_true",
-                   help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
+    common.add_grad_checkpointing_arg(g)
     g.add_argument("--lr", type=common.LEARNING_RATE, default=1e-3)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=20)
     g.add_argument("--weight_decay", type=common.NONNEG_FLOAT, default=0.0)
@@ -66,7 +65,7 @@ def get_args(argv=None):
     g.add_argument("--eval_interval", type=common.COUNT, default=100, help="eval loss and checkpoint every N steps")
     g.add_argument("--eval_limit", type=common.NONNEG, default=0,
                    help="test questions to evaluate at the end (0: none; run.sh evaluates separately)")
-    g.add_argument("--eval_temperature", type=common.NONNEG_FLOAT, default=1.0)
+    common.add_eval_temperature_arg(g)
     common.add_budget_args(g)
     common.add_runtime_args(p)
     args = p.parse_args(argv)

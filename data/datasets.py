@@ -363,8 +363,8 @@ def fetch(spec, cache_dir=None, test_only=False):
             download_file(f"{base}/{f.url_path}", dest, f.size, f.sha256, f.git_blob)
         except DataError as e:
             if str(e).startswith("could not download"):  # offline: say how to go on without it
-                cached = "" if cached_problem == "missing" else \
-                    f"; the cached {dest} is not the recorded file ({cached_problem})"
+                cached = ("" if cached_problem == "missing"
+                          else f"; the cached {dest} is not the recorded file ({cached_problem})")
                 raise DataError(f"{e}{cached}; to convert a copy you have, pass --source DIR (a folder with "
                                 f"{LAYOUTS[spec.layout].format(key=spec.key)})") from None
             raise

@@ -37,6 +37,12 @@ def iter_jsonl(path):
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
 
 
+def read_rows(path):
+    """Every value of a JSON-lines file, unchecked: a log or a record of timings (a data file is
+    read with read_jsonl, which checks its fields)."""
+    return [row for _, row in iter_jsonl(path)]
+
+
 def read_jsonl(path, required, optional=None, unique=None):
     """Rows of a JSONL file; every row must be an object with the `required` fields (name ->
     type, e.g. str or list[str]) and may have the `optional` ones (which may also be null).
@@ -84,3 +90,20 @@ def write_jsonl(path, rows):
     with atomic_file(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+
+
+def open_log(path, keep=None):
+    """A training run's log, one JSON row per step, opened for append_row. A fresh run (keep
+    None) starts it empty; a resumed run keeps the rows of the existing log that keep(row)
+    accepts (those up to the checkpoint it resumes from) and drops the rest, so that its log
+    ends up as an uninterrupted run's. The log is rewritten atomically, like every output."""
+    kept = [row for row in read_rows(path) if keep(row)] if keep is not None and os.path.exists(path) else []
+    write_jsonl(path, kept)
+    return open(path, "a")
+
+
+def append_row(log, row):
+    """One row of an open log, flushed at once: a reader (or a run killed now) sees every step
+    that finished."""
+    log.write(json.dumps(row) + "\n")
+    log.flush()

@@ -55,6 +55,27 @@ DOCUMENTS = common.number(int, low=1, high=10_000_000)
 STEPS = common.number(int, low=1, high=100)
 
 
+def add_dataset_args(p):
+    """The flags of a conversion of one of the paper's datasets."""
+    g = p.add_argument_group("the paper's datasets (--task gsm8k, aqua, ...: converted, not made)")
+    # Defaults suppressed: absent unless given, so that the built-in world's meta.json (which
+    # records every argument) holds none of these.
+    g.add_argument("--source", default=argparse.SUPPRESS,
+                   help="a folder with the dataset in its public layout (see data/datasets.py); "
+                        "without it the public files are downloaded and verified into --cache_dir")
+    g.add_argument("--allow_modified_source", action="store_true", default=argparse.SUPPRESS,
+                   help="convert --source files whose sha256 differs from the public file's recorded one "
+                        "(refused unless given; meta.json then lists them)")
+    g.add_argument("--cache_dir", default=argparse.SUPPRESS,
+                   help=f"download cache (default: ${datasets.CACHE_ENV}/datasets or ~/.cache/sml/datasets)")
+    g.add_argument("--test_only", action="store_true", default=argparse.SUPPRESS,
+                   help="write the test split alone (AQuA's large train file is not needed)")
+    g.add_argument("--tokenizer_from", default=argparse.SUPPRESS,
+                   help="the pretrained model (a Hugging Face folder or hub id) whose tokenizer.json "
+                        "the data folder takes; the validation split is then the last --n_val train "
+                        "questions (default: a tenth, at most 500)")
+
+
 def get_args(argv=None):
     p = common.ArgumentParser(description=__doc__)
     g = p.add_argument_group("what to make")
@@ -97,23 +118,7 @@ def get_args(argv=None):
     g.add_argument("--max_steps", type=STEPS, default=None, help="most steps")
     g.add_argument("--max_operand", type=int, default=None,
                    help="arithmetic: the largest start value and change (3 unless told)")
-    g = p.add_argument_group("the paper's datasets (--task gsm8k, aqua, ...: converted, not made)")
-    # Defaults suppressed: absent unless given, so the built-in world's meta.json (which
-    # records every argument) is what it was before these flags existed.
-    g.add_argument("--source", default=argparse.SUPPRESS,
-                   help="a folder with the dataset in its public layout (see data/datasets.py); "
-                        "without it the public files are downloaded and verified into --cache_dir")
-    g.add_argument("--allow_modified_source", action="store_true", default=argparse.SUPPRESS,
-                   help="convert --source files whose sha256 differs from the public file's recorded one "
-                        "(refused unless given; meta.json then lists them)")
-    g.add_argument("--cache_dir", default=argparse.SUPPRESS,
-                   help=f"download cache (default: ${datasets.CACHE_ENV}/datasets or ~/.cache/sml/datasets)")
-    g.add_argument("--test_only", action="store_true", default=argparse.SUPPRESS,
-                   help="write the test split alone (AQuA's large train file is not needed)")
-    g.add_argument("--tokenizer_from", default=argparse.SUPPRESS,
-                   help="the pretrained model (a Hugging Face folder or hub id) whose tokenizer.json "
-                        "the data folder takes; the validation split is then the last --n_val train "
-                        "questions (default: a tenth, at most 500)")
+    add_dataset_args(p)
     args = p.parse_args(argv)
     if args.task in datasets.DATASETS:
         if "n_val" not in vars(common.flags_given(p, argv)):

@@ -41,6 +41,12 @@ def stop_ids(tok, config):
     return ids
 
 
+def decode_sampled(tok, ids, end_ids):
+    """The text of sampled token ids, without the end id the sample stopped at (one of
+    stop_ids'): it ends the text and is no part of it."""
+    return tok.decode(ids[:-1] if ids and ids[-1] in end_ids else ids)
+
+
 def encode_after(tok, before, text):
     """The ids of `text` as the tokenizer writes it after `before` in one string: the tokens a
     model given `before` should go on with (an SFT target, a pair's side, a rationale before

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from data.jsonl import DataError, load_dataset, load_pairs, read_jsonl
+from data.jsonl import DataError, append_row, load_dataset, load_pairs, open_log, read_jsonl, read_rows
 from data.prepare import main as prepare_main
 from data.tasks import WORLD_TASKS, get_task
 from data.tokenizer import EOT, load_tokenizer, train_tokenizer
@@ -239,6 +239,21 @@ def test_jsonl_errors(tmp_path):
     assert load_dataset(str(p))[0]["choices"] == ["a", "b"]
     with pytest.raises(DataError, match="missing.json: no such file"):
         load_tokenizer(str(tmp_path / "missing.json"))
+
+
+def test_a_resumed_log_keeps_the_rows_up_to_its_checkpoint(tmp_path):
+    path = str(tmp_path / "run" / "train.log.jsonl")
+    with open_log(path) as log:  # a fresh run: the folder is made, the log starts empty
+        for step in (1, 2, 3):
+            append_row(log, {"step": step})
+        assert read_rows(path) == [{"step": 1}, {"step": 2}, {"step": 3}]  # flushed row by row
+    with open_log(path, keep=lambda row: row["step"] <= 2) as log:  # resumed from step 2
+        append_row(log, {"step": 3, "again": True})
+    assert read_rows(path) == [{"step": 1}, {"step": 2}, {"step": 3, "again": True}]
+    open_log(path).close()  # a fresh start over an old log
+    assert read_rows(path) == []
+    open_log(str(tmp_path / "new.log.jsonl"), keep=lambda row: True).close()  # resuming with no log yet
+    assert read_rows(str(tmp_path / "new.log.jsonl")) == []
 
 
 @pytest.mark.slow  # through the CLI, a process per case: CI runs it, -m "not slow" leaves it out

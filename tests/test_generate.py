@@ -454,8 +454,8 @@ def test_the_world_keeps_its_labels_whatever_its_rationales_say():
                 assert not generate.MENTIONS_HINT_RE.search(text), text
     copied = "Hint: Gus does not flip: heads. Kit flips: tails. Dot flips: heads. So the answer is yes."
     assert generate.label_rationale(get_task("coinflip"), "yes", "yes", copied, True)[2:] == ("high", None)
-    assert generate.label_rationale(get_task("coin_flip"), "yes", "yes", copied, True)[2:] == \
-        ("discarded", "mentions_hint")
+    assert (generate.label_rationale(get_task("coin_flip"), "yes", "yes", copied, True)[2:]
+            == ("discarded", "mentions_hint"))
 
 
 def test_collect_counts_the_yield_and_the_classes_of_each_answer(monkeypatch):

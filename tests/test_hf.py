@@ -53,8 +53,8 @@ def _tiny(family):
     elif family == "qwen2":  # q/k/v biases, tied embeddings
         cfg, cls = T.Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True), T.Qwen2ForCausalLM
     elif family == "qwen3":  # per-head q/k RMSNorm, head_dim wider than hidden / heads
-        cfg, cls = T.Qwen3Config(**common, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False), \
-            T.Qwen3ForCausalLM
+        cfg = T.Qwen3Config(**common, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False)
+        cls = T.Qwen3ForCausalLM
     elif family == "mistral":
         cfg, cls = T.MistralConfig(**common, num_key_value_heads=2, sliding_window=None), T.MistralForCausalLM
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ import torch
 
 from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-from model import GPT, GPTConfig, lm_to_scalar, sequence_scores
+from model import GPT, GPTConfig, lm_to_scalar, pad_batch, sequence_scores
 from sampler import KVCache
 
 
@@ -45,6 +45,16 @@ def test_left_padding_gives_unpadded_logits():
     mask = torch.cat([torch.zeros(1, 4, dtype=torch.bool), torch.ones(1, 9, dtype=torch.bool)], 1)
     out, _ = model(padded, pad_mask=mask)
     assert torch.allclose(out[:, 4:], ref)
+
+
+def test_pad_batch_pads_each_row_at_its_end_or_start():
+    seqs = [[5, 6, 7], [8], []]
+    idx, real = pad_batch(seqs, pad_id=0)
+    assert idx.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]] and idx.dtype == torch.long
+    assert real.tolist() == [[True] * 3, [True, False, False], [False] * 3]
+    idx, real = pad_batch(seqs, pad_id=-1, left=True)
+    assert idx.tolist() == [[5, 6, 7], [-1, -1, 8], [-1, -1, -1]]
+    assert real.tolist() == [[True] * 3, [False, False, True], [False] * 3]
 
 
 def test_scalar_head_reads_last_real_token():

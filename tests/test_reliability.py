@@ -185,6 +185,16 @@ def test_an_out_dir_that_holds_other_files_is_refused_and_left_alone(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
+def test_a_loss_that_is_not_finite_is_one_line_naming_the_step_and_the_last_checkpoint():
+    common.check_loss(2.5, "at step 3", "base.pt.partial")  # finite: nothing to say
+    for loss in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(common.UserError, match=r"^loss is (nan|-?inf) at update 4; try a lower --lr "
+                                                   r"\(the last good checkpoint is ppo_last\.pt\)$"):
+            common.check_loss(loss, "at update 4", "ppo_last.pt")
+    with pytest.raises(common.UserError, match=r"^loss is nan; try a lower --lr$"):
+        common.check_loss(float("nan"))
+
+
 def test_atomic_folder_replaces_only_a_folder_of_its_own_outputs(tmp_path):
     target = tmp_path / "out"
     with common.atomic_folder(str(target), ["a.txt", "b.txt"]) as tmp:
@@ -199,6 +209,33 @@ def test_atomic_folder_replaces_only_a_folder_of_its_own_outputs(tmp_path):
             (target / "notes.txt").write_text("written while the run ran")
     assert sorted(os.listdir(target)) == ["a.txt", "notes.txt"] and (target / "a.txt").read_text() == "2"
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_atomic_folder_interrupted_while_it_replaces_leaves_the_old_folder_or_the_new(tmp_path, monkeypatch):
+    """A run killed while the earlier outputs are being removed must not leave a folder under
+    the real name that holds some of them (a collection with its stats.json and half its files)."""
+    class Killed(BaseException):
+        pass
+    target, outputs = tmp_path / "out", ["a.txt", "b.txt"]
+    with common.atomic_folder(str(target), outputs) as tmp:
+        for name in outputs:
+            common.write_text(os.path.join(tmp, name), "old")
+    real_rmtree, calls = common.shutil.rmtree, []
+
+    def rmtree_killed_after_one_file(folder, *args, **kw):
+        calls.append(folder)
+        if len(calls) > 1:
+            return real_rmtree(folder, *args, **kw)
+        first = next(os.path.join(d, f) for d, _, files in sorted(os.walk(folder)) for f in sorted(files))
+        os.remove(first)
+        raise Killed()
+    monkeypatch.setattr(common.shutil, "rmtree", rmtree_killed_after_one_file)
+    with pytest.raises(Killed):
+        with common.atomic_folder(str(target), outputs) as tmp:
+            for name in outputs:
+                common.write_text(os.path.join(tmp, name), "new")
+    assert sorted(os.listdir(target)) == outputs
+    assert {(target / name).read_text() for name in outputs} in ({"old"}, {"new"})
 
 
 def test_an_out_dir_that_holds_the_inputs_is_refused(tiny_run, tmp_path):

@@ -217,9 +217,33 @@ def test_a_completion_is_encoded_as_it_follows_its_prompt_with_a_sentencepiece_t
         return Samples(torch.tensor([[eos]] * len(prompts)), torch.zeros(len(prompts), 1),
                        torch.ones(len(prompts), dtype=torch.long), torch.ones(len(prompts), dtype=torch.bool))
     monkeypatch.setattr(rationales, "sample", sampler)
-    model = type("M", (), {"config": type("C", (), {"block_size": 256})()})()
+    model = type("M", (), {"config": type("C", (), {"block_size": 256, "eos_id": None})()})()
     question = "Ann has 3 figs. How many?"
     prompt_ids = tok.encode(task.prompt(question)).ids
     rationales.read_answer_lines(model, tok, task, [prompt_ids], [question], [(0, {"text": "It is 3."})], 8, [eos],
                                  one_line=False, quiet=True)
     assert seen == [tok.encode(task.prompt(question) + " It is 3." + task.ANSWER_PREFIX).ids]
+
+
+def test_an_answer_line_ends_at_any_end_id_the_checkpoint_declares(monkeypatch):
+    """The answer line a model writes is read without the end id it stopped at: the tokenizer's
+    end-of-text, or an end-of-turn id the checkpoint declares (as collection reads a rationale)."""
+    import rationales
+    from data.tasks import get_task
+    from data.tokenizer import train_tokenizer
+    from sampler import Samples
+    tok = train_tokenizer(["So the answer is 3! It is 3."] * 5, vocab_size=280)
+    end_of_turn = tok.token_to_id("!")  # an ordinary token, declared as the checkpoint's end id
+    written = tok.encode(" 3", add_special_tokens=False).ids + [end_of_turn]
+
+    def sampler(model, prompts, **kw):
+        assert end_of_turn in kw["stop_ids"]
+        return Samples(torch.tensor([written] * len(prompts)), torch.zeros(len(prompts), len(written)),
+                       torch.full((len(prompts),), len(written)), torch.ones(len(prompts), dtype=torch.bool))
+    monkeypatch.setattr(rationales, "sample", sampler)
+    model = type("M", (), {"config": type("C", (), {"block_size": 256, "eos_id": end_of_turn})()})()
+    task, question = get_task("arithmetic"), "Ann has 3 figs. How many?"
+    lines = rationales.read_answer_lines(model, tok, task, [tok.encode(task.prompt(question)).ids], [question],
+                                         [(0, {"text": "It is 3."})], 8, [tok.token_to_id(EOT), end_of_turn],
+                                         one_line=False, quiet=True)
+    assert lines == [" 3"]
