@@ -102,6 +102,7 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
                      temperature=temperature, top_k=top_k, top_p=top_p, stop_ids=stops, pad_id=eot,
                      seeds=seeds, share_prefix=bool(exemplars), n_vocab=tok.get_vocab_size())
         n_tok += int(out.lengths.sum())
+        logprobs, finished = out.logprobs.cpu(), out.finished.tolist()  # one copy per batch, not per row
         for r, ids in enumerate(out.token_lists()):
             if r % k == 0:
                 results.append([])
@@ -109,8 +110,8 @@ def sample_rationales(model, tok, task, requests, k, temperature, seed, max_new_
             text = (text.split("\n")[0] if exemplars else text).strip()  # a few-shot row: its line
             results[-1].append({"text": text, "answer_text": text, "final_answer": task.extract_answer(text),
                                 "tokens": ids,
-                                "logprobs": out.logprobs[r, :len(ids)].tolist(),
-                                "finished": bool(out.finished[r])})
+                                "logprobs": logprobs[r, :len(ids)].tolist(),
+                                "finished": finished[r]})
         bar.update(len(chunk) * k)
     bar.close()
     if exemplars and any(h is not None for _, h in requests):

@@ -332,3 +332,42 @@ def test_rationales_batch_by_memory_and_read_answers_in_batches_as_large_as_coll
     rationales.sample_rationales(model, tok, task, requests, 3, 1.0, 0, batch_prompts=5, exemplars=exemplars,
                                  quiet=True)
     assert calls == [5 * 3] * 14 * 2
+
+
+class OnDevice(torch.Tensor):
+    """A tensor that counts the reads of its value on the host, as if it lived on a GPU (each
+    read waits for the device); .cpu() copies it to a plain host tensor, read freely after."""
+    reads = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HostReads.READS:
+            OnDevice.reads += 1
+        if name == "cpu":
+            with torch._C.DisableTorchFunctionSubclass():
+                return args[0].clone()
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_collection_copies_a_batch_to_the_host_once_not_once_per_row(monkeypatch):
+    """rationales.sample_rationales reads the sampler's log-probs and stop flags with one copy
+    per batch: a read per row would wait for the device twice per rationale."""
+    tok = train_tokenizer(["A coin is heads up. Ann flips the coin. Is the coin still heads up?"] * 5, 300)
+    from data.tasks import get_task
+    task = get_task("coin_flip")
+
+    def on_device(model, prompts, num_samples=1, **kw):
+        ids, R = tok.encode(" Ann flips it once.").ids, len(prompts) * num_samples
+        return sampler.Samples(*(t.as_subclass(OnDevice) for t in (
+            torch.tensor([ids] * R), torch.full((R, len(ids)), -0.5), torch.full((R,), len(ids)),
+            torch.ones(R, dtype=torch.bool))))
+    monkeypatch.setattr(rationales, "sample", on_device)
+    model = type("M", (), {"config": GPTConfig(block_size=4096), "parameters": lambda self: iter([torch.zeros(1)])})()
+    requests = [(f"A coin is heads up. Ann flips the coin {i} times. Is the coin still heads up?", "yes")
+                for i in range(10)]
+    OnDevice.reads = 0
+    results, _ = rationales.sample_rationales(model, tok, task, requests, 3, 1.0, 0, batch_prompts=5, quiet=True)
+    rows = [r for rs in results for r in rs]
+    assert [r["logprobs"][0] for r in rows] == [-0.5] * 30 and all(r["finished"] for r in rows)
+    assert OnDevice.reads <= 2 * 5  # two batches of 15 rows: a few reads each, not two per row
