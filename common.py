@@ -441,6 +441,14 @@ def setup_runtime(device="auto", dtype="auto"):
                    torch.bfloat16 if use_bf16 else torch.float32)
 
 
+def refuse_torchrun():
+    """For a script that runs on one process: under torchrun every rank would do the whole job
+    and write the same outputs. Checked before setup_runtime joins a process group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(f"runs on one process (one GPU or the CPU), not {os.environ['WORLD_SIZE']}; "
+                        "start it without torchrun")
+
+
 def cleanup_runtime(rt):
     if rt.ddp:
         dist.destroy_process_group()
@@ -524,12 +532,14 @@ def add_grad_checkpointing_arg(group):
                        help="recompute each block's activations in backward (less memory, ~1/3 more compute)")
 
 
-def add_runtime_args(parser):
-    """The flags every script shares: seed, device, precision, compile."""
+def add_runtime_args(parser, compile=True):
+    """The flags every script shares: seed, device, precision, and compile where the script
+    honours it (pretraining and SFT: lm_training)."""
     g = parser.add_argument_group("runtime")
     g.add_argument("--seed", type=SEED, default=1337, help="random seed (same seed, same numbers)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto = bf16 autocast on CUDA, float32 elsewhere")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    if compile:
+        g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     return g

@@ -56,7 +56,7 @@ def get_args(argv=None):
     g.add_argument("--shots", type=common.NONNEG, default=0,
                    help="solved exemplars (from data_dir's train split) before each question: a "
                         "pretrained base model's few-shot chain of thought; 0: the zero-shot format SFT teaches")
-    common.add_runtime_args(s)
+    common.add_runtime_args(s, compile=False)
     args = p.parse_args(argv)
     if args.command == "eval":
         common.apply_preset(p, args, argv, PRESETS)
@@ -97,6 +97,7 @@ def load_predictions(path):
 
 
 def eval_main(args):
+    common.refuse_torchrun()
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     split = os.path.join(args.data_dir, f"{args.split}.jsonl")

@@ -74,7 +74,7 @@ def get_args(argv=None):
     common.add_budget_args(g)
     g = p.add_argument_group("SML step 2: the reward model's pairs")
     g.add_argument("--max_pairs_per_question", type=common.NONNEG, default=8, help="0 = all pairs")
-    common.add_runtime_args(p)
+    common.add_runtime_args(p, compile=False)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
     return args
@@ -264,6 +264,7 @@ def class_histograms(task, rows, sft, pairs):
 
 def main(argv=None):
     args = get_args(argv)
+    common.refuse_torchrun()
     common.check_output(args.out_dir, args.overwrite, [args.ckpt, args.data_dir], folder=True, outputs=OUTPUTS)
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)

@@ -199,7 +199,7 @@ def get_args(argv=None):
     common.add_budget_args(g)
     add_optimisation_args(p)
     add_evaluation_args(p)
-    common.add_runtime_args(p)
+    common.add_runtime_args(p, compile=False)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
     check_args(p, args)

@@ -80,7 +80,7 @@ def get_args(argv=None):
     g.add_argument("--auc_questions", type=common.NONNEG, default=300, help="test questions for the correctness AUC")
     g.add_argument("--auc_samples", type=common.SAMPLES, default=4, help="SFT samples per test question")
     common.add_budget_args(g)
-    common.add_runtime_args(p)
+    common.add_runtime_args(p, compile=False)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
     args.micro_batch_size = min(args.micro_batch_size or args.batch_size, args.batch_size)

@@ -485,3 +485,40 @@ def test_collect_counts_the_yield_and_the_classes_of_each_answer(monkeypatch):
     _, stats = generate.collect(None, None, get_task("gsm8k"), [{"id": "1", "question": "q", "answer": "4"}],
                                 k=1, m=1, k_unhinted=0, temperature=1.0, seed=0, quiet=True)
     assert "by_class" not in stats["by_hint_type"]["correct"]
+
+
+# --- one process, and the flags each script honours ---------------------------------------
+
+
+@pytest.mark.parametrize("main, argv", [
+    (generate.main, ["--ckpt", "base.pt", "--data_dir", "data", "--out_dir", "gen"]),
+    (None, ["eval", "--ckpt", "sft.pt", "--data_dir", "data"]),
+])
+def test_generation_and_evaluation_refuse_torchrun_before_joining_a_group(monkeypatch, main, argv):
+    """Under torchrun every rank would sample the whole split and write the same files: one
+    line and a non-zero exit instead, before a process group is joined (none exists here)."""
+    import torch.distributed as dist
+    import common
+    import evaluate
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as e:
+        common.run(lambda: (main or evaluate.main)(argv))
+    assert "runs on one process (one GPU or the CPU), not 2; start it without torchrun" in str(e.value.code)
+    assert not dist.is_initialized()
+
+
+def test_compile_is_taken_only_by_the_scripts_that_honour_it(capsys):
+    """--compile reaches torch.compile in pretraining and SFT (lm_training); the scripts that
+    would ignore it refuse it."""
+    import evaluate
+    import pretrain
+    import train_ppo
+    import train_rm
+    import train_sft
+    for get_args, argv, honoured in [(pretrain.get_args, [], True), (train_sft.get_args, [], True),
+                                     (generate.get_args, [], False), (evaluate.get_args, ["eval"], False),
+                                     (train_rm.get_args, [], False), (train_ppo.get_args, [], False)]:
+        with pytest.raises(SystemExit):
+            get_args([*argv, "--help"])
+        assert ("--compile" in capsys.readouterr().out) == honoured, get_args.__module__
