@@ -11,13 +11,14 @@ collection (SML step 1), every evaluation and PPO's rollouts go through sample()
   writes its next token in the same column. A row's positions count its real tokens only and
   no query attends to a padding key (model.forward's pad_mask): a row computes what it would
   alone. A row that has stopped is fed as padding from then on.
-- Per-sample seeding. Row r draws its t-th token with the t-th uniform of its own random
-  stream, a torch.Generator seeded with seeds[r]. A row's tokens therefore depend on its
-  prompt and its seed only, never on the batch: a batch gives what one-by-one sampling
-  gives, and N fanned-out samples equal N runs with the same seeds. The uniforms are drawn on
-  the host once per call (one vector per row, copied to the device once); everything else
-  (filtering, inverse-CDF sampling, log-probs, stopping) stays on the device, and the host
-  waits for the device only to ask whether every row has stopped (stop_check_every).
+- Per-sample seeding. Row r draws its t-th token by an exponential race (next_tokens) whose
+  noise is a hash of the token id under the t-th key pair of its own random stream, a
+  torch.Generator seeded with seeds[r]. A row's tokens therefore depend on its prompt and its
+  seed only, never on the batch: a batch gives what one-by-one sampling gives, and N
+  fanned-out samples equal N runs with the same seeds. The keys are drawn on the host once
+  per call (copied to the device once); everything else (filtering, the race, log-probs,
+  stopping) stays on the device, and the host waits for the device only to ask whether every
+  row has stopped (stop_check_every).
 - Stopping. A row stops after any of stop_ids (the tokenizer's end-of-text and every
   end-of-sequence id the checkpoint declares: data/tokenizer.stop_ids; a few-shot prompt adds
   the line breaks), or when it has written its budget.
@@ -138,43 +139,80 @@ def mask_padded_vocab(logits, n_vocab):
     return logits.masked_fill(padding, float("-inf"))
 
 
-def cdf_dtype(device):
-    """The dtype of inverse-CDF sampling's uniforms and running sums: float64, as a float32
-    running sum over 150k tokens drifts by more than a rare token's probability. MPS has no
-    float64: float32 there."""
-    return torch.float32 if device.type == "mps" else torch.float64
+def row_keys(seeds, steps, device):
+    """(R, steps, 2) int32 keys: row r's t-th pair is the t-th pair of draws of a
+    torch.Generator seeded with seeds[r]. Row r's keys depend on seeds[r] alone, not on how
+    many rows there are, where row r is, or what its neighbours are: this is what makes a
+    sample independent of its batch. Drawn on the host once per call, copied once."""
+    draws = [torch.randint(-2**31, 2**31, (steps, 2), generator=torch.Generator().manual_seed(int(s)),
+                           dtype=torch.int32) for s in seeds]
+    return torch.stack(draws).to(device)
 
 
-def row_uniforms(seeds, steps, device):
-    """(R, steps) uniforms in (0, 1]: row r's t-th is 1 - the t-th draw of a torch.Generator
-    seeded with seeds[r]. Row r's uniforms depend on seeds[r] alone, not on how many rows
-    there are, where row r is, or what its neighbours are: this is what makes a sample
-    independent of its batch. 1 - U[0, 1) lies in (0, 1], so a token of probability 0 is
-    never drawn (see next_tokens)."""
-    draws = [torch.rand(steps, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
-             for s in seeds]
-    return (1.0 - torch.stack(draws)).to(device, cdf_dtype(device))
+# lowbias32's multipliers (C. Wellons' hash prospector), the second written as a signed int32:
+# int32 products wrap modulo 2**32 on every device, the bits unsigned arithmetic gives
+HASH_MUL = (0x7FEB352D, 0x846CA68B - 2**32)
 
 
-def next_tokens(logits, temperature, top_k, top_p, u):
-    """Every row's next token and its log-prob, from float32 logits (R, V) and one uniform
-    per row u (R,). temperature 0: the argmax (u unused).
+def _xorshift_(x, n, tmp):
+    """x ^= x >>> n in place; a logical shift (int32's >> copies the sign bit)."""
+    torch.bitwise_right_shift(x, n, out=tmp)
+    tmp &= (1 << (32 - n)) - 1
+    x ^= tmp
 
-    Inverse-CDF sampling: the token is the first whose cumulative probability reaches
-    u * total (sums in cdf_dtype). The log-prob is under softmax(logits / temperature)
-    before top-k / top-p (greedy: under softmax(logits)), what a forward pass over the same
-    tokens gives."""
+
+def race_buffers(rows, vocab_size, device):
+    """The exponential race's scratch, made once per sample() call (not at every step): the
+    token ids (int32), and an int32 and a float32 (rows, vocab) buffer."""
+    ids = torch.arange(vocab_size, dtype=torch.int32, device=device)
+    return (ids, torch.empty(rows, vocab_size, dtype=torch.int32, device=device),
+            torch.empty(rows, vocab_size, device=device))
+
+
+def log_exponentials(keys, buffers):
+    """log E (R, V) float32, E ~ Exp(1) for every (row, token): a counter-based hash
+    (lowbias32, with the second key mixed in between its rounds) of the token id under the
+    row's key pair keys (R, 2). Token v's draw depends on (the row's seed, the step, v) only,
+    never on the batch or on another token. Written into the float32 buffer, which lends its
+    storage to the hash's shifts first."""
+    ids, x, out = buffers
+    tmp = out.view(torch.int32)
+    torch.add(ids, keys[:, :1], out=x)
+    _xorshift_(x, 16, tmp)
+    x *= HASH_MUL[0]
+    x ^= keys[:, 1:]
+    _xorshift_(x, 15, tmp)
+    x *= HASH_MUL[1]
+    _xorshift_(x, 16, tmp)
+    x &= 0x7FFFFFFF
+    # w = (31 bits + 1/2) / 2**31 in (0, 1), kept below 1 where float32 rounds it up; E =
+    # -log(1 - w) is finest near 0, where a token of small probability wins the race
+    out.copy_(x).add_(0.5).mul_(-2.0 ** -31).clamp_(min=2.0 ** -24 - 1)  # -w
+    return out.log1p_().neg_().log_()
+
+
+def next_tokens(logits, temperature, top_k, top_p, keys, buffers=None):
+    """Every row's next token and its log-prob, from float32 logits (R, V) and the row's key
+    pair for this step, keys (R, 2). temperature 0: the argmax (keys unused).
+
+    The exponential race: with E_v ~ Exp(1) independent, argmax_v p_v / E_v is a draw from p
+    (the minimum of E_v / p_v, each an Exp(p_v), is token v's with probability p_v), i.e.
+    argmax of logits / temperature - log E, in float32 and elementwise but for the argmax: a
+    row's token depends on its logits and its own draws only. The log-prob is under
+    softmax(logits / temperature) before top-k / top-p (greedy: under softmax(logits)), what a
+    forward pass over the same tokens gives. buffers: race_buffers (made here if None)."""
     if temperature == 0:
         tok = logits.argmax(-1)
         return tok, logits.log_softmax(-1).gather(1, tok.unsqueeze(1)).squeeze(1)
     if temperature != 1:  # x / 1 is x: no copy of the logits for nothing
         logits = logits / temperature
-    logp = logits.log_softmax(-1)
-    probs = filter_logits(logits, top_k, top_p).softmax(-1)
-    cdf = probs.to(cdf_dtype(probs.device)).cumsum(-1)
-    tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1)
-    tok = tok.clamp(max=cdf.size(-1) - 1)  # u * total can pass the last sum by a rounding
-    return tok, logp.gather(1, tok.unsqueeze(1)).squeeze(1)
+    buffers = buffers or race_buffers(*logits.shape, logits.device)
+    # log_softmax's own sum, (l - max) - log(sum(exp(l - max))), for the sampled token only
+    top = logits.amax(-1, keepdim=True)
+    log_total = torch.sub(logits, top, out=buffers[2]).exp_().sum(-1).log_()
+    log_e = log_exponentials(keys, buffers)
+    tok = torch.sub(filter_logits(logits, top_k, top_p), log_e, out=log_e).argmax(-1).unsqueeze(1)
+    return tok.squeeze(1), ((logits.gather(1, tok) - top) - log_total.unsqueeze(1)).squeeze(1)
 
 
 def stop_check_every(device):
@@ -255,7 +293,8 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
     if seeds is None:
         seeds = torch.randint(0, 2**62, (R,), generator=generator).tolist()
     assert len(seeds) == R, f"need one seed per sample ({R}), got {len(seeds)}"
-    u = row_uniforms(seeds, steps, device) if temperature > 0 else None
+    keys = row_keys(seeds, steps, device) if temperature > 0 else None
+    buffers = race_buffers(R, model.config.vocab_size, device) if temperature > 0 else None
     stops = [] if stop_ids is None else [stop_ids] if isinstance(stop_ids, int) else list(stop_ids)
     stops = torch.tensor(stops, dtype=torch.long, device=device)
 
@@ -267,7 +306,8 @@ def sample(model, prompts, num_samples=1, max_new_tokens=64, temperature=1.0, to
     check_every = stop_check_every(device)
     for t in range(steps):
         logits = mask_padded_vocab(logits.float(), n_vocab)
-        next_tok, lp = next_tokens(logits, temperature, top_k, top_p, u[:, t] if u is not None else None)
+        next_tok, lp = next_tokens(logits, temperature, top_k, top_p, keys[:, t] if keys is not None else None,
+                                   buffers)
         active = ~finished & (t < budget)
         tokens[:, t] = torch.where(active, next_tok, pad_id)
         logprobs[:, t] = torch.where(active, lp, 0.0)
@@ -311,13 +351,13 @@ def prompts_per_batch(model, seq_len, num_samples=1):
 
 def prompts_that_fit(config, dtype, seq_len, num_samples, memory):
     """The prompts whose num_samples rows of seq_len tokens fit in `memory` bytes: at least 1,
-    at most MAX_ROWS rows. A row holds its KV cache and, at each step, its logits, their
-    log-softmax and softmax (float32) and their cumulative sums (float64). Each row is also
+    at most MAX_ROWS rows. A row holds its KV cache and, at each step, its logits, their copy
+    divided by the temperature, and the race's float32 and int32 buffers. Each row is also
     counted as a prompt of its own in the prefill (the answer-reading passes prefill one
     prompt per row, as many rows as collection), which holds per token the widest activations
     of a layer (the MLP's, in float32 at most) and, if the attention runs unfused, a float32
     score per head and pair of tokens."""
-    decode = kv_cache_bytes_per_row(config, dtype, seq_len) + config.vocab_size * (4 + 4 + 4 + 8)
+    decode = kv_cache_bytes_per_row(config, dtype, seq_len) + config.vocab_size * (4 + 4 + 4 + 4)
     prefill = seq_len * 4 * (config.mlp_hidden + config.n_embd) * 4 + config.n_head * seq_len**2 * 4
     rows = min(memory // (decode + prefill), MAX_ROWS)
     return int(max(1, rows // num_samples))

@@ -4,6 +4,7 @@ stop ids, a padded vocabulary), its batch sizes, and data/tokenizer.stop_ids."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -28,23 +29,57 @@ def full_recompute_logprobs(model, prompt, tokens, temperature=1.0, n_vocab=None
     return lp.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1)
 
 
+def race_reference(keys, vocab_size):
+    """log E of the exponential race for one row and step, in numpy's unsigned 32-bit
+    arithmetic (lowbias32 under the key pair): what sampler.log_exponentials computes in
+    torch's wrapping int32."""
+    k0, k1 = keys.astype(np.int64).astype(np.uint32)
+    x = np.arange(vocab_size, dtype=np.uint32) + k0
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= k1
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    w = np.minimum(((x & np.uint32(0x7FFFFFFF)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0 ** -31),
+                   np.float32(1 - 2.0 ** -24))
+    return np.log(-np.log1p(-w))
+
+
 def test_kv_cache_sampler_matches_full_recompute():
     """Same tokens as a naive loop that reruns the whole sequence, same log-probs. The naive
-    loop draws one uniform per token from a torch.Generator seeded with the row's seed: the
-    stream this project has always sampled with, so a seed gives the samples it gave before."""
+    loop races the tokens with its own copy of the noise: the t-th key pair of a
+    torch.Generator seeded with the row's seed, hashed with each token id (race_reference)."""
     model = tiny_model()
     prompt = [5, 6, 7, 8]
     out = sample(model, [prompt], max_new_tokens=12, temperature=1.0, seeds=[42])
-    gen = torch.Generator().manual_seed(42)
+    keys = torch.randint(-2**31, 2**31, (12, 2), generator=torch.Generator().manual_seed(42), dtype=torch.int32)
     ids = list(prompt)
-    for _ in range(12):  # naive: full forward per token, same inverse-CDF draw
+    for t in range(12):  # naive: full forward per token, the same race
         logits, _ = model(torch.tensor([ids]))
-        cdf = logits[0, -1].float().softmax(-1).double().cumsum(-1)
-        u = 1.0 - torch.rand((), generator=gen, dtype=torch.float64)
-        ids.append(int(torch.searchsorted(cdf, (u * cdf[-1]).view(1))))
+        score = logits[0, -1].detach().double().numpy() - race_reference(keys[t].numpy(), logits.size(-1))
+        ids.append(int(score.argmax()))
     assert out.tokens[0].tolist() == ids[len(prompt):]
     lp = full_recompute_logprobs(model, prompt, ids[len(prompt):])
     assert torch.allclose(out.logprobs[0].double(), lp, atol=1e-5)
+
+
+def test_the_exponential_race_draws_from_the_distribution():
+    """argmax(logits / T - log E) is a draw from softmax(logits / T): over 40,000 rows (each
+    its own key pair) every token's frequency, a rare one's included, is its probability
+    within 4 standard errors; top-k / top-p keep the draw inside their set, renormalised; the same
+    keys give the same tokens, and the log-prob is log_softmax's."""
+    n, temperature = 40_000, 0.7
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.5, -3.0]).repeat(n, 1)
+    keys = torch.randint(-2**31, 2**31, (n, 2), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    for top_k, top_p in ((None, None), (2, None), (None, 0.97)):
+        tok, lp = sampler.next_tokens(logits, temperature, top_k, top_p, keys)
+        p = filter_logits(logits[0] / temperature, top_k, top_p).softmax(-1).double()
+        freq = torch.bincount(tok, minlength=5).double() / n
+        assert ((freq - p).abs() <= 4 * (p * (1 - p) / n).sqrt() + 1e-12).all(), (freq, p)
+        assert torch.allclose(lp, (logits / temperature).log_softmax(-1).gather(1, tok.unsqueeze(1)).squeeze(1))
+        assert torch.equal(sampler.next_tokens(logits, temperature, top_k, top_p, keys)[0], tok)
+    assert p[3:].sum() == 0 and p[2] > 0 and 1e-4 < (logits[0] / temperature).softmax(-1)[4] < 1e-3  # a rare token
 
 
 def test_left_padded_batch_equals_one_by_one_and_fan_out_equals_separate_runs():
