@@ -14,6 +14,11 @@ same run:
 
     python bench.py --hf_compare all [--hf_layers 4] [--hf_prompts 16]
 
+The sampler's draw at Qwen2.5's vocabulary, the exponential race against the inverse CDF it
+replaced, per-step time and peak memory of each in the same run:
+
+    OMP_NUM_THREADS=1 python bench.py --sampler_compare --device cpu [--sampler_rows 64,256]
+
 Without --ckpt a fresh model of the default pretraining preset is timed (random weights:
 its samples run to max_new_tokens, so sampling figures are per token, not per rationale).
 """
@@ -22,8 +27,10 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -31,11 +38,13 @@ import torch
 import common
 import hf
 import rationales
+import sampler
 import train_ppo
 from data import load_world
+from data.prepare import main as prepare_world
 from data.jsonl import load_dataset
 from data.tokenizer import eot_id
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, pad_batch
 from sampler import sample
 
@@ -344,9 +353,98 @@ def run_isolated(spec, args):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+# -----------------------------------------------------------------------------
+# The sampler's draw: the exponential race against the inverse CDF it replaced
+
+
+def inverse_cdf_tokens(logits, u):
+    """The draw sampler.py made before the exponential race, at temperature 1 without top-k /
+    top-p (kept here to be timed against it): the first token whose running sum of
+    probabilities (float64) reaches u * total, u (R,) uniforms in (0, 1]."""
+    logp = logits.log_softmax(-1)
+    cdf = logits.softmax(-1).double().cumsum(-1)
+    tok = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1).clamp(max=cdf.size(-1) - 1)
+    return tok, logp.gather(1, tok.unsqueeze(1)).squeeze(1)
+
+
+def resident_bytes():
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmRSS:"))) * 1024
+
+
+def sampler_compare(args, rt):
+    """--sampler_compare: one decoding step's draw (temperature 1) for rows x vocabulary float32
+    logits, the inverse CDF against the exponential race: seconds per step and the memory the
+    draws add at their peak (a sample() call's worth of steps each, the race's buffers made once
+    per call as sample() makes them), the two alternated --sampler_repeats times."""
+    V, steps = args.sampler_vocab, args.sampler_steps
+    print(f"draw of one decoding step, vocabulary {V:,}, temperature 1, {steps} steps a call, device {rt.device}, "
+          f"threads {torch.get_num_threads()}, torch {torch.__version__}; the median of {args.sampler_repeats}")
+    print("| rows | inverse CDF: ms/step, peak MiB | exponential race: ms/step, peak MiB | race / CDF time | "
+          "race / CDF memory |")
+    print("|---|---|---|---|---|")
+    rows_out = []
+    for R in args.sampler_rows:
+        g = torch.Generator().manual_seed(args.seed)
+        logits = (3 * torch.randn(R, V, generator=g)).to(rt.device)
+        seeds = list(range(R))
+        u = (1 - torch.rand(R, steps, generator=g, dtype=torch.float64)).to(rt.device)
+
+        def cdf_call():
+            return [inverse_cdf_tokens(logits, u[:, t]) for t in range(steps)]
+
+        def race_call():
+            keys = sampler.row_keys(seeds, steps, rt.device)
+            buffers = sampler.race_buffers(R, V, rt.device)
+            return [sampler.next_tokens(logits, 1.0, None, None, keys[:, t], buffers) for t in range(steps)]
+
+        figures = {"cdf": [], "race": []}
+        for _ in range(args.sampler_repeats):
+            for name, call in (("cdf", cdf_call), ("race", race_call)):
+                sync(rt.device)
+                base = torch.cuda.memory_allocated() if rt.device_type == "cuda" else resident_bytes()
+                reset_peak_memory(rt.device)
+                t0 = time.time()
+                call()
+                sync(rt.device)
+                figures[name].append(((time.time() - t0) / steps, peak_memory(rt.device) - base))
+        med = {k: (statistics.median(t for t, _ in v), statistics.median(m for _, m in v)) for k, v in figures.items()}
+        (tc, mc), (tr, mr) = med["cdf"], med["race"]
+        print(f"| {R} | {1e3 * tc:,.1f}, {mc / 2**20:,.0f} | {1e3 * tr:,.1f}, {mr / 2**20:,.0f} | {tr / tc:.2f} | "
+              f"{mr / max(mc, 1):.2f} |")
+        rows_out.append({"rows": R, "vocab": V, "cdf_s_per_step": tc, "cdf_peak_bytes": mc,
+                         "race_s_per_step": tr, "race_peak_bytes": mr})
+    return rows_out
+
+
+def ppo_entry_path(rt, seed):
+    """train_ppo.main as a user starts it, with --rm, two updates and bf16, on the tiny world
+    (data/prepare.py) with a random model of DEFAULT_MODEL's shape as the SFT model and its
+    scalar copy as the reward model: the code between the flags and the update (the reward's
+    scale, validation, checkpoints) that ppo_phases skips. Returns its log and its seconds."""
+    with tempfile.TemporaryDirectory() as d:
+        data, sft, rm, out = (os.path.join(d, x) for x in ("data", "sft.pt", "rm.pt", "ppo"))
+        prepare_world(["--out_dir", data, "--task", "arithmetic", "--preset", "tiny", "--seed", str(seed)])
+        tok, _ = load_world(data)
+        torch.manual_seed(seed)
+        model = GPT(GPTConfig(**{**DEFAULT_MODEL, "vocab_size": tok.get_vocab_size()}))
+        save_checkpoint(sft, model, tok.to_str(), {"script": "bench.py --gpu_check"})
+        save_checkpoint(rm, lm_to_scalar(model), tok.to_str(), {"script": "bench.py --gpu_check"})
+        t0 = time.time()
+        train_ppo.main(["--sft", sft, "--rm", rm, "--data_dir", data, "--out_dir", out, "--preset", "tiny",
+                        "--updates", "2", "--dtype", "bfloat16", "--allow_weak_rm", "--device", str(rt.device),
+                        "--seed", str(seed)])
+        seconds = time.time() - t0
+        with open(os.path.join(out, "ppo_log.jsonl")) as f:
+            log = [json.loads(line) for line in f]
+    return {"seconds": seconds, "log": log}
+
+
 def gpu_check(args, rt):
     """--gpu_check: the figures a GPU run owes the README, in one command (under 8 minutes on
     one H200; --cut runs the same code at cut shapes on a CPU, as the tests do):
+      0. train_ppo.main end to end, as users run it (ppo_entry_path): first, as a crash there
+         would stop every PPO run
       1. two PPO updates of a pretrained shape (Qwen2.5-0.5B): approx KL 0 on the first
          minibatch, some clipping by the second epoch, and each phase's peak memory
       2. PPO's peak memory at Qwen2.5-0.5B and 1.5B shapes with 256-token rationales (goal:
@@ -358,6 +456,9 @@ def gpu_check(args, rt):
     layers, vocab, prompt, rationale, rollouts = (1, 4096, 16, 16, 8) if cut else (None, None, 128, 256, 64)
     report = {"device": str(rt.device), "dtype": str(rt.dtype), "cut": cut}
     t0 = time.time()
+    report["ppo_entry_path"] = entry = ppo_entry_path(rt, args.seed)
+    print(f"[0] train_ppo.main (--rm, 2 updates, bf16, a random model on the tiny world): {len(entry['log'])} "
+          f"log rows in {entry['seconds']:.0f} s")
     check = ppo_phases("qwen2.5-0.5b", layers, rollouts, 4, 8, prompt, rationale, rt, args.seed,
                        updates=2, epochs=2, lr=1e-5, grad_checkpointing=True, vocab_size=vocab)
     report["ppo_two_updates"] = check
@@ -435,6 +536,13 @@ def get_args(argv=None):
     g.add_argument("--cut", action="store_true", help="the GPU check at cut shapes (a CPU)")
     g.add_argument("--out", default=None, help="write the GPU check's figures here (JSON)")
     g.add_argument("--ppo_child", default=None, help=argparse.SUPPRESS)
+    g = p.add_argument_group("the sampler's draw at a real vocabulary")
+    g.add_argument("--sampler_compare", action="store_true",
+                   help="only time the exponential race against the inverse CDF (sampler_compare)")
+    g.add_argument("--sampler_rows", type=counts, default="64,256", help="rows decoded at once, comma-separated")
+    g.add_argument("--sampler_vocab", type=common.COUNT, default=151936, help="vocabulary (Qwen2.5's by default)")
+    g.add_argument("--sampler_steps", type=common.COUNT, default=4, help="decoding steps a call")
+    g.add_argument("--sampler_repeats", type=common.COUNT, default=3, help="each measured this many times")
     common.add_runtime_args(p)
     return p.parse_args(argv)
 
@@ -526,6 +634,9 @@ def main(argv=None):
         return
     if args.gpu_check:
         gpu_check(args, rt)
+        return
+    if args.sampler_compare:
+        sampler_compare(args, rt)
         return
     if args.hf_compare:
         for name in (HF_COMPARE if args.hf_compare == "all" else [args.hf_compare]):

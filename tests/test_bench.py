@@ -23,6 +23,8 @@ def test_gpu_check_runs_at_cut_shapes(tmp_path):
     out = tmp_path / "gpu_check.json"
     bench("--gpu_check", "--cut", "--out", str(out))
     report = json.load(open(out))
+    # train_ppo.main as users run it (--rm, bf16): two updates logged, after the reward's scale
+    assert [r["update"] for r in report["ppo_entry_path"]["log"] if "rm_score" in r] == [1, 2]
     updates = report["ppo_two_updates"]["updates"]
     assert len(updates) == 2
     for u in updates:
@@ -40,3 +42,13 @@ def test_ppo_table_has_a_row_per_setting():
                 "--ppo_prompt_tokens", "8", "--ppo_rationale_tokens", "4")
     rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [r.split("|")[1:3] for r in rows] == [[" 4 ", " 2 "], [" 8 ", " 2 "]], out
+
+
+def test_sampler_compare_times_both_draws_in_one_run(capsys):
+    """--sampler_compare: a row per row count, each with the inverse CDF's and the race's time
+    and memory and their ratios, measured in the same process."""
+    import bench
+    bench.main(["--sampler_compare", "--sampler_rows", "2,3", "--sampler_vocab", "1000", "--sampler_steps", "2",
+                "--sampler_repeats", "1", "--device", "cpu"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line[:3] in ("| 2", "| 3")]
+    assert [r[0].strip() for r in rows] == ["2", "3"] and all(float(r[3]) > 0 for r in rows), rows
