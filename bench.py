@@ -388,9 +388,10 @@ def sampler_compare(args, rt):
         g = torch.Generator().manual_seed(args.seed)
         logits = (3 * torch.randn(R, V, generator=g)).to(rt.device)
         seeds = list(range(R))
-        u = (1 - torch.rand(R, steps, generator=g, dtype=torch.float64)).to(rt.device)
 
-        def cdf_call():
+        def cdf_call():  # the uniforms drawn as the sampler drew them, a generator per row
+            u = torch.stack([1 - torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                             for s in seeds]).to(rt.device)
             return [inverse_cdf_tokens(logits, u[:, t]) for t in range(steps)]
 
         def race_call():
@@ -450,7 +451,9 @@ def gpu_check(args, rt):
       2. PPO's peak memory at Qwen2.5-0.5B and 1.5B shapes with 256-token rationales (goal:
          1.5B under 60 GB)
       3. sampling tokens/s against transformers' generate at Qwen2.5-0.5B (goal: 2x or more)
-      4. training MFU at GPT-2 124M in bf16 (goal: 40% or more)"""
+      4. training MFU at GPT-2 124M in bf16 (goal: 40% or more)
+      5. the sampler's draw, the exponential race against the inverse CDF, at Qwen2.5's
+         vocabulary and 256 and 1,024 rows (sampler_compare)"""
     cut = args.cut
     # cut: one layer, a 4,096-token vocabulary, short sequences, few rollouts
     layers, vocab, prompt, rationale, rollouts = (1, 4096, 16, 16, 8) if cut else (None, None, 128, 256, 64)
@@ -487,6 +490,9 @@ def gpu_check(args, rt):
     report["train_mfu"] = {"tokens_per_s": tok_s, "flops": flops, "matmul_peak": peak, "mfu": flops / peak}
     print(f"[4] GPT-2 124M training: {tok_s:,.0f} tokens/s, MFU {100 * flops / peak:.1f}% of the measured "
           f"{str(rt.dtype).replace('torch.', '')} matmul rate ({peak / 1e12:.2f} TFLOP/s)")
+    print("[5] the sampler's draw:")
+    report["sampler_draw"] = sampler_compare(argparse.Namespace(**{
+        **vars(args), "sampler_rows": [4] if cut else [256, 1024], "sampler_vocab": vocab or 151936}), rt)
     report["seconds"] = time.time() - t0
     print(f"gpu check: {report['seconds']:.0f} s")
     if args.out:
@@ -541,7 +547,7 @@ def get_args(argv=None):
                    help="only time the exponential race against the inverse CDF (sampler_compare)")
     g.add_argument("--sampler_rows", type=counts, default="64,256", help="rows decoded at once, comma-separated")
     g.add_argument("--sampler_vocab", type=common.COUNT, default=151936, help="vocabulary (Qwen2.5's by default)")
-    g.add_argument("--sampler_steps", type=common.COUNT, default=4, help="decoding steps a call")
+    g.add_argument("--sampler_steps", type=common.COUNT, default=8, help="decoding steps a call")
     g.add_argument("--sampler_repeats", type=common.COUNT, default=3, help="each measured this many times")
     common.add_runtime_args(p)
     return p.parse_args(argv)

@@ -34,6 +34,7 @@ def test_gpu_check_runs_at_cut_shapes(tmp_path):
     for name in ("qwen2.5-0.5b", "qwen2.5-1.5b"):
         assert report[f"ppo_memory_{name}"]["updates"][0]["phases"]["update"]["peak_gib"] > 0
     assert report["sampling_vs_generate"]["sample_ratio"] > 0 and report["train_mfu"]["mfu"] > 0
+    assert [r["rows"] for r in report["sampler_draw"]] == [4] and report["sampler_draw"][0]["race_s_per_step"] > 0
 
 
 @pytest.mark.slow  # a process per measurement
