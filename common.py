@@ -533,3 +533,17 @@ def add_runtime_args(parser):
                    help="auto = bf16 autocast on CUDA, float32 elsewhere")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     return g
+
+
+# -----------------------------------------------------------------------------
+# Leftovers of a killed run, and runs that cannot fit in memory
+
+
+def sweep_dead_temporaries(paths):
+    """Remove the temporaries (NAME.tmpPID, atomic_file's and atomic_folder's) that processes
+    now gone left beside these outputs of a script (None: not asked for). Called from a
+    script's output check, so that a killed run's half-written files go with the rerun even
+    where it stops before writing; nothing else beside them is touched."""
+    for path in paths:
+        if path:
+            _sweep_stale_temporaries(os.path.abspath(path.rstrip("/")))

@@ -531,3 +531,41 @@ def test_a_truncated_eval_summary_is_one_line_naming_it(tmp_path):
     (tmp_path / "eval_base.json").write_text('{"accuracy": 0.5, "n"')  # cut short
     with pytest.raises(common.UserError, match=r"eval_base\.json:1: not valid JSON"):
         results.main([str(tmp_path)])
+
+
+def test_a_reward_model_killed_before_its_checkpoint_completes_with_the_same_command(tiny_run, tmp_path,
+                                                                                       monkeypatch):
+    """Killed between rm_report.json and rm.pt, the same command used to be refused ("already
+    exists; pass --overwrite"), and the killed process's rm.pt.tmpPID stayed. The report without
+    its checkpoint is stale; temporaries of dead processes go; nothing else is touched."""
+    import train_rm
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "Question: a\nAnswer:", "chosen": " yes.",
+                                         "rejected": " no."}) + "\n" for i in range(8)))
+    out, report = tmp_path / "rm.pt", tmp_path / "rm_report.json"
+    argv = ["--init", tiny_run["base"], "--pairs", str(pairs), "--data_dir", tiny_run["data"], "--out", str(out),
+            "--report", str(report), "--preset", "tiny", "--max_steps", "2", "--auc_questions", "2",
+            "--auc_samples", "1", "--device", "cpu"]
+    dead = tmp_path / "rm.pt.tmp999999999"  # no process has this id: the killed run's half checkpoint
+    mine = tmp_path / f"rm.pt.tmp{os.getpid()}x"  # not a temporary of this script: stays
+    other = tmp_path / "notes.json.tmp999999999"  # beside no output of this run: stays
+
+    def killed(*a, **kw):
+        dead.write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(train_rm, "save_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train_rm.main(argv)
+    assert report.exists() and not out.exists() and dead.exists()
+    mine.write_text("keep")
+    other.write_text("keep")
+    train_rm.main(argv)  # the same command, no --overwrite
+    assert out.exists() and "kept_step" in json.loads(report.read_text())
+    assert not dead.exists() and mine.read_text() == "keep" and other.read_text() == "keep"
+    # a file at --report that is no report of this script is never replaced without --overwrite
+    out.unlink()
+    report.write_text('{"my": "notes"}\n')
+    with pytest.raises(common.UserError, match="already exists; pass --overwrite"):
+        train_rm.main(argv)
+    assert report.read_text() == '{"my": "notes"}\n'
