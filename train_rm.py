@@ -30,6 +30,7 @@ process train the same model and write the same files.
         --data_dir runs/default/data --out runs/default/rm.pt
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -271,6 +272,19 @@ def encode_pairs(tok, pairs, block_size, path):
                                 f"model's context of {block_size}")
 
 
+def check_memory(sft_model, pairs, args, rt):
+    """Before the reward model is built beside the SFT model (which the report samples from
+    later): its weights, gradients, AdamW's state and one micro-batch (both sides of
+    micro_batch_size pairs, at the longest pair's length) fit in what the process can have."""
+    config = dataclasses.replace(sft_model.config, kind="scalar")  # one score, no logits over the vocabulary
+    longest = max(len(p[f"{side}_ids"]) for p in pairs for side in ("chosen", "rejected"))
+    need = common.training_memory(config, sft_model.num_params(), 2 * args.micro_batch_size, longest,
+                                  rt.dtype.itemsize, grad_checkpointing=args.grad_checkpointing)
+    common.check_training_memory(need, rt.device, f"--init {args.init} ({sft_model.num_params() / 1e9:.2f}B "
+                                 f"parameters)", f"--batch_size {args.batch_size} / --micro_batch_size "
+                                 f"{args.micro_batch_size}")
+
+
 def train_step(rm, optimizer, batch, args, rt, pad_id):
     """One optimizer step of Bradley-Terry on (chosen ids, rejected ids) pairs, micro_batch_size
     pairs per forward. Returns (loss, accuracy) over the batch."""
@@ -363,11 +377,15 @@ def main(argv=None):
     pairs = load_pairs(args.pairs)
     sft_model, _ = load_checkpoint(args.init, kind="lm", tokenizer_json=tok.to_str())
     encode_pairs(tok, pairs, sft_model.config.block_size, args.pairs)
+    check_memory(sft_model, pairs, args, rt)
 
     train_pairs, val_pairs = split_by_question(pairs, args.val_frac, args.seed)
     if args.keep == "best" and not val_pairs:
         raise common.UserError("--keep best chooses on held-out pairs: there are none (--val_frac)")
     max_steps = math.ceil(args.epochs * len(train_pairs) / args.batch_size) if args.epochs else args.max_steps
+    note = common.warmup_note(args.warmup_steps, max_steps)
+    if note:
+        print(note)
     print(f"{len(train_pairs)} training pairs, {len(val_pairs)} held-out pairs (by question); {max_steps} steps "
           f"of {args.batch_size} pairs" + (f" ({args.epochs} epochs)" if args.epochs else ""))
     rm = lm_to_scalar(sft_model).to(rt.device)  # the trunk of the SFT model + a scalar head

@@ -739,8 +739,8 @@ def test_a_file_of_another_size_is_refused_by_its_sha256_check_named(tmp_path, m
         server, url = serve(type("T", (Trickle,), {"requests": [], "slow": False, "body": body}))
     monkeypatch.setenv(datasets.URL_ENV, url)
     try:
-        refused(lambda: datasets.fetch(spec, str(tmp_path / "cache")), recorded.name, "sha256", recorded.sha256, f"{len(body)} bytes, expected {recorded.size:,}",
-                error=DataError)
+        refused(lambda: datasets.fetch(spec, str(tmp_path / "cache")), recorded.name, "sha256", recorded.sha256,
+                f"{len(body)} bytes, expected {recorded.size:,}", error=DataError)
     finally:
         if not cached:
             server.shutdown()
