@@ -514,7 +514,7 @@ def get_args(argv=None):
     p = common.ArgumentParser(description=__doc__)
     p.add_argument("--ckpt", default=None, help="a language-model checkpoint (default: a fresh default model)")
     p.add_argument("--data_dir", default=None, help="data folder for real prompts (with --ckpt)")
-    p.add_argument("--batch_size", type=common.COUNT, default=32)
+    p.add_argument("--batch_size", type=common.number(int, low=1, high=4096), default=32)
     p.add_argument("--train_steps", type=common.COUNT, default=20)
     p.add_argument("--questions", type=common.number(int, low=1, high=10_000), default=32,
                    help="prompts for the sampling benchmark (with --data_dir: the first of the train split)")

@@ -35,12 +35,19 @@ class CheckpointError(UserError):
 def run(main):
     """The one error boundary of every script: `if __name__ == "__main__": common.run(main)`.
     A UserError (or a ValueError / OSError from a bad value or path) becomes
-    'script.py: error: message' on stderr and exit status 1."""
+    'script.py: error: message' on stderr and exit status 1; so does an allocation that fails
+    after check_training_memory let the run start (its estimate is rough)."""
     script = os.path.basename(sys.argv[0])
     try:
         main()
     except (UserError, ValueError, OSError) as e:
         sys.exit(f"{script}: error: {e}")
+    except (RuntimeError, MemoryError) as e:
+        if not out_of_memory(e):
+            raise
+        said = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        sys.exit(f"{script}: error: out of memory ({said}); lower the batch flags the script has (--batch_size, "
+                 f"--micro_batch_size, --batch_prompts), add --grad_checkpointing, or take a smaller model")
 
 
 # -----------------------------------------------------------------------------
@@ -543,3 +550,118 @@ def add_runtime_args(parser, compile=True):
     if compile:
         g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     return g
+
+
+# -----------------------------------------------------------------------------
+# Leftovers of a killed run, and runs that cannot fit in memory
+
+
+def sweep_dead_temporaries(paths):
+    """Remove the temporaries (NAME.tmpPID, atomic_file's and atomic_folder's) that processes
+    now gone left beside these outputs of a script (None: not asked for). Called from a
+    script's output check, so that a killed run's half-written files go with the rerun even
+    where it stops before writing; nothing else beside them is touched."""
+    for path in paths:
+        if path:
+            _sweep_stale_temporaries(os.path.abspath(path.rstrip("/")))
+
+
+def _read_number(path):
+    """The integer a /sys or /proc file holds; None where it is absent, "max" or unreadable."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _meminfo(key):
+    """A /proc/*/status or /proc/meminfo field in bytes (they are given in kB)."""
+    for path in ("/proc/self/status", "/proc/meminfo"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return None
+
+
+def available_memory(device):
+    """(bytes this process can still allocate on `device`, what sets that limit), or (None, None)
+    where it cannot be told (MPS, a system without /proc). On CUDA the GPU's free memory; on the
+    CPU the least of the system's available memory, the cgroup's limit less its usage (a
+    container's, v2 or v1) and RLIMIT_AS less the address space already taken."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], "free memory of " + str(device)
+    if device.type != "cpu":
+        return None, None
+    found = [(_meminfo("MemAvailable"), "MemAvailable in /proc/meminfo")]
+    v1 = "/sys/fs/cgroup/memory/memory."
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         (v1 + "limit_in_bytes", v1 + "usage_in_bytes")):
+        cap, used = _read_number(limit), _read_number(usage)
+        if cap is not None and cap < 2**60:  # v1 writes "no limit" as a huge number
+            found.append((cap - (used or 0), f"the cgroup's limit, {limit}"))
+    try:
+        import resource  # Unix only
+        cap = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if cap != resource.RLIM_INFINITY:
+            found.append((cap - (_meminfo("VmSize") or 0), "RLIMIT_AS, the address-space limit of ulimit -v"))
+    except ImportError:
+        pass
+    found = [(max(0, n), why) for n, why in found if n is not None]
+    return min(found) if found else (None, None)
+
+
+def training_memory(config, n_params, rows, tokens, bytes_per_value=4, weights_allocated=False,
+                    grad_checkpointing=False):
+    """{"parameters": bytes, "activations": bytes}: a rough estimate, on the low side, of what
+    one training step of a model of `config` (a model.GPTConfig) with n_params parameters
+    allocates, on a micro-batch of `rows` sequences of `tokens` tokens:
+      - per parameter 16 bytes: the float32 weight, its gradient and AdamW's two moments (12
+        where the weights already exist on the device);
+      - per token, the values backward keeps (bytes_per_value each: 2 under bf16 autocast):
+        in each layer about 8 x n_embd (norms, q/k/v, the attention output, the residual) and
+        3 x mlp_hidden (the MLP's inner activations); with grad checkpointing only each layer's
+        input, n_embd, and one layer's full set while it is recomputed; a language model's
+        logits, vocab_size values, and the loss's float32 log-softmax of them.
+    Attention scores are not counted (fused attention does not keep them)."""
+    per_layer = 8 * config.n_embd + 3 * config.mlp_hidden
+    kept = (config.n_layer * config.n_embd + per_layer) if grad_checkpointing else config.n_layer * per_layer
+    per_token = kept * bytes_per_value + (config.vocab_size * (bytes_per_value + 4) if config.kind == "lm" else 0)
+    return {"parameters": n_params * (12 if weights_allocated else 16), "activations": rows * tokens * per_token}
+
+
+def check_training_memory(need, device, model_flags, batch_flags):
+    """Refuse, in one line before anything is allocated, a run whose training_memory() (`need`)
+    exceeds what the process can have on `device`; the line names the flags to change: the
+    model's (when its parameters alone do not fit) or the batch's."""
+    have, why = available_memory(device)
+    total = sum(need.values())
+    if have is None or total <= have:
+        return
+    flags = model_flags if need["parameters"] > have else batch_flags
+    raise UserError(f"{flags}: training needs about {total / 2**30:,.1f} GiB ({need['parameters'] / 2**30:,.1f} GiB "
+                    f"for the weights, their gradients and AdamW's state, {need['activations'] / 2**30:,.1f} GiB "
+                    f"for one micro-batch's activations), more than the {have / 2**30:,.1f} GiB this process can "
+                    f"have on {device} ({why})")
+
+
+def out_of_memory(e):
+    """Whether an exception is an allocation that failed (torch's CPU allocator, CUDA or MPS)."""
+    oom = getattr(torch, "OutOfMemoryError", ())
+    return isinstance(e, (MemoryError, oom)) or (
+        isinstance(e, RuntimeError) and any(s in str(e) for s in ("can't allocate memory", "out of memory")))
+
+
+def warmup_note(warmup_steps, max_steps):
+    """One line to print where the warmup outlasts the run (cosine_lr): the learning rate then
+    never reaches --lr, and a run that looks finished was trained at a fraction of it."""
+    if warmup_steps > max_steps:
+        return (f"note: --warmup_steps {warmup_steps} is longer than the run ({max_steps} steps): the learning rate "
+                f"rises to {max_steps / warmup_steps:.1%} of --lr and never decays")
+    return None

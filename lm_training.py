@@ -147,6 +147,18 @@ def accumulate_gradients(model, rt, examples, batch, micro, grad_accum, pad_id):
     return loss_sum.item() / global_tokens, global_tokens
 
 
+def check_memory(model, rt, micro, tokens, batch_flags):
+    """Before the model moves to the device: its gradients, AdamW's state and one micro-batch of
+    `micro` rows of up to `tokens` tokens fit in what the process can have (one line if not). A
+    model still on the CPU has its weights there already; on a GPU they are to come."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    need = common.training_memory(model.config, model.num_params(), micro, min(tokens, model.config.block_size),
+                                  rt.dtype.itemsize, weights_allocated=on_cpu and rt.device_type == "cpu",
+                                  grad_checkpointing=getattr(model, "grad_checkpointing", False))
+    common.check_training_memory(need, rt.device, f"the model ({model.num_params() / 1e9:.2f}B parameters)",
+                                 batch_flags)
+
+
 def optimizer_and_best(model, lr, weight_decay, resume_state):
     """AdamW, with a resumed run's state, and the best held-out loss so far (none yet)."""
     optimizer = configure_optimizer(model, lr, weight_decay)
@@ -181,6 +193,12 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
     uninterrupted run's. Returns the logged records."""
     if select_best and not val_examples:
         raise common.UserError("choosing the checkpoint on held-out loss needs held-out examples (--val_frac)")
+    micro = micro_batch_size(batch_size, rt, grad_accum)
+    check_memory(model, rt, micro, max((len(ids) - 1 for ids, _ in train_examples), default=1),
+                 f"--batch_size {batch_size}" + (f" (--grad_accum {grad_accum})" if grad_accum > 1 else ""))
+    note = common.warmup_note(warmup_steps, max_steps)
+    if note:
+        common.print0(rt, note)
     model.to(rt.device)
     raw_model = model
     optimizer, best = optimizer_and_best(raw_model, lr, weight_decay, resume_state)
@@ -188,7 +206,6 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
         model = torch.compile(model)
     if rt.ddp:
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
-    micro = micro_batch_size(batch_size, rt, grad_accum)
     partial, best_path = out + ".partial", out + ".best"
     records, log = [], None
     if rt.master:  # the rows up to the checkpoint we start from, then this run's

@@ -19,7 +19,7 @@ import os
 import common
 from data.jsonl import read_jsonl
 from data.tokenizer import eot_id, load_tokenizer
-from lm_training import check_lengths, start_or_resume, train_lm
+from lm_training import check_lengths, micro_batch_size, start_or_resume, train_lm
 from model import GPT, GPTConfig
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
@@ -72,10 +72,26 @@ def check_model_size(p, args):
     if args.n_embd % args.n_head:
         p.error(f"--n_head {args.n_head} does not divide --n_embd {args.n_embd}: each head gets an equal share "
                 f"of the width")
-    params = 12 * args.n_layer * args.n_embd ** 2 + args.block_size * args.n_embd  # blocks, positions
+    params = approx_params(args)
     if params > MAX_PARAMS:
         p.error(f"--n_layer {args.n_layer}, --n_embd {args.n_embd}, --block_size {args.block_size}: about "
                 f"{params / 1e9:.1f}B parameters; at most {MAX_PARAMS / 1e9:.0f}B here")
+
+
+def approx_params(args, vocab_size=0):
+    """The parameters of the model the flags describe: 12 d^2 a block, the token (tied with the
+    output layer) and position embeddings."""
+    return 12 * args.n_layer * args.n_embd ** 2 + (vocab_size + args.block_size) * args.n_embd
+
+
+def check_memory(config, args, rt):
+    """Before a fresh model is built: its weights, gradients and AdamW's state, and a micro-batch
+    of at least one token a row, fit in what the process can have (lm_training checks again with
+    the documents' lengths, once they are read)."""
+    micro = micro_batch_size(args.batch_size, rt, args.grad_accum)
+    need = common.training_memory(config, approx_params(args, config.vocab_size), micro, 1, rt.dtype.itemsize)
+    common.check_training_memory(need, rt.device, f"--n_layer {args.n_layer}, --n_embd {args.n_embd}",
+                                 f"--batch_size {args.batch_size}")
 
 
 # -----------------------------------------------------------------------------
@@ -95,6 +111,8 @@ def main(argv=None):
     corpus_path = os.path.join(args.data_dir, "corpus.jsonl")
     config = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=args.block_size,
                        n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    if args.init is None:
+        check_memory(config, args, rt)
     model, start_step, resume_state = start_or_resume(args.out, args.resume, args.overwrite,
                                                    args.init or (lambda: GPT(config)), tok.to_str(),
                                                    inputs=[args.data_dir])

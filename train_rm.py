@@ -10,8 +10,10 @@ The report (--report, and inside rm.pt, where train_ppo.py reads it) says whethe
 mean anything:
   - held-out pairs (questions held out of the RM's training, not of SFT's): pair accuracy, the
     mean score of high vs low, the spread of the scores (PPO floors its reward scale with it)
-  - fresh samples of the SFT model on test questions (the headline, the paper's finding that a
-    higher score goes with a better rationale): the AUC of the score for a correct answer;
+  - fresh samples of the SFT model on validation questions (val.jsonl, held out of collection,
+    SFT and the RM; the test split is read once, for the final table): the headline, the
+    paper's finding that a higher score goes with a better rationale: the AUC of the score for
+    a correct answer;
     among correct-answer rationales, the AUC for "every step right" (where the task has a
     step checker: the built-in world, and the numeric datasets' equation checker), which
     tells a reward for sound steps from a reward for right answers; an answer-swap probe
@@ -19,11 +21,17 @@ mean anything:
     correlation of the score with length (a reward for length is a hack waiting to happen)
   - fresh samples on the RM's own training questions vs its held-out ones: the correctness
     AUC on each (a gap is the RM remembering questions rather than judging rationales)
+With --auc_questions 0 no fresh samples are drawn and their figures are null (not measured).
+
+One process: under torchrun (WORLD_SIZE > 1) it refuses to start rather than have every
+process train the same model and write the same files.
 
     python train_rm.py --init runs/default/sft.pt --pairs runs/default/collect/pairs.jsonl \\
         --data_dir runs/default/data --out runs/default/rm.pt
 """
 
+import dataclasses
+import json
 import math
 import os
 import random
@@ -54,7 +62,7 @@ def get_args(argv=None):
     g = p.add_argument_group("input / output")
     g.add_argument("--init", required=True, help="language-model checkpoint for the trunk (the SFT model)")
     g.add_argument("--pairs", required=True, help="pairs.jsonl: prompt, chosen, rejected (and id)")
-    g.add_argument("--data_dir", required=True, help="folder with tokenizer.json, meta.json, train/test.jsonl")
+    g.add_argument("--data_dir", required=True, help="folder with tokenizer.json, meta.json, train/val.jsonl")
     g.add_argument("--out", required=True, help="reward-model checkpoint to write (last, after the report)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out and --report")
     g.add_argument("--report", default=None, help="write the report JSON here")
@@ -77,8 +85,9 @@ def get_args(argv=None):
     g.add_argument("--eval_interval", type=common.COUNT, default=100,
                    help="with --keep best: steps between held-out evaluations")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--auc_questions", type=common.NONNEG, default=300, help="test questions for the correctness AUC")
-    g.add_argument("--auc_samples", type=common.SAMPLES, default=4, help="SFT samples per test question")
+    g.add_argument("--auc_questions", type=common.NONNEG, default=300,
+                   help="validation questions (val.jsonl) for the fresh-sample figures; 0: none (reported as null)")
+    g.add_argument("--auc_samples", type=common.SAMPLES, default=4, help="SFT samples per validation question")
     common.add_budget_args(g)
     common.add_runtime_args(p, compile=False)
     args = p.parse_args(argv)
@@ -170,6 +179,15 @@ def pair_scores(rm, tok, pairs, device, amp=nullcontext()):
 # What the reward model sees, on rationales it never trained on
 
 
+def val_path(data_dir):
+    """The validation split the report's fresh samples come from (data/prepare.py writes it)."""
+    path = os.path.join(data_dir, "val.jsonl")
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file; the report measures the reward model on the validation split "
+                        f"that data/prepare.py writes (or pass --auc_questions 0 to measure nothing there)")
+    return path
+
+
 def swap_final_answer(task, text, answer):
     """The rationale with its final answer line replaced: everything before its last
     "So the answer is", then that line for `answer`. None where there is no such line."""
@@ -200,11 +218,11 @@ def correctness_auc(rm, tok, task, samples, rt):
 
 
 def report_fresh_samples(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs):
-    """The report's fresh-sample figures: on test questions, and on the RM's own training
-    questions against its held-out ones."""
+    """The report's fresh-sample figures: on validation questions (PPO's gate decides on them,
+    so never the test split), and on the RM's own training questions against its held-out ones."""
     rep = {}
-    test_rows = load_dataset(os.path.join(args.data_dir, "test.jsonl"))[:args.auc_questions]
-    samples = fresh_samples(sft_model, tok, task, test_rows, args, rt, "test")
+    val_rows = load_dataset(val_path(args.data_dir))[:args.auc_questions]
+    samples = fresh_samples(sft_model, tok, task, val_rows, args, rt, "val")
     rep["auc_correctness"], scores, correct = correctness_auc(rm, tok, task, samples, rt)
     rep["auc_samples"] = len(scores)
     rep["auc_sample_accuracy"] = sum(correct) / max(1, len(correct))
@@ -254,6 +272,19 @@ def encode_pairs(tok, pairs, block_size, path):
                                 f"model's context of {block_size}")
 
 
+def check_memory(sft_model, pairs, args, rt):
+    """Before the reward model is built beside the SFT model (which the report samples from
+    later): its weights, gradients, AdamW's state and one micro-batch (both sides of
+    micro_batch_size pairs, at the longest pair's length) fit in what the process can have."""
+    config = dataclasses.replace(sft_model.config, kind="scalar")  # one score, no logits over the vocabulary
+    longest = max(len(p[f"{side}_ids"]) for p in pairs for side in ("chosen", "rejected"))
+    need = common.training_memory(config, sft_model.num_params(), 2 * args.micro_batch_size, longest,
+                                  rt.dtype.itemsize, grad_checkpointing=args.grad_checkpointing)
+    common.check_training_memory(need, rt.device, f"--init {args.init} ({sft_model.num_params() / 1e9:.2f}B "
+                                 f"parameters)", f"--batch_size {args.batch_size} / --micro_batch_size "
+                                 f"{args.micro_batch_size}")
+
+
 def train_step(rm, optimizer, batch, args, rt, pad_id):
     """One optimizer step of Bradley-Terry on (chosen ids, rejected ids) pairs, micro_batch_size
     pairs per forward. Returns (loss, accuracy) over the batch."""
@@ -293,9 +324,13 @@ def quality_report(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs):
                        "val_mean_score_low": float(r.mean()), "val_score_std": float(torch.cat([c, r]).std())})
         print(f"held-out pair accuracy {100 * report['val_pair_accuracy']:.1f}% ({len(val_pairs)} pairs); mean "
               f"score high {report['val_mean_score_high']:.2f} vs low {report['val_mean_score_low']:.2f}")
+    if not args.auc_questions:  # not measured: PPO's gate reads None as that, results.py shows nothing
+        report["auc_correctness"] = None
+        print("no fresh-sample figures (--auc_questions 0): the AUCs are not measured")
+        return report
     sft_model.to(rt.device)
     report.update(report_fresh_samples(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs))
-    print(f"AUC of the RM score for correctness on {report['auc_samples']} fresh SFT samples of test questions: "
+    print(f"AUC of the RM score for correctness on {report['auc_samples']} fresh SFT samples of validation questions: "
           f"{report['auc_correctness']:.3f} (their accuracy {100 * report['auc_sample_accuracy']:.1f}%)")
     print(f"  among correct answers, AUC for every step right: {report['auc_every_step_right_among_correct']:.3f} "
           f"({report['steps_checked_among_correct']} checked); Spearman with length "
@@ -305,21 +340,52 @@ def quality_report(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs):
     return report
 
 
+def stale_report(args):
+    """A report of this script without its checkpoint: a run killed between the two (rm.pt,
+    written last, says the stage is done). Like PPO's summary.json, it is replaced by the rerun
+    without --overwrite; a file at --report that is not such a report is never touched."""
+    if not args.report or os.path.exists(args.out) or not os.path.isfile(args.report):
+        return False
+    try:
+        with open(args.report, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and REPORT_KEYS <= report.keys()
+
+
+# what every report of this script holds (written in main): how a stale one is recognised
+REPORT_KEYS = {"train_pairs", "val_pairs", "train_seconds", "steps", "kept_step"}
+
+
 def main(argv=None):
     args = get_args(argv)
-    common.check_outputs({"--out": args.out, "--report": args.report}, args.overwrite,
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would train alike and write the same files
+        raise common.UserError(f"runs in one process (WORLD_SIZE={os.environ['WORLD_SIZE']}): start it with python, "
+                               f"not torchrun")
+    stale = stale_report(args)
+    common.check_outputs({"--out": args.out, "--report": args.report}, args.overwrite or stale,
                          [args.init, args.pairs, args.data_dir])
+    common.sweep_dead_temporaries([args.out, args.report])
+    if stale:
+        print(f"{args.report}: a report without its checkpoint (a run stopped before {args.out}); it is replaced")
+    if args.auc_questions:
+        val_path(args.data_dir)  # before training, not after
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     tok, task = load_world(args.data_dir)
     pairs = load_pairs(args.pairs)
     sft_model, _ = load_checkpoint(args.init, kind="lm", tokenizer_json=tok.to_str())
     encode_pairs(tok, pairs, sft_model.config.block_size, args.pairs)
+    check_memory(sft_model, pairs, args, rt)
 
     train_pairs, val_pairs = split_by_question(pairs, args.val_frac, args.seed)
     if args.keep == "best" and not val_pairs:
         raise common.UserError("--keep best chooses on held-out pairs: there are none (--val_frac)")
     max_steps = math.ceil(args.epochs * len(train_pairs) / args.batch_size) if args.epochs else args.max_steps
+    note = common.warmup_note(args.warmup_steps, max_steps)
+    if note:
+        print(note)
     print(f"{len(train_pairs)} training pairs, {len(val_pairs)} held-out pairs (by question); {max_steps} steps "
           f"of {args.batch_size} pairs" + (f" ({args.epochs} epochs)" if args.epochs else ""))
     rm = lm_to_scalar(sft_model).to(rt.device)  # the trunk of the SFT model + a scalar head

@@ -316,17 +316,16 @@ def file_hashes(path):
 
 def file_problem(path, size=None, sha256=None, git_blob=None):
     """What is wrong with a file against what is known of it (None: nothing). Only what is
-    known is checked; no hash is ever guessed."""
+    known is checked; no hash is ever guessed. A recorded hash is the check that refuses a
+    file, and is named even when the size already differs (the size is said beside it)."""
     n = os.path.getsize(path)
-    if size is not None and n != size:
-        return f"{n:,} bytes, expected {size:,}"
+    wrong_size = f"{n:,} bytes, expected {size:,}" if size is not None and n != size else None
     if sha256 is not None or git_blob is not None:
         got_sha256, got_blob = file_hashes(path)
-        if sha256 is not None and got_sha256 != sha256:
-            return f"sha256 {got_sha256}, expected {sha256}"
-        if git_blob is not None and got_blob != git_blob:
-            return f"git blob id {got_blob}, expected {git_blob}"
-    return None
+        for kind, got, recorded in (("sha256", got_sha256, sha256), ("git blob id", got_blob, git_blob)):
+            if recorded is not None and got != recorded:
+                return f"{kind} {got}, expected {recorded}" + (f" ({wrong_size})" if wrong_size else "")
+    return wrong_size
 
 
 def download_file(url, dest, size=None, sha256=None, git_blob=None, timeout=60):

@@ -516,7 +516,8 @@ def test_download_of_a_wrong_file_is_an_error(server, tmp_path):
     spec = DATASETS["single_eq"]
     finetune_cot_fixture(str(tmp_path / "fixture"), "single_eq", FIXTURES["single_eq"], [0, 1], [2])
     serve_like_the_public_hosts(root, spec, str(tmp_path / "fixture"))  # not the public bytes
-    with pytest.raises(DataError, match=r"single_eq\.json: \d+ bytes, expected 104,489.*not kept"):
+    with pytest.raises(DataError, match=r"single_eq\.json: sha256 \w+, expected \w+ \(\d+ bytes, expected 104,489\)"
+                                        r".*not kept"):
         fetch(spec, str(tmp_path / "cache"))
 
 

@@ -718,3 +718,31 @@ def test_a_cached_download_that_fails_its_hash_says_so(tmp_path, monkeypatch):
         port = s.getsockname()[1]
     monkeypatch.setenv(datasets.URL_ENV, f"http://127.0.0.1:{port}")
     refused(lambda: datasets.fetch(spec, str(cache)), "single_eq.json", "sha256", error=DataError)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_file_of_another_size_is_refused_by_its_sha256_check_named(tmp_path, monkeypatch, cached):
+    """A download (or a cached copy, the host unreachable) of another size than the recorded
+    file: the refusal said only "N bytes, expected M", not which recorded check refused it."""
+    spec = fixture_spec(str(tmp_path / "src"))
+    recorded = spec.files[0]
+    folder = tmp_path / "cache" / "finetune_cot"
+    shutil.copytree(tmp_path / "src", folder)
+    body = b"[1, 2, 3]\n"  # shorter than the recorded file
+    if cached:
+        (folder / recorded.name).write_bytes(body)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    else:
+        (folder / recorded.name).unlink()
+        server, url = serve(type("T", (Trickle,), {"requests": [], "slow": False, "body": body}))
+    monkeypatch.setenv(datasets.URL_ENV, url)
+    try:
+        refused(lambda: datasets.fetch(spec, str(tmp_path / "cache")), recorded.name, "sha256", recorded.sha256,
+                f"{len(body)} bytes, expected {recorded.size:,}", error=DataError)
+    finally:
+        if not cached:
+            server.shutdown()
+            server.server_close()
+    assert cached == (folder / recorded.name).exists()  # a download that fails is not kept

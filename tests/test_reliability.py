@@ -465,6 +465,7 @@ BIG = str(10 ** 12)
     ("bench", ["--questions", BIG], "--questions: must be at most 10000"),
     ("bench", ["--k", BIG], "--k: must be at most 1000"),
     ("bench", ["--hf_layers", BIG], "--hf_layers: must be at most 100"),
+    ("bench", ["--batch_size", BIG], "--batch_size: must be at most 4096"),  # its training benchmark's rows
     ("prepare", ["--n_train", BIG], "--n_train: must be at most 1000000"),
     ("prepare", ["--n_test", BIG], "--n_test: must be at most 1000000"),
     ("prepare", ["--n_corpus", BIG], "--n_corpus: must be at most 10000000"),
@@ -531,3 +532,141 @@ def test_a_truncated_eval_summary_is_one_line_naming_it(tmp_path):
     (tmp_path / "eval_base.json").write_text('{"accuracy": 0.5, "n"')  # cut short
     with pytest.raises(common.UserError, match=r"eval_base\.json:1: not valid JSON"):
         results.main([str(tmp_path)])
+
+
+def test_a_reward_model_killed_before_its_checkpoint_completes_with_the_same_command(tiny_run, tmp_path,
+                                                                                       monkeypatch):
+    """Killed between rm_report.json and rm.pt, the same command used to be refused ("already
+    exists; pass --overwrite"), and the killed process's rm.pt.tmpPID stayed. The report without
+    its checkpoint is stale; temporaries of dead processes go; nothing else is touched."""
+    import train_rm
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"q{i}", "prompt": "Question: a\nAnswer:", "chosen": " yes.",
+                                         "rejected": " no."}) + "\n" for i in range(8)))
+    out, report = tmp_path / "rm.pt", tmp_path / "rm_report.json"
+    argv = ["--init", tiny_run["base"], "--pairs", str(pairs), "--data_dir", tiny_run["data"], "--out", str(out),
+            "--report", str(report), "--preset", "tiny", "--max_steps", "2", "--auc_questions", "2",
+            "--auc_samples", "1", "--device", "cpu"]
+    dead = tmp_path / "rm.pt.tmp999999999"  # no process has this id: the killed run's half checkpoint
+    mine = tmp_path / f"rm.pt.tmp{os.getpid()}x"  # not a temporary of this script: stays
+    other = tmp_path / "notes.json.tmp999999999"  # beside no output of this run: stays
+
+    def killed(*a, **kw):
+        dead.write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(train_rm, "save_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train_rm.main(argv)
+    assert report.exists() and not out.exists() and dead.exists()
+    mine.write_text("keep")
+    other.write_text("keep")
+    train_rm.main(argv)  # the same command, no --overwrite
+    assert out.exists() and "kept_step" in json.loads(report.read_text())
+    assert not dead.exists() and mine.read_text() == "keep" and other.read_text() == "keep"
+    # a file at --report that is no report of this script is never replaced without --overwrite
+    out.unlink()
+    report.write_text('{"my": "notes"}\n')
+    with pytest.raises(common.UserError, match="already exists; pass --overwrite"):
+        train_rm.main(argv)
+    assert report.read_text() == '{"my": "notes"}\n'
+
+
+def sft_and_pairs(folder):
+    rows = [{"id": f"q{i}", "prompt": "Question: a\nAnswer:", "completion": " 2.", "chosen": " yes.",
+             "rejected": " no."} for i in range(8)]
+    path = os.path.join(folder, "rows.jsonl")
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("case", ["pretrain batch", "pretrain 2B model", "sft batch", "rm batch", "rm micro-batch"])
+def test_counts_that_exhaust_memory_are_one_line_naming_the_flag(tiny_run, tmp_path, monkeypatch, case):
+    """They ended in the allocator's traceback (or, for a model of 1.96B parameters in a 7 GiB
+    process, in one after minutes). Refused before anything is allocated, on what the process
+    can have (here said to be 4 GiB)."""
+    import lm_training
+    import pretrain
+    import train_rm
+    import train_sft
+    monkeypatch.setattr(common, "available_memory", lambda device: (4 * 2**30, "a test's limit"))
+
+    def no_work(*a, **kw):
+        raise AssertionError("allocated before the memory check")
+    monkeypatch.setattr(pretrain, "GPT", no_work)
+    monkeypatch.setattr(lm_training, "configure_optimizer", no_work)
+    monkeypatch.setattr(train_rm, "lm_to_scalar", no_work)
+    data, base, rows = tiny_run["data"], tiny_run["base"], sft_and_pairs(str(tmp_path))
+    out = ["--out", str(tmp_path / "out.pt"), "--device", "cpu"]
+    script, argv, flag = {
+        "pretrain batch": (pretrain, ["--data_dir", data, "--batch_size", "1000000000000", *out], "--batch_size"),
+        "pretrain 2B model": (pretrain, ["--data_dir", data, "--n_layer", "39", "--n_head", "16", "--n_embd", "2048",
+                                         *out], "--n_layer 39, --n_embd 2048"),
+        "sft batch": (train_sft, ["--init", base, "--data", rows, "--data_dir", data, "--batch_size",
+                                  "1000000000000", *out], "--batch_size 1000000000000"),
+        "rm batch": (train_rm, ["--init", base, "--pairs", rows, "--data_dir", data, "--batch_size",
+                                "1000000000000", *out], "--batch_size 1000000000000"),
+        "rm micro-batch": (train_rm, ["--init", base, "--pairs", rows, "--data_dir", data, "--batch_size",
+                                      "100000000", "--micro_batch_size", "50000000", *out],
+                           "--batch_size 100000000 / --micro_batch_size 50000000")}[case]
+    with pytest.raises(common.UserError, match=f"^{flag}.* GiB .*more than the 4.0 GiB .*a test's limit") as e:
+        script.main(argv)
+    assert "\n" not in str(e.value)
+    assert not os.path.exists(tmp_path / "out.pt")
+
+
+def test_what_the_process_can_have_reads_its_address_space_limit(monkeypatch):
+    """RLIMIT_AS (ulimit -v) less the address space already taken is one of the limits."""
+    import resource
+    free, _ = common.available_memory("cpu")
+    taken = common._meminfo("VmSize")
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (taken + 2**30, resource.RLIM_INFINITY))
+    assert common.available_memory("cpu") == (min(free, 2**30), "RLIMIT_AS, the address-space limit of ulimit -v")
+
+
+def test_an_allocation_that_fails_anyway_is_one_line(monkeypatch, capsys):
+    """The estimate is rough: what it lets through and the allocator still refuses is one line,
+    not torch's traceback (common.run, every script's error boundary)."""
+    import torch
+    monkeypatch.setattr(sys, "argv", ["pretrain.py"])
+    with pytest.raises(SystemExit) as e:
+        common.run(lambda: torch.empty(2**50))  # 4 PiB
+    assert str(e.value).startswith("pretrain.py: error: out of memory (") and "\n" not in str(e.value)
+    assert "--batch_size" in str(e.value)
+    with pytest.raises(RuntimeError, match="something else"):  # other errors are not hidden
+        common.run(lambda: (_ for _ in ()).throw(RuntimeError("something else")))
+
+
+@pytest.mark.slow  # a process with a real address-space limit
+def test_a_2b_model_in_a_small_process_is_one_line(tiny_run):
+    """pretrain.py --n_layer 39 --n_head 16 --n_embd 2048 (1.96B parameters, under the 2B cap) in
+    a 3 GiB process ended in "DefaultCPUAllocator: can't allocate memory"."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+    r = subprocess.run([sys.executable, "pretrain.py", "--data_dir", tiny_run["data"], "--out", "/nonexistent/x.pt",
+                        "--n_layer", "39", "--n_head", "16", "--n_embd", "2048", "--device", "cpu"], cwd=ROOT,
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=limit)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "RLIMIT_AS" in lines[0], r.stderr
+    assert lines[0].startswith("pretrain.py: error: --n_layer 39, --n_embd 2048: training needs about 29.")
+
+
+@pytest.mark.parametrize("script", ["pretrain", "train_rm"])
+def test_a_warmup_longer_than_the_run_is_said(tiny_run, tmp_path, capsys, script):
+    """--max_steps 5 --warmup_steps 1000 exited 0 without a word, the learning rate never near --lr."""
+    import pretrain
+    import train_rm
+    data, out = tiny_run["data"], str(tmp_path / "out.pt")
+    if script == "pretrain":
+        pretrain.main(["--data_dir", data, "--out", out, "--preset", "tiny", "--max_steps", "5",
+                       "--warmup_steps", "1000", "--device", "cpu"])
+    else:
+        train_rm.main(["--init", tiny_run["base"], "--pairs", sft_and_pairs(str(tmp_path)), "--data_dir", data,
+                       "--out", out, "--preset", "tiny", "--max_steps", "5", "--warmup_steps", "1000",
+                       "--auc_questions", "0", "--device", "cpu"])
+    said = [line for line in capsys.readouterr().out.splitlines() if "--warmup_steps" in line]
+    assert said == ["note: --warmup_steps 1000 is longer than the run (5 steps): the learning rate rises to 0.5% "
+                    "of --lr and never decays"]

@@ -247,3 +247,51 @@ def test_an_answer_line_ends_at_any_end_id_the_checkpoint_declares(monkeypatch):
                                          [(0, {"text": "It is 3."})], 8, [tok.token_to_id(EOT), end_of_turn],
                                          one_line=False, quiet=True)
     assert lines == [" 3"]
+
+
+def rm_argv(tiny_run, tmp_path, *extra):
+    pairs = write_rows(tmp_path / "pairs.jsonl",
+                       [{"id": f"q{i}", "prompt": "Question: a\nAnswer:", "chosen": " yes. So the answer is 1.",
+                         "rejected": " no. So the answer is 2."} for i in range(8)])
+    return ["--init", tiny_run["base"], "--pairs", pairs, "--data_dir", tiny_run["data"],
+            "--out", str(tmp_path / "rm.pt"), "--report", str(tmp_path / "rm.json"), "--preset", "tiny",
+            "--max_steps", "2", "--auc_samples", "1", "--device", "cpu", *extra]
+
+
+def test_auc_questions_0_measures_no_auc_and_the_ppo_gate_reads_it_as_not_measured(tiny_run, tmp_path):
+    """It used to train the whole model, then fail in torch.cat on an empty list, saving nothing."""
+    import train_ppo
+    train_rm.main(rm_argv(tiny_run, tmp_path, "--auc_questions", "0"))
+    report = json.loads((tmp_path / "rm.json").read_text())
+    assert report["auc_correctness"] is None and "auc_samples" not in report and "val_pair_accuracy" in report
+    _, ckpt = load_checkpoint(str(tmp_path / "rm.pt"), kind="scalar")
+    assert ckpt["report"] == report
+    train_ppo.check_reward_model({**report, "val_pair_accuracy": 0.9}, "rm.pt", allow_weak=False)  # not refused
+
+
+def test_the_report_reads_validation_questions_never_the_test_split(tiny_run, tmp_path, monkeypatch):
+    """PPO's gate decides on the report's AUC: it was computed on test.jsonl."""
+    read = []
+    load = train_rm.load_dataset
+
+    def spy(path, *a, **kw):
+        read.append(os.path.basename(path))
+        return load(path, *a, **kw)
+    monkeypatch.setattr(train_rm, "load_dataset", spy)
+    train_rm.main(rm_argv(tiny_run, tmp_path, "--auc_questions", "3"))
+    report = json.loads((tmp_path / "rm.json").read_text())
+    assert "val.jsonl" in read and "test.jsonl" not in read, read
+    assert report["auc_samples"] == 3  # 3 validation questions x 1 sample
+
+
+def test_under_torchrun_the_reward_model_refuses_in_one_line(tiny_run, tmp_path, monkeypatch):
+    """Every process used to train the same model and write the same files."""
+    import common
+
+    def no_work(*a, **kw):
+        raise AssertionError("work started")
+    monkeypatch.setattr(common, "setup_runtime", no_work)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(common.UserError, match="WORLD_SIZE=2.*not torchrun"):
+        train_rm.main(rm_argv(tiny_run, tmp_path, "--auc_questions", "2"))
+    assert not os.path.exists(tmp_path / "rm.pt")
