@@ -360,9 +360,7 @@ REPORT_KEYS = {"train_pairs", "val_pairs", "train_seconds", "steps", "kept_step"
 
 def main(argv=None):
     args = get_args(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would train alike and write the same files
-        raise common.UserError(f"runs in one process (WORLD_SIZE={os.environ['WORLD_SIZE']}): start it with python, "
-                               f"not torchrun")
+    common.refuse_torchrun()  # every process would train alike and write the same files
     stale = stale_report(args)
     common.check_outputs({"--out": args.out, "--report": args.report}, args.overwrite or stale,
                          [args.init, args.pairs, args.data_dir])
