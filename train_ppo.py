@@ -9,31 +9,41 @@ model was trained on. A critic with a scalar head estimates values for GAE. Each
   1. rollout    sample k rationales for each of Q questions (no top-k/top-p, so the
                 sampler's distribution is exactly the one whose log-probs we train)
   2. reward     one number per rationale: the reward model's standardised score (or the
-                exact answer check, for the baseline), penalties for no answer / no ending
+                exact answer check, or a random control), penalties for no answer / no ending
   3. advantage  old and reference log-probs and values; per-token reward
                 -beta * (log pi - log pi_ref), + the sequence reward at the last token;
-                GAE(gamma, lambda); advantages whitened
-  4. optimise   a few epochs over minibatches: clipped policy ratio, clipped value loss;
-                the epochs stop early when the policy's approx KL passes --target_kl
-  5. log        RM score and true accuracy side by side, KL, entropy, clip fraction,
-                approx KL, ratio max, gradient norm, explained variance, response length;
-                every --eval_interval updates, checkpoint selection on the validation split
-                and a few decoded rollouts
+                GAE(gamma, lambda); advantages whitened (unit RMS, as every estimator's)
+  4. optimise   a few epochs over minibatches: clipped policy ratio, value loss (clipped
+                only with --value_clip); the epochs stop before the step of the first
+                minibatch whose approx KL passes --target_kl
+  5. log        RM score and true accuracy side by side, the reward's spread beside
+                beta * KL, entropy, clip fraction, approx KL, ratio max, gradient norm,
+                explained variance, the sampler's log-probs against the recomputed ones,
+                response length; every --eval_interval updates, checkpoint selection on
+                greedy validation accuracy and a few decoded rollouts
 
     python train_ppo.py --sft runs/default/sft.pt --rm runs/default/rm.pt \\
         --data_dir runs/default/data --out_dir runs/default/ppo
 
 --reward rm (the paper) | exact (the task's answer check, Task.reward: RL on a verifiable
-reward, a baseline) | rm+exact (both). Both kinds start their critic from the same place (the
-reward model, standardised, when --rm is given), so that the runs differ in the reward only.
+reward, a baseline) | rm+exact (both) | random (a control: a seeded N(0,1) per rollout, on the
+standardised RM's scale, with the same penalties and clip). Every kind starts its critic from
+the same place, the SFT model's trunk with a zero head (--critic_init sft, the default; no
+--rm needed), so the runs differ in the reward and in its scale only: exact is 0/1, so the
+same beta weighs more against it than against a reward of std 1. (--critic_init rm, the
+reward model standardised, fits the reward at the end-of-text token only: at the earlier
+positions GAE reads, its head was never trained.)
 
 --estimator ppo (the paper's, the default) | rloo | grpo: the last two drop the critic, as the
-trainers of TRL, OpenRLHF, verl and nanochat do. Each rationale's return is its sequence reward
-minus beta times its KL to the SFT model (the same penalty PPO spreads over the tokens), and its
-advantage compares it with the other samples of the same question: RLOO (Ahmadian et al. 2024)
-subtracts the mean of the other k-1, GRPO (Shao et al. 2024) subtracts the group's mean and
-divides by its std. Every token of the rationale gets that advantage; the clipped objective and
-the epochs are PPO's. One model fewer in memory, and nothing to warm up.
+trainers of TRL, OpenRLHF, verl and nanochat do. Their advantage compares a rationale with the
+other samples of the same question. RLOO (Ahmadian et al. 2024): its return (sequence reward
+minus beta times its KL to the SFT model, the penalty PPO spreads over the tokens) minus the
+mean of the other k-1 returns; every token gets it, and the loss is PPO's token mean. GRPO
+(Shao et al. 2024): the sequence reward alone, minus the group's mean, over its std; the KL to
+the reference is a loss term of its own (beta times the k3 estimator), and each rationale's
+tokens are averaged before the rationales are. The clipped objective and the epochs are PPO's.
+Every estimator's advantages are scaled to RMS 1 over the batch's response tokens (PPO's
+whitening does it already), so that one --lr is one step size for all three.
 
 Reward scale: a Bradley-Terry reward model fixes neither the shift nor the scale of its
 scores, so before the first update the RM scores a batch of the SFT model's own rationales
@@ -50,27 +60,37 @@ Step sizes (a pretrained model, PRESET=pretrained): AdamW's first step moves eve
 about the learning rate, and the first minibatch of each update has ratio 1, so the clip
 cannot stop it: --warmup_steps ramps both learning rates up (then --min_lr_frac decays them),
 --critic_warmup_updates trains the critic alone first, and --target_kl ends an update's epochs
-early. The built-in world's defaults leave all three off.
+early (before the step that would pass it). The built-in world's defaults leave all three off;
+a --warmup_steps longer than the run is refused (the learning rate would never reach --lr).
 
 Memory (one GPU): every forward runs on --micro_batch_size rows at a time (gradients accumulate
 over a minibatch), log-probs are computed for response positions only, a chunk at a time, the
-frozen reference and reward model are kept in the compute dtype, and --grad_checkpointing
+frozen reference and reward model are kept in the compute dtype (cast before the reward scale is
+measured, so that it is the scale of the copy that scores), and --grad_checkpointing
 recomputes each block's activations in backward. Autocast goes around each forward only: it
 caches the bf16 copy of every weight until its region ends, so an optimizer step inside one
 region would be invisible to the forwards after it.
 
-Checkpoint selection: the validation split (data_dir/val.jsonl, held out of collection, SFT
-and the RM by data/prepare.py) is sampled --val_samples times per question with the same
-seeds for every candidate (common random numbers), at update 0 (the SFT model itself) and
-every --eval_interval updates; the best is ppo_best.pt, and summary.json says which and why.
+Checkpoint selection: on the validation split (data_dir/val.jsonl, held out of collection, SFT
+and the RM by data/prepare.py), at update 0 (the SFT model itself) and every --eval_interval
+updates, by greedy accuracy (the table's headline; ties go to the earlier update). The mean of
+--val_samples samples per question at --eval_temperature, with the same seeds for every
+candidate, is logged beside it. The best is ppo_best.pt, and summary.json says which and why.
+The test split is not read: evaluate.py reads it once, for the final table.
 
 Writes ppo_last.pt (the policy with the critic and both optimizers: what --resume continues,
 exactly), ppo_best.pt (weights only: a language-model checkpoint that evaluate.py reads),
 ppo_log.jsonl (one row per update, update 0 being the SFT model's evaluation) and, last,
 summary.json (a rerun into the same folder removes it first: it says the run is finished).
 
-What this PPO leaves out, to stay small: no entropy bonus (the KL penalty to the SFT model
-already keeps the policy from collapsing), one process only (no DDP), a separate critic rather
+KL: beta (--kl_coef) is in standardised reward units; the log's kl_term (beta times the KL per
+rationale) beside reward_std shows how much of the return it is. In the built-in world at the
+default beta it is a few percent of the reward's spread at most: the world's PPO is close to
+unregularised, and what bounds its drift is the number of updates and the checkpoint choice.
+--kl_target adapts beta (Ziegler et al. 2019) over --kl_horizon updates.
+
+What this PPO leaves out, to stay small: no entropy bonus (nothing here holds the entropy up:
+see KL above), one process only (no DDP), a separate critic rather
 than a value head on the policy (so the policy's trunk serves one objective), and no reward
 normalisation beyond the one-off standardisation above (running statistics would move the
 reward's meaning during training).
