@@ -367,8 +367,10 @@ def fp32_head(head, hidden):
     off = (torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type)
            else nullcontext())
     with off:
+        if head.weight.dtype in (torch.float32, torch.float64):
+            return head(hidden.to(head.weight.dtype))  # the module itself, so that its hooks run
         bias = None if head.bias is None else head.bias.float()
-        return F.linear(hidden.float(), head.weight.float(), bias)
+        return F.linear(hidden.float(), head.weight.float(), bias)  # a frozen model's bf16 weights
 
 
 def _attention_mask_and_positions(idx, pad_mask, positions, kv_cache):

@@ -114,7 +114,7 @@ from data import load_world
 from data.jsonl import DataError, append_row, load_dataset, open_log
 from data.tokenizer import decode_sampled, stop_ids
 from checkpoint import checked_config, load_checkpoint, save_checkpoint
-from model import GPT, configure_optimizer, lm_to_scalar, pad_batch, sequence_scores
+from model import GPT, configure_optimizer, fp32_head, lm_to_scalar, pad_batch, sequence_scores
 from sampler import mask_padded_vocab, prompts_per_batch, sample
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
@@ -275,7 +275,7 @@ def masked_whiten(x, mask, eps=1e-8):
 def _head_logprobs(head, hidden, targets, temperature, n_vocab):
     """log-prob of each target and the entropy of its distribution (no graph), for one chunk
     of hidden states (N, C): the only place a (N, vocabulary) tensor exists."""
-    logp_all = mask_padded_vocab(head(hidden).float() / temperature, n_vocab).log_softmax(-1)
+    logp_all = mask_padded_vocab(fp32_head(head, hidden) / temperature, n_vocab).log_softmax(-1)
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all.nan_to_num(neginf=0.0)).sum(-1)
     return logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
