@@ -225,3 +225,21 @@ def test_ppo_chooses_on_greedy_validation_and_never_reads_test(tiny_run, tmp_pat
     assert summary["best_update"] == 1
     assert [h["greedy_accuracy"] for h in summary["val_history"]] == [0.5, 0.7, 0.7]
     assert [h["accuracy"] for h in summary["val_history"]] == [0.9, 0.2, 0.95]
+
+
+def test_the_reward_scale_is_measured_with_the_copy_that_scores(tiny_run, tmp_path, monkeypatch):
+    """--dtype bfloat16: the reward model is cast before its mean and std are measured, so the
+    scale is that of the bf16 copy every later score comes from."""
+    base, ckpt = load_checkpoint(tiny_run["base"], kind="lm")
+    torch.manual_seed(0)
+    rm = str(tmp_path / "rm.pt")
+    save_checkpoint(rm, lm_to_scalar(base), ckpt["tokenizer"], {"script": "test"})
+    seen = []
+    real = train_ppo.reward_scale
+
+    def spy(model, *a, **kw):
+        seen.append(next(model.parameters()).dtype)
+        return real(model, *a, **kw)
+    monkeypatch.setattr(train_ppo, "reward_scale", spy)
+    train_ppo.main(ppo_argv(tiny_run, tmp_path / "ppo", "--rm", rm, "--allow_weak_rm", "--dtype", "bfloat16"))
+    assert seen == [torch.bfloat16]
