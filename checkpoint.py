@@ -47,8 +47,26 @@ def save_checkpoint(path, model, tokenizer_json, provenance, extra=None):
     }
     if extra:
         ckpt.update(extra)
+    bad = first_non_finite(ckpt)
+    if bad:  # a resume point that holds NaN would start every rerun from a broken state
+        raise CheckpointError(f"{path}: not written: {bad} holds NaN or inf (the run diverged; the files "
+                              f"written before are untouched)")
     with atomic_file(path, "wb") as f:
         torch.save(ckpt, f)
+
+
+def first_non_finite(obj, name=""):
+    """The name of the first floating-point tensor in `obj` (nested dicts, lists, tuples) that holds
+    NaN or inf, e.g. "critic.score_head.weight"; None when every one is finite."""
+    if isinstance(obj, torch.Tensor):
+        finite = not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+        return None if finite else (name or "a tensor")
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        bad = first_non_finite(v, f"{name}.{k}" if name else str(k))
+        if bad:
+            return bad
+    return None
 
 
 def load_checkpoint(path, kind=None, tokenizer_json=None, device="cpu"):

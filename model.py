@@ -12,6 +12,7 @@ A small GPT, written out by hand, plus everything SML needs from a model:
 """
 
 import math
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -313,8 +314,8 @@ class GPT(nn.Module):
         """
         x = self.trunk(idx, pad_mask, positions, kv_cache)
         if self.config.kind == "scalar":
-            return self.score_head(x).squeeze(-1), None
-        logits = self.lm_head(x[:, -1:] if last_only else x)
+            return fp32_head(self.score_head, x).squeeze(-1), None
+        logits = fp32_head(self.lm_head, x[:, -1:] if last_only else x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
@@ -355,6 +356,21 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.ln_f(x)
+
+
+def fp32_head(head, hidden):
+    """An output layer (the LM head or a scalar head) in float32, whatever the autocast and the
+    weights' dtype: bf16 logits would carry a 2^-9 relative error into log-softmax, and a bf16
+    score would quantise a reward model's score before PPO standardises it (at a mean of 8 and a
+    std of 0.1, a bf16 step is 30-60% of the std). One matmul per forward: cheap next to the trunk."""
+    device_type = hidden.device.type
+    off = (torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type)
+           else nullcontext())
+    with off:
+        if head.weight.dtype in (torch.float32, torch.float64):
+            return head(hidden.to(head.weight.dtype))  # the module itself, so that its hooks run
+        bias = None if head.bias is None else head.bias.float()
+        return F.linear(hidden.float(), head.weight.float(), bias)  # a frozen model's bf16 weights
 
 
 def _attention_mask_and_positions(idx, pad_mask, positions, kv_cache):

@@ -9,31 +9,41 @@ model was trained on. A critic with a scalar head estimates values for GAE. Each
   1. rollout    sample k rationales for each of Q questions (no top-k/top-p, so the
                 sampler's distribution is exactly the one whose log-probs we train)
   2. reward     one number per rationale: the reward model's standardised score (or the
-                exact answer check, for the baseline), penalties for no answer / no ending
+                exact answer check, or a random control), penalties for no answer / no ending
   3. advantage  old and reference log-probs and values; per-token reward
                 -beta * (log pi - log pi_ref), + the sequence reward at the last token;
-                GAE(gamma, lambda); advantages whitened
-  4. optimise   a few epochs over minibatches: clipped policy ratio, clipped value loss;
-                the epochs stop early when the policy's approx KL passes --target_kl
-  5. log        RM score and true accuracy side by side, KL, entropy, clip fraction,
-                approx KL, ratio max, gradient norm, explained variance, response length;
-                every --eval_interval updates, checkpoint selection on the validation split
-                and a few decoded rollouts
+                GAE(gamma, lambda); advantages whitened (unit RMS, as every estimator's)
+  4. optimise   a few epochs over minibatches: clipped policy ratio, value loss (clipped
+                only with --value_clip); the epochs stop before the step of the first
+                minibatch whose approx KL passes --target_kl
+  5. log        RM score and true accuracy side by side, the reward's spread beside
+                beta * KL, entropy, clip fraction, approx KL, ratio max, gradient norm,
+                explained variance, the sampler's log-probs against the recomputed ones,
+                response length; every --eval_interval updates, checkpoint selection on
+                greedy validation accuracy and a few decoded rollouts
 
     python train_ppo.py --sft runs/default/sft.pt --rm runs/default/rm.pt \\
         --data_dir runs/default/data --out_dir runs/default/ppo
 
 --reward rm (the paper) | exact (the task's answer check, Task.reward: RL on a verifiable
-reward, a baseline) | rm+exact (both). Both kinds start their critic from the same place (the
-reward model, standardised, when --rm is given), so that the runs differ in the reward only.
+reward, a baseline) | rm+exact (both) | random (a control: a seeded N(0,1) per rollout, on the
+standardised RM's scale, with the same penalties and clip). Every kind starts its critic from
+the same place, the SFT model's trunk with a zero head (--critic_init sft, the default; no
+--rm needed), so the runs differ in the reward and in its scale only: exact is 0/1, so the
+same beta weighs more against it than against a reward of std 1. (--critic_init rm, the
+reward model standardised, fits the reward at the end-of-text token only: at the earlier
+positions GAE reads, its head was never trained.)
 
 --estimator ppo (the paper's, the default) | rloo | grpo: the last two drop the critic, as the
-trainers of TRL, OpenRLHF, verl and nanochat do. Each rationale's return is its sequence reward
-minus beta times its KL to the SFT model (the same penalty PPO spreads over the tokens), and its
-advantage compares it with the other samples of the same question: RLOO (Ahmadian et al. 2024)
-subtracts the mean of the other k-1, GRPO (Shao et al. 2024) subtracts the group's mean and
-divides by its std. Every token of the rationale gets that advantage; the clipped objective and
-the epochs are PPO's. One model fewer in memory, and nothing to warm up.
+trainers of TRL, OpenRLHF, verl and nanochat do. Their advantage compares a rationale with the
+other samples of the same question. RLOO (Ahmadian et al. 2024): its return (sequence reward
+minus beta times its KL to the SFT model, the penalty PPO spreads over the tokens) minus the
+mean of the other k-1 returns; every token gets it, and the loss is PPO's token mean. GRPO
+(Shao et al. 2024): the sequence reward alone, minus the group's mean, over its std; the KL to
+the reference is a loss term of its own (beta times the k3 estimator), and each rationale's
+tokens are averaged before the rationales are. The clipped objective and the epochs are PPO's.
+Every estimator's advantages are scaled to RMS 1 over the batch's response tokens (PPO's
+whitening does it already), so that one --lr is one step size for all three.
 
 Reward scale: a Bradley-Terry reward model fixes neither the shift nor the scale of its
 scores, so before the first update the RM scores a batch of the SFT model's own rationales
@@ -50,27 +60,37 @@ Step sizes (a pretrained model, PRESET=pretrained): AdamW's first step moves eve
 about the learning rate, and the first minibatch of each update has ratio 1, so the clip
 cannot stop it: --warmup_steps ramps both learning rates up (then --min_lr_frac decays them),
 --critic_warmup_updates trains the critic alone first, and --target_kl ends an update's epochs
-early. The built-in world's defaults leave all three off.
+early (before the step that would pass it). The built-in world's defaults leave all three off;
+a --warmup_steps longer than the run is refused (the learning rate would never reach --lr).
 
 Memory (one GPU): every forward runs on --micro_batch_size rows at a time (gradients accumulate
 over a minibatch), log-probs are computed for response positions only, a chunk at a time, the
-frozen reference and reward model are kept in the compute dtype, and --grad_checkpointing
+frozen reference and reward model are kept in the compute dtype (cast before the reward scale is
+measured, so that it is the scale of the copy that scores), and --grad_checkpointing
 recomputes each block's activations in backward. Autocast goes around each forward only: it
 caches the bf16 copy of every weight until its region ends, so an optimizer step inside one
 region would be invisible to the forwards after it.
 
-Checkpoint selection: the validation split (data_dir/val.jsonl, held out of collection, SFT
-and the RM by data/prepare.py) is sampled --val_samples times per question with the same
-seeds for every candidate (common random numbers), at update 0 (the SFT model itself) and
-every --eval_interval updates; the best is ppo_best.pt, and summary.json says which and why.
+Checkpoint selection: on the validation split (data_dir/val.jsonl, held out of collection, SFT
+and the RM by data/prepare.py), at update 0 (the SFT model itself) and every --eval_interval
+updates, by greedy accuracy (the table's headline; ties go to the earlier update). The mean of
+--val_samples samples per question at --eval_temperature, with the same seeds for every
+candidate, is logged beside it. The best is ppo_best.pt, and summary.json says which and why.
+The test split is not read: evaluate.py reads it once, for the final table.
 
 Writes ppo_last.pt (the policy with the critic and both optimizers: what --resume continues,
 exactly), ppo_best.pt (weights only: a language-model checkpoint that evaluate.py reads),
 ppo_log.jsonl (one row per update, update 0 being the SFT model's evaluation) and, last,
 summary.json (a rerun into the same folder removes it first: it says the run is finished).
 
-What this PPO leaves out, to stay small: no entropy bonus (the KL penalty to the SFT model
-already keeps the policy from collapsing), one process only (no DDP), a separate critic rather
+KL: beta (--kl_coef) is in standardised reward units; the log's kl_term (beta times the KL per
+rationale) beside reward_std shows how much of the return it is. In the built-in world at the
+default beta it is a few percent of the reward's spread at most: the world's PPO is close to
+unregularised, and what bounds its drift is the number of updates and the checkpoint choice.
+--kl_target adapts beta (Ziegler et al. 2019) over --kl_horizon updates.
+
+What this PPO leaves out, to stay small: no entropy bonus (nothing here holds the entropy up:
+see KL above), one process only (no DDP), a separate critic rather
 than a value head on the policy (so the policy's trunk serves one objective), and no reward
 normalisation beyond the one-off standardisation above (running statistics would move the
 reward's meaning during training).
@@ -94,7 +114,7 @@ from data import load_world
 from data.jsonl import DataError, append_row, load_dataset, open_log
 from data.tokenizer import decode_sampled, stop_ids
 from checkpoint import checked_config, load_checkpoint, save_checkpoint
-from model import GPT, configure_optimizer, lm_to_scalar, pad_batch, sequence_scores
+from model import GPT, configure_optimizer, fp32_head, lm_to_scalar, pad_batch, sequence_scores
 from sampler import mask_padded_vocab, prompts_per_batch, sample
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
@@ -106,19 +126,21 @@ PRESETS = {"default": {},
            # an early stop on the policy's KL, and a smaller batch per update
            "pretrained": dict(lr=1e-6, critic_lr=1e-5, warmup_steps=4, min_lr_frac=0.1, critic_warmup_updates=1,
                               target_kl=0.05, updates=16, questions_per_update=16, minibatch_size=16,
-                              micro_batch_size=4, eval_interval=4, eval_limit=100, norm_questions=32)}
+                              micro_batch_size=4, eval_interval=4, norm_questions=32)}
 MIN_RM_QUALITY = 0.6  # held-out pair accuracy and fresh-sample AUC below this count as near chance
 
 
 def add_reward_args(p):
     """Step 2's flags: the reward, its scale, its penalties, and the reward model's bar."""
     g = p.add_argument_group("reward")
-    g.add_argument("--reward", default="rm", choices=["rm", "exact", "rm+exact"])
+    g.add_argument("--reward", default="rm", choices=["rm", "exact", "rm+exact", "random"],
+                   help="random: a control, a seeded N(0,1) per rollout in place of the standardised RM score")
     g.add_argument("--kl_coef", type=common.NONNEG_FLOAT, default=0.02,
                    help="beta of the per-token KL penalty, in standardised reward units")
     g.add_argument("--kl_target", type=common.POSITIVE, default=None,
                    help="adaptive KL: adjust beta towards this KL per rationale (off by default)")
-    g.add_argument("--kl_horizon", type=common.POSITIVE, default=10000)
+    g.add_argument("--kl_horizon", type=common.POSITIVE, default=10,
+                   help="updates over which the adaptive controller moves beta by its (clipped) error")
     g.add_argument("--no_answer_penalty", type=common.NONNEG_FLOAT, default=1.0,
                    help="subtracted when a finished rationale states no final answer")
     g.add_argument("--unfinished_penalty", type=common.NONNEG_FLOAT, default=2.0,
@@ -153,10 +175,12 @@ def add_optimisation_args(p):
     g.add_argument("--estimator", default="ppo", choices=["ppo", "rloo", "grpo"],
                    help="ppo: GAE with a critic (the paper); rloo / grpo: a baseline from the other samples of "
                         "the same question, no critic")
-    g.add_argument("--critic_init", default="rm", choices=["rm", "sft"],
-                   help="rm: the reward model, standardised (needs --rm, also with --reward exact)")
+    g.add_argument("--critic_init", default="sft", choices=["sft", "rm"],
+                   help="sft: the SFT model's trunk with a zero scalar head (values start at 0, whatever the "
+                        "reward); rm: the reward model, standardised (needs --rm)")
     g.add_argument("--clip", type=common.POSITIVE, default=0.2, help="policy ratio clip")
-    g.add_argument("--value_clip", type=common.POSITIVE, default=0.2)
+    g.add_argument("--value_clip", type=common.POSITIVE, default=None,
+                   help="clip each value's move per update to +-this (off by default)")
     g.add_argument("--gamma", type=common.FRACTION, default=1.0)
     g.add_argument("--lam", type=common.FRACTION, default=0.95)
     g.add_argument("--grad_clip", type=common.POSITIVE, default=1.0)
@@ -172,10 +196,11 @@ def add_evaluation_args(p):
     g = p.add_argument_group("evaluation and checkpoint selection")
     g.add_argument("--eval_interval", type=common.COUNT, default=8, help="validate and checkpoint every N updates")
     g.add_argument("--eval_limit", type=common.NONNEG, default=0,
-                   help="test questions logged at each evaluation (0: all)")
+                   help="validation questions of each evaluation (0: all); the test split is never read here")
     common.add_eval_temperature_arg(g)
     g.add_argument("--val_samples", type=common.SAMPLES, default=4,
-                   help="samples per validation question for choosing the best checkpoint")
+                   help="samples per validation question at --eval_temperature, logged beside the greedy "
+                        "accuracy that chooses the checkpoint")
     g.add_argument("--log_samples", type=common.NONNEG, default=3,
                    help="decoded rollouts written to the log at each evaluation")
 
@@ -184,7 +209,7 @@ def get_args(argv=None):
     p = common.ArgumentParser(description=__doc__)
     g = p.add_argument_group("input / output")
     g.add_argument("--sft", required=True, help="SFT checkpoint: the initial policy and the frozen reference")
-    g.add_argument("--rm", help="reward-model checkpoint (needed unless --reward exact)")
+    g.add_argument("--rm", help="reward-model checkpoint (needed for --reward rm, rm+exact and --critic_init rm)")
     g.add_argument("--data_dir", required=True, help="folder with train/val/test.jsonl, tokenizer.json, meta.json")
     g.add_argument("--out_dir", required=True)
     g.add_argument("--resume", action="store_true", help="continue from out_dir/ppo_last.pt")
@@ -208,8 +233,10 @@ def get_args(argv=None):
 
 def check_args(p, args):
     """What no single flag's type can check, and the settings one flag implies for another."""
-    if args.reward != "exact" and not args.rm:
+    if args.reward in ("rm", "rm+exact") and not args.rm:
         p.error(f"--reward {args.reward} needs --rm")
+    if args.critic_init == "rm" and args.estimator == "ppo" and not args.rm:
+        p.error("--critic_init rm needs --rm")
     if args.critic_warmup_updates >= args.updates:
         p.error(f"--critic_warmup_updates ({args.critic_warmup_updates}) leaves no update for the policy "
                 f"(--updates {args.updates})")
@@ -218,9 +245,11 @@ def check_args(p, args):
                 f"must be at least 2")
     if args.estimator != "ppo":
         args.critic_warmup_updates = 0  # there is no critic
-    if args.critic_init == "rm" and not args.rm:
-        args.critic_init = "sft"  # exact-match reward and no reward model: SFT's trunk
     args.micro_batch_size = min(args.micro_batch_size or args.minibatch_size, args.minibatch_size)
+    policy_steps = (args.updates - args.critic_warmup_updates) * steps_per_update(args)
+    if args.warmup_steps > policy_steps:
+        p.error(f"--warmup_steps {args.warmup_steps} is longer than the run's {policy_steps} policy optimizer "
+                f"steps (--updates {args.updates}): the learning rate would never reach --lr")
 
 
 # -----------------------------------------------------------------------------
@@ -229,6 +258,12 @@ def check_args(p, args):
 
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def sequence_mean(x, mask):
+    """Each row's mean over its masked tokens, then the mean over rows (Shao et al. 2024's 1/|o_i|:
+    every rationale weighs the same, whatever its length)."""
+    return ((x * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
 def masked_whiten(x, mask, eps=1e-8):
@@ -240,7 +275,7 @@ def masked_whiten(x, mask, eps=1e-8):
 def _head_logprobs(head, hidden, targets, temperature, n_vocab):
     """log-prob of each target and the entropy of its distribution (no graph), for one chunk
     of hidden states (N, C): the only place a (N, vocabulary) tensor exists."""
-    logp_all = mask_padded_vocab(head(hidden).float() / temperature, n_vocab).log_softmax(-1)
+    logp_all = mask_padded_vocab(fp32_head(head, hidden) / temperature, n_vocab).log_softmax(-1)
     with torch.no_grad():
         entropy = -(logp_all.exp() * logp_all.nan_to_num(neginf=0.0)).sum(-1)
     return logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
@@ -294,13 +329,14 @@ def compute_gae(rewards, values, mask, gamma, lam):
     return adv, (adv + values) * mask
 
 
-def policy_loss(new_logp, old_logp, advantages, mask, clip):
+def policy_loss(new_logp, old_logp, advantages, mask, clip, per_sequence=False):
     """PPO's clipped surrogate: a token whose ratio has left [1-clip, 1+clip] in the
-    direction its advantage pushes gets no gradient."""
+    direction its advantage pushes gets no gradient. The loss is the mean over the tokens, or
+    (per_sequence, GRPO's) over each rationale's tokens and then over rationales."""
     ratio = torch.exp(new_logp - old_logp)
     loss_unclipped = -advantages * ratio
     loss_clipped = -advantages * ratio.clamp(1 - clip, 1 + clip)
-    loss = masked_mean(torch.max(loss_unclipped, loss_clipped), mask)
+    loss = (sequence_mean if per_sequence else masked_mean)(torch.max(loss_unclipped, loss_clipped), mask)
     with torch.no_grad():
         log_ratio = new_logp - old_logp
         approx_kl = masked_mean((ratio - 1) - log_ratio, mask)  # k3 estimator, >= 0
@@ -308,9 +344,20 @@ def policy_loss(new_logp, old_logp, advantages, mask, clip):
     return loss, approx_kl, clip_frac
 
 
-def value_loss(new_values, old_values, returns, mask, clip):
+def value_loss(new_values, old_values, returns, mask, clip=None):
+    """Squared error to the returns; with clip, PPO2's pessimistic clipped form (a value may not
+    gain by moving more than clip from where it was before the update)."""
+    if clip is None:
+        return 0.5 * masked_mean((new_values - returns) ** 2, mask)
     clipped = old_values + (new_values - old_values).clamp(-clip, clip)
     return 0.5 * masked_mean(torch.max((new_values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def k3_kl(logp, ref_logp):
+    """Per-token estimate of KL(pi || pi_ref) from tokens sampled by pi (Schulman's k3, as GRPO's
+    loss uses it): exp(ref - logp) - (ref - logp) - 1, never negative, unbiased."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
 
 
 def explained_variance(values, returns, mask):
@@ -319,36 +366,54 @@ def explained_variance(values, returns, mask):
     return float("nan") if var_r == 0 else float(1 - (r - v).var() / var_r)
 
 
-def adaptive_kl_coef(kl_coef, kl, target, n_samples, horizon):
+def adaptive_kl_coef(kl_coef, kl, target, horizon):
     """Ziegler et al. (2019): raise beta when the KL to the reference is above target, lower
-    it when below; the step is proportional to the error (clipped to +-20%)."""
+    it when below; the step is proportional to the error (clipped to +-20%) over `horizon`,
+    counted in updates (Ziegler's 10,000 samples are about 20 of their updates)."""
     err = max(-0.2, min(0.2, kl / target - 1))
-    return kl_coef * (1 + err * n_samples / horizon)
+    return kl_coef * (1 + err / horizon)
 
 
 def sequence_rewards(kind, rm_z, correct, has_answer, finished, no_answer_penalty,
-                     unfinished_penalty, clip):
+                     unfinished_penalty, clip, noise=None):
     """One reward per rationale (SML step 3c's sequence reward), all tensors (B,).
     kind: "rm" (the standardised reward-model score, the paper), "exact" (1 if the one answer
-    it states is right: RL on a verifiable reward) or "rm+exact". A rationale that states no
-    answer loses no_answer_penalty; one that never ended gets -unfinished_penalty whatever
-    it says (the reward model only ever saw finished rationales)."""
-    r = {"rm": rm_z, "exact": correct, "rm+exact": rm_z + correct}[kind]
+    it states is right: RL on a verifiable reward), "rm+exact", or "random" (`noise`, N(0,1):
+    a control on the standardised RM's scale that carries no information). A rationale that
+    states no answer loses no_answer_penalty; one that never ended gets -unfinished_penalty
+    whatever it says (the reward model only ever saw finished rationales)."""
+    r = {"rm": rm_z, "exact": correct, "rm+exact": rm_z + correct, "random": noise}[kind]
     r = r - no_answer_penalty * (~has_answer).float()
     r = torch.where(finished, r, torch.full_like(r, -unfinished_penalty))
     return r.clamp(-clip, clip)
 
 
+def random_rewards(seeds, device):
+    """--reward random: one N(0,1) draw per rollout from the rollout's own seed, so that a resumed
+    run (and any batching) gives every rollout the same reward."""
+    return torch.tensor([random.Random(rationales.derive_seed(s, "random reward")).gauss(0.0, 1.0) for s in seeds],
+                        device=device)
+
+
 def group_advantages(returns, k, estimator, eps=1e-6):
     """The advantage of each of the k samples of a question (consecutive rows of `returns`, (B,)),
     against a baseline from its own group. rloo: minus the mean of the other k-1 samples
-    (an unbiased baseline: it does not depend on the sample it is subtracted from). grpo: minus the
-    group's mean, over the group's std."""
+    (an unbiased baseline: it does not depend on the sample it is subtracted from). grpo (Shao et
+    al. 2024): minus the group's mean, over the group's std; `returns` is then the sequence reward
+    alone (GRPO's KL is a loss term, not part of the reward)."""
     groups = returns.view(-1, k)
     if estimator == "rloo":
         return (groups - (groups.sum(1, keepdim=True) - groups) / (k - 1)).view(-1)
     mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)
     return ((groups - mean) / (std + eps)).view(-1)
+
+
+def unit_rms(advantages, mask, eps=1e-8):
+    """The advantages over their root mean square over the batch's response tokens, so that one
+    --lr is one step size for every estimator (PPO's whitened advantages already have RMS 1;
+    RLOO's and GRPO's were 0.73 and 0.82 in the world). A constant per batch: the signs and the
+    ratios between rationales are the estimator's own."""
+    return advantages * torch.rsqrt(masked_mean(advantages ** 2, mask) + eps)
 
 
 def micro_batches(rows, size):
@@ -382,7 +447,7 @@ class Batch:
     ref_logp: torch.Tensor  # the reference (SFT) model's
     values: torch.Tensor  # the critic's, before the epochs
     rewards: torch.Tensor  # -beta * KL per token, + the sequence reward on the last
-    advantages: torch.Tensor  # GAE, whitened over the batch's response tokens
+    advantages: torch.Tensor  # GAE whitened, or the group's; unit RMS over the batch's response tokens
     returns: torch.Tensor  # advantages (before whitening) + values: the critic's target
     kl_per_seq: torch.Tensor  # (B,) KL to the reference, summed over the response
 
@@ -403,7 +468,8 @@ def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, de
                          seeds=seeds[s * k:(s + batch_prompts) * k], n_vocab=n_vocab)
         chunk = out.token_lists()
         responses += chunk
-        sampler_logp += [out.logprobs[i, :len(r)].tolist() for i, r in enumerate(chunk)]
+        logprobs = out.logprobs.cpu()  # one copy to the host per batch, not one per row
+        sampler_logp += [logprobs[i, :len(r)].tolist() for i, r in enumerate(chunk)]
         finished.append(out.finished.cpu())
     seqs = [prompts[i // k] + r for i, r in enumerate(responses)]
     idx, _ = pad_batch(seqs, stop_ids[0])
@@ -431,13 +497,29 @@ def score_sequences(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
     return torch.cat(out)
 
 
-def standardised_critic(rm, mean, std):
-    """The critic starts as the reward model whose head is rescaled to (score - mean) / std:
-    its first values are in the same units as the standardised rewards."""
-    critic = copy.deepcopy(rm)
+def standardise_head(critic, mean, std):
+    """--critic_init rm: the reward model's head rescaled in place to (score - mean) / std, the
+    units of the standardised rewards. Only at the end-of-text token is that the RM's judgment:
+    at earlier positions (all the values GAE reads) the head was never trained."""
     with torch.no_grad():
         critic.score_head.weight /= std
         critic.score_head.bias.sub_(mean).div_(std)
+    return critic
+
+
+def standardised_critic(rm, mean, std):
+    """A float32 copy of the reward model with its head standardised (standardise_head)."""
+    return standardise_head(copy.deepcopy(rm).float(), mean, std)
+
+
+def fresh_critic(lm):
+    """--critic_init sft (the default): the SFT model's trunk with a zero scalar head, float32.
+    Its first values are 0 for every reward kind (RM, exact match, random), so the runs
+    that compare rewards start from the same critic; the head learns the reward's scale."""
+    critic = lm_to_scalar(lm).float()
+    with torch.no_grad():
+        critic.score_head.weight.zero_()
+        critic.score_head.bias.zero_()
     return critic
 
 
@@ -446,8 +528,9 @@ def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, temperatur
                   micro_batch_size=None, amp=nullcontext(), n_vocab=None, estimator="ppo", k=None):
     """Step 3 of an update: old and reference log-probs, values, per-token rewards, and the
     advantages: GAE with the critic's values (ppo), or each rationale's return against its
-    group of k (rloo, grpo: critic is None). The forwards run micro_batch_size rows at a
-    time, each cut to its longest row."""
+    group of k (rloo, grpo: critic is None; grpo's reward leaves the KL out, ppo_update adds it
+    to the loss). The advantages have unit RMS over the batch's response tokens whatever the
+    estimator. The forwards run micro_batch_size rows at a time, each cut to its longest row."""
     policy.eval()
     old_logp, ref_logp, values = (torch.zeros_like(rollouts.mask) for _ in range(3))
     for rows in micro_batches(torch.arange(rollouts.idx.size(0)), micro_batch_size or rollouts.idx.size(0)):
@@ -459,7 +542,8 @@ def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, temperatur
             if critic is not None:
                 values[rows, :T - 1] = values_of(critic.eval(), idx) * mask
     kl = (old_logp - ref_logp) * rollouts.mask
-    rewards = -kl_coef * kl  # the KL penalty to the SFT model, on every response token
+    # the KL penalty to the SFT model, on every response token (GRPO puts it in the loss instead)
+    rewards = -(0.0 if estimator == "grpo" else kl_coef) * kl
     last = rollouts.mask.cumsum(1).argmax(1)  # position of each row's last response token
     rewards[torch.arange(rollouts.idx.size(0)), last] += seq_reward
     if estimator == "ppo":
@@ -467,18 +551,21 @@ def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, temperatur
         advantages = masked_whiten(advantages, rollouts.mask)
     else:  # the whole rationale's return, against the other samples of its question
         advantages = group_advantages(rewards.sum(1), k, estimator).unsqueeze(1) * rollouts.mask
+        advantages = unit_rms(advantages, rollouts.mask)
         returns = torch.zeros_like(values)
     return Batch(rollouts.idx, rollouts.mask, rollouts.seq_lens, old_logp, ref_logp, values, rewards, advantages,
                  returns, kl.sum(1))
 
 
 def minibatch_gradients(policy, critic, batch, mb, micro_batch_size, temperature, clip, value_clip, train_policy,
-                        amp, n_vocab):
+                        amp, n_vocab, kl_loss_coef=0.0, per_sequence=False):
     """The gradients of one minibatch (`mb`: row indices), micro_batch_size rows at a time, each
-    micro-batch's loss weighted by its share of the minibatch's response tokens, so the
-    accumulated gradient is the whole minibatch's. The policy's forward and backward run before
-    the critic's, so the two graphs are never alive at once. Returns the minibatch's
-    diagnostics (their token-weighted means) and its largest policy ratio."""
+    micro-batch's loss weighted by its share of the minibatch's response tokens (per_sequence:
+    of its rationales), so the accumulated gradient is the whole minibatch's. kl_loss_coef adds
+    beta times the k3 estimate of the KL to the reference to the policy's loss (GRPO). The
+    policy's forward and backward run before the critic's, so the two graphs are never alive at
+    once. Returns the minibatch's diagnostics (their token-weighted means) and its largest
+    policy ratio."""
     n_tok = batch.mask[mb].sum().clamp(min=1)
     stats = {k: 0.0 for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
     ratio_max = 0.0
@@ -490,8 +577,11 @@ def minibatch_gradients(policy, critic, batch, mb, micro_batch_size, temperature
             with amp:
                 new_logp, entropy = token_logprobs(policy, idx, mask, temperature, n_vocab)
             pg_loss, approx_kl, clip_frac = policy_loss(new_logp, batch.old_logp[rows, :T - 1],
-                                                        batch.advantages[rows, :T - 1], mask, clip)
-            (pg_loss * share).backward()
+                                                        batch.advantages[rows, :T - 1], mask, clip, per_sequence)
+            if kl_loss_coef:
+                kl_ref = k3_kl(new_logp, batch.ref_logp[rows, :T - 1])
+                pg_loss = pg_loss + kl_loss_coef * (sequence_mean if per_sequence else masked_mean)(kl_ref, mask)
+            (pg_loss * (len(rows) / len(mb) if per_sequence else share)).backward()
             ratio = torch.exp(new_logp.detach() - batch.old_logp[rows, :T - 1])[mask > 0]
             ratio_max = max(ratio_max, float(ratio.max()) if ratio.numel() else 0.0)
             for k, v in (("policy_loss", pg_loss), ("approx_kl", approx_kl), ("clip_frac", clip_frac),
@@ -517,14 +607,15 @@ def optimizer_step(model, optimizer, grad_clip):
 
 def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, minibatch_size, temperature,
                clip, value_clip, grad_clip, micro_batch_size=None, train_policy=True, target_kl=None,
-               lr_at=None, amp=nullcontext(), n_vocab=None):
+               lr_at=None, amp=nullcontext(), n_vocab=None, kl_loss_coef=0.0, per_sequence=False):
     """Step 4 of an update: several epochs of minibatch updates on one batch. Returns the
     diagnostics, averaged over minibatches (ratio_max and the gradient norms: their largest;
     first_approx_kl: the first minibatch's, which should be 0; epoch_clip_frac: per epoch).
 
     A minibatch is one optimizer step (its gradients: minibatch_gradients). train_policy=False
     (the critic's warmup) leaves the policy as it is; critic=None (rloo, grpo) trains the policy
-    alone. lr_at(i) -> (policy lr, critic lr) of this update's i-th optimizer step.
+    alone. lr_at(i) -> (policy lr, critic lr) of this update's i-th optimizer step. target_kl:
+    a minibatch whose approx KL (before its step) passes it ends the epochs without its step.
     Both models run in eval mode: dropout would make the log-probs differ from the rollout's
     even at the first step, where the ratio must be 1."""
     n = batch.idx.size(0)
@@ -546,8 +637,17 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, mi
                 if critic is not None:
                     common.set_lr(opt_critic, lr_critic)
             mb_stats, mb_ratio_max = minibatch_gradients(policy, critic, batch, mb, micro_batch_size, temperature,
-                                                         clip, value_clip, train_policy, amp, n_vocab)
+                                                         clip, value_clip, train_policy, amp, n_vocab,
+                                                         kl_loss_coef, per_sequence)
             ratio_max = max(ratio_max, mb_ratio_max)
+            if train_policy and target_kl is not None and mb_stats["approx_kl"] > target_kl:
+                # the policy has moved as far as one batch of rollouts should take it: no step
+                # from this minibatch (its KL is measured before the step, as Stable-Baselines3 does)
+                for model in (policy, critic):
+                    if model is not None:
+                        model.zero_grad(set_to_none=True)
+                stopped = True
+                break
             if train_policy:
                 grad_norm = max(grad_norm, optimizer_step(policy, opt_policy, grad_clip))
             if critic is not None:
@@ -557,15 +657,12 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, mi
                 if (train_policy and k != "value_loss") or (critic is not None and k == "value_loss"):
                     stats[k].append(v)
             epoch_clip_frac[-1].append(mb_stats["clip_frac"])
-            if train_policy and target_kl is not None and mb_stats["approx_kl"] > target_kl:
-                stopped = True  # the policy has moved as far as one batch of rollouts should take it
-                break
         if stopped:
             break
     out = {k: float(np.mean(v)) if v else None for k, v in stats.items()}
     if train_policy:  # the first minibatch compares the policy with itself: approx KL 0, nothing clipped
-        out["first_approx_kl"] = stats["approx_kl"][0]
-        out["epoch_clip_frac"] = [float(np.mean(c)) for c in epoch_clip_frac]
+        out["first_approx_kl"] = stats["approx_kl"][0] if stats["approx_kl"] else None
+        out["epoch_clip_frac"] = [float(np.mean(c)) for c in epoch_clip_frac if c]
     return {**out, "ratio_max": ratio_max if train_policy else None, "grad_norm": grad_norm if train_policy else None,
             "critic_grad_norm": critic_grad_norm if critic is not None else None, "optimizer_steps": steps,
             "kl_stop": stopped}
@@ -621,8 +718,10 @@ def reward_scale(rm, policy, prompts, k, temperature, max_new_tokens, stops, see
     if scores.numel() < 2:
         raise common.UserError("too few of the SFT model's rationales finish to measure the reward "
                                "model's scale; raise --max_new_tokens or --norm_questions")
-    q = torch.quantile(scores, torch.tensor([0.0, 0.05, 0.5, 0.95, 1.0], dtype=scores.dtype)).tolist()
-    return {"mean": float(scores.mean()), "std": float(scores.std()), "n": scores.numel(),
+    # quantile's q on the scores' device (CUDA and MPS refuse a CPU one); one copy to the host
+    q = torch.tensor([0.0, 0.05, 0.5, 0.95, 1.0], dtype=scores.dtype, device=scores.device)
+    mean, std, *q = torch.cat([scores.mean().view(1), scores.std().view(1), torch.quantile(scores, q)]).tolist()
+    return {"mean": mean, "std": std, "n": scores.numel(),
             "min": q[0], "p05": q[1], "median": q[2], "p95": q[3], "max": q[4]}
 
 
@@ -632,12 +731,11 @@ def reward_scale(rm, policy, prompts, k, temperature, max_new_tokens, stops, see
 
 @dataclass
 class PPOData:
-    """The questions PPO samples from, chooses on and reports on, with what reads them."""
+    """The questions PPO samples from and chooses on, with what reads them."""
     tok: object
     task: object
     train_rows: list
     val_rows: list
-    test_rows: list
     prompt_ids: dict  # question id -> prompt token ids
     stop_ids: list  # the end-of-text and every end id the checkpoint declares (the first pads)
     n_vocab: int  # the tokenizer's vocabulary: ids past it (a padded embedding) are never sampled
@@ -664,25 +762,35 @@ def load_data(args, policy_config):
         raise DataError(f"{val_path}: no such file; PPO chooses its checkpoint on the validation "
                         f"split that data/prepare.py writes (held out of collection, SFT and the RM)")
     val_rows = load_dataset(val_path)
-    test_rows = load_dataset(os.path.join(args.data_dir, "test.jsonl"))
-    test_rows = test_rows[:args.eval_limit] if args.eval_limit else test_rows
-    # every prompt PPO will sample from must fit, checked now rather than after an hour
-    for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
+    val_rows = val_rows[:args.eval_limit] if args.eval_limit else val_rows
+    # every prompt PPO will sample from must fit, checked now rather than after an hour (the test
+    # split is not read here: it is read once, by evaluate.py, for the final table)
+    for name, rows in (("train", train_rows), ("val", val_rows)):
         for r in rows:
             if len(tok.encode(task.prompt(r["question"])).ids) >= policy_config.block_size:
                 raise DataError(f"{name} question {r['id']!r} does not fit the model's context of "
                                 f"{policy_config.block_size} tokens")
     prompt_ids = {r["id"]: tok.encode(task.prompt(r["question"])).ids for r in train_rows}
-    return PPOData(tok, task, train_rows, val_rows, test_rows, prompt_ids, stop_ids(tok, policy_config),
+    return PPOData(tok, task, train_rows, val_rows, prompt_ids, stop_ids(tok, policy_config),
                    tok.get_vocab_size(), args.max_new_tokens or task.rationale_tokens)
 
 
+def uses_rm(args):
+    """Whether the reward model enters the run: in the reward, or as the critic's start."""
+    return args.reward in ("rm", "rm+exact") or (args.estimator == "ppo" and args.critic_init == "rm")
+
+
 def start(args, rt, data, policy, ref, rm, rm_report):
-    """A fresh run: measure the reward model's scale on SFT samples, build the critic from it
-    (none for rloo and grpo)."""
+    """A fresh run: build the critic (none for rloo and grpo), cast the frozen models to the
+    compute dtype, and measure the reward model's scale on SFT samples with the copy that will
+    score (the critic from the RM is rescaled to it)."""
     state = {"update": 0, "kl_coef": args.kl_coef, "reward_mean": 0.0, "reward_std": 1.0, "reward_scale": None,
              "best_val": -1.0, "best_update": None, "val_history": [], "gen_state": None}
-    if rm is not None:
+    critic = None  # rloo, grpo
+    if args.estimator == "ppo":  # float32 weights for the optimizer, taken before the frozen ones are cast
+        critic = copy.deepcopy(rm).float() if args.critic_init == "rm" else fresh_critic(ref)
+    freeze(rt, ref, rm)
+    if uses_rm(args):
         k = args.samples_per_question
         rng = random.Random(rationales.derive_seed(args.seed, "norm"))
         rows = rng.sample(data.train_rows, min(args.norm_questions, len(data.train_rows)))
@@ -695,10 +803,14 @@ def start(args, rt, data, policy, ref, rm, rm_report):
         print(f"reward model on {scale['n']} finished SFT rationales: mean {scale['mean']:.3f}, std "
               f"{scale['std']:.3f} (floor {floor:.3f}: std used {state['reward_std']:.3f}), raw range "
               f"{scale['min']:.2f} .. {scale['max']:.2f} (5-95%: {scale['p05']:.2f} .. {scale['p95']:.2f})")
-    critic = None  # rloo, grpo
-    if args.estimator == "ppo":
-        critic = (standardised_critic(rm, state["reward_mean"], state["reward_std"])
-                  if args.critic_init == "rm" else lm_to_scalar(ref))
+        if not (math.isfinite(state["reward_mean"]) and math.isfinite(state["reward_std"])
+                and state["reward_std"] > 0):  # else every standardised reward, and the critic, is NaN
+            raise common.UserError(
+                f"{args.rm}: the reward model's scores on {scale['n']} finished SFT rationales have mean "
+                f"{scale['mean']:.4g} and std {scale['std']:.4g} (floor {floor:.4g}): no scale to standardise "
+                f"rewards by; check the reward model (does its score head vary?) or raise --reward_std_floor")
+        if args.estimator == "ppo" and args.critic_init == "rm":
+            standardise_head(critic, state["reward_mean"], state["reward_std"])
     return critic, state
 
 
@@ -724,13 +836,19 @@ def resume(ckpt, paths, rt):
     return critic, ckpt["ppo_state"]
 
 
-def trainable_and_frozen(args, rt, policy, ref, rm, critic):
+def freeze(rt, *frozen):
     """The frozen models in the compute dtype (bf16 on a GPU): half the memory, and what autocast
-    would compute in anyway. The policy and the critic keep float32 weights for the optimizer."""
-    for frozen in (ref, rm):
-        if frozen is not None:
-            frozen.requires_grad_(False)
-            frozen.to(rt.dtype).eval()
+    would compute in anyway."""
+    for model in frozen:
+        if model is not None:
+            model.requires_grad_(False)
+            model.to(rt.dtype).eval()
+
+
+def trainable_and_frozen(args, rt, policy, ref, rm, critic):
+    """The frozen models in the compute dtype; the policy and the critic keep float32 weights
+    for the optimizer."""
+    freeze(rt, ref, rm)
     for model in (policy, critic):
         if model is not None:
             model.requires_grad_(True)
@@ -757,7 +875,7 @@ def setup(args, rt, paths):
     if args.rm:
         rm, rm_ckpt = load_checkpoint(args.rm, kind="scalar", tokenizer_json=tok.to_str(), device=rt.device)
         rm_report = rm_ckpt.get("report")
-        if args.reward != "exact":
+        if args.reward in ("rm", "rm+exact"):
             check_reward_model(rm_report, args.rm, args.allow_weak_rm)
     if os.path.exists(paths.summary):
         os.remove(paths.summary)  # ours, and it says "finished": a rerun, fresh or resumed, is not yet
@@ -799,12 +917,12 @@ def save_resume_point(path, args, data, models, state, update):
                            "opt_critic": models.opt_critic.state_dict() if critic else None, "ppo_state": state})
 
 
-def validate(policy, data, args, rt, rows, name, samples):
-    """Accuracy over `samples` samples per question, with the same seeds at every update
-    (common random numbers: candidates differ by their weights, not by their luck), and its
-    standard error over questions."""
+def validate(policy, data, args, rt, rows, name, samples, temperature):
+    """Accuracy over `samples` samples per question (temperature 0: the greedy answer), with the
+    same seeds at every update (common random numbers: candidates differ by their weights, not
+    by their luck), and its standard error over questions."""
     with rt.autocast:
-        _, preds = rationales.evaluate(policy, data.tok, data.task, rows, args.eval_temperature, samples,
+        _, preds = rationales.evaluate(policy, data.tok, data.task, rows, temperature, samples,
                                        rationales.derive_seed(args.seed, name), quiet=True,
                                        max_new_tokens=data.max_new_tokens, batch_prompts=args.batch_prompts)
     per_q = torch.tensor([sum(p["sample_correct"]) / samples for p in preds], dtype=torch.float64)
@@ -813,19 +931,26 @@ def validate(policy, data, args, rt, rows, name, samples):
 
 
 def choose_checkpoint(args, rt, data, models, state, update, rec, best_path):
-    """Checkpoint selection on the validation split; update 0 (SFT itself) is a candidate. The
-    chosen policy is written as weights only: it is what later stages read, not what resumes."""
+    """Checkpoint selection on the validation split by greedy accuracy, the table's headline
+    (a T=1 accuracy rewards sharpening even while the greedy answers get worse); the mean
+    accuracy of --val_samples samples at --eval_temperature is logged beside it. Update 0 (SFT
+    itself) is a candidate. The chosen policy is written as weights only: it is what later
+    stages read, not what resumes. The test split is never read here."""
+    rec["val_greedy_accuracy"], rec["val_greedy_se"] = validate(models.policy, data, args, rt, data.val_rows,
+                                                                "val greedy", 1, 0.0)
     rec["val_accuracy"], rec["val_se"] = validate(models.policy, data, args, rt, data.val_rows, "val",
-                                                  args.val_samples)
-    rec["test_accuracy"], _ = validate(models.policy, data, args, rt, data.test_rows, "test", 1)
-    state["val_history"].append({"update": update, "accuracy": rec["val_accuracy"], "se": rec["val_se"]})
-    if rec["val_accuracy"] > state["best_val"]:  # ties go to the earlier update
-        state["best_val"], state["best_update"] = rec["val_accuracy"], update
+                                                  args.val_samples, args.eval_temperature)
+    state["val_history"].append({"update": update, "greedy_accuracy": rec["val_greedy_accuracy"],
+                                 "greedy_se": rec["val_greedy_se"], "accuracy": rec["val_accuracy"],
+                                 "se": rec["val_se"]})
+    if rec["val_greedy_accuracy"] > state["best_val"]:  # ties go to the earlier update
+        state["best_val"], state["best_update"] = rec["val_greedy_accuracy"], update
         save_checkpoint(best_path, models.policy, data.tok.to_str(),
                         {"script": "train_ppo.py", "args": vars(args), "step": update, "parent": args.sft})
-    print(f"update {update}: validation {100 * rec['val_accuracy']:.1f}% (se {100 * rec['val_se']:.1f}, "
-          f"{len(data.val_rows)} questions x {args.val_samples}), test {100 * rec['test_accuracy']:.1f}%; "
-          f"best so far: update {state['best_update']}")
+    print(f"update {update}: validation greedy {100 * rec['val_greedy_accuracy']:.1f}% (se "
+          f"{100 * rec['val_greedy_se']:.1f}), at T={args.eval_temperature:g} {100 * rec['val_accuracy']:.1f}% "
+          f"(se {100 * rec['val_se']:.1f}, {len(data.val_rows)} questions x {args.val_samples}); best so far: "
+          f"update {state['best_update']}")
 
 
 # -----------------------------------------------------------------------------
@@ -852,9 +977,10 @@ def draw_questions(args, data, update):
     return rows, [data.prompt_ids[r["id"]] for r in rows], seeds
 
 
-def score_rollouts(args, rt, data, models, state, rows, rollouts):
+def score_rollouts(args, rt, data, models, state, rows, rollouts, seeds=None):
     """Step 2: the sequence reward of each rollout (the standardised RM score for SML, the exact
-    answer check for the baseline, penalties for no answer or no ending)."""
+    answer check for the baseline, a draw from the rollout's seed for the random control;
+    penalties for no answer or no ending)."""
     k, task = args.samples_per_question, data.task
     texts = [decode_sampled(data.tok, r, data.stop_ids) for r in rollouts.responses]
     golds = [rows[i // k]["answer"] for i in range(len(texts))]
@@ -862,18 +988,34 @@ def score_rollouts(args, rt, data, models, state, rows, rollouts):
     correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=rt.device)
     has_answer = torch.tensor([task.stated_answer(t) is not None for t in texts], device=rt.device)
     rm_z = torch.zeros_like(correct)
-    if models.rm is not None and args.reward != "exact":
+    if args.reward in ("rm", "rm+exact"):
         raw = score_sequences(models.rm, rollouts, args.micro_batch_size, rt.autocast)
         rm_z = (raw - state["reward_mean"]) / state["reward_std"]
+    noise = random_rewards(seeds, rt.device) if args.reward == "random" else None
     sequence = sequence_rewards(args.reward, rm_z, correct, has_answer, rollouts.finished, args.no_answer_penalty,
-                                args.unfinished_penalty, args.reward_clip)
+                                args.unfinished_penalty, args.reward_clip, noise)
     return Rewards(sequence, rm_z, correct, has_answer, texts)
 
 
+def sampler_logp_gap(rollouts, old_logp):
+    """Mean |the sampler's log-prob - the recomputed old log-prob| over the response tokens: 0 up
+    to rounding in float32; on a GPU in bf16 the KV-cache path and the full forward differ, and
+    a large gap means the ratio's 1 is not the sampler's distribution."""
+    sampled = torch.tensor([lp for row in rollouts.sampler_logp for lp in row], dtype=torch.float32)
+    recomputed = old_logp[rollouts.mask > 0].float().cpu()
+    if sampled.numel() != recomputed.numel() or sampled.numel() == 0:
+        return None
+    return float((sampled - recomputed).abs().mean())
+
+
 def log_record(args, update, rewards, rollouts, batch, stats, state, seconds, t_start):
-    """Step 5: the RM's view and the truth side by side, and PPO's health."""
+    """Step 5: the RM's view and the truth side by side, the KL term beside the reward's spread
+    (kl_term: beta * KL per rationale, in reward units), and PPO's health."""
+    kl = float(batch.kl_per_seq.mean())
     return {"update": update + 1, "rm_score": float(rewards.rm_z.mean()), "accuracy": float(rewards.correct.mean()),
-            "reward": float(rewards.sequence.mean()), "kl_ref": float(batch.kl_per_seq.mean()), **stats,
+            "reward": float(rewards.sequence.mean()), "reward_std": float(rewards.sequence.std()), "kl_ref": kl,
+            "kl_term": state["kl_coef"] * kl, "sampler_logp_gap": sampler_logp_gap(rollouts, batch.old_logp),
+            **stats,
             "expl_var": (explained_variance(batch.values, batch.returns, batch.mask) if args.estimator == "ppo"
                          else None),
             "resp_len": float(rollouts.lengths.float().mean()), "finished": float(rollouts.finished.float().mean()),
@@ -882,8 +1024,8 @@ def log_record(args, update, rewards, rollouts, batch, stats, state, seconds, t_
             "seconds": time.time() - t_start}
 
 
-LOG_COLUMNS = ["update", "rm_score", "accuracy", "kl_ref", "entropy", "clip_frac", "approx_kl", "value_loss",
-               "expl_var", "resp_len", "kl_coef", "tok/s"]
+LOG_COLUMNS = ["update", "rm_score", "accuracy", "reward_std", "kl_ref", "kl_term", "entropy", "clip_frac",
+               "approx_kl", "value_loss", "expl_var", "resp_len", "tok/s"]
 
 
 def print_row(rec):
@@ -893,14 +1035,14 @@ def print_row(rec):
 
 def finish(args, data, state, seconds):
     """summary.json, written last: it says the run is finished, and which update it hands on."""
-    why = (f"highest accuracy on the {len(data.val_rows)} validation questions ({args.val_samples} samples "
-           f"each, the same seeds for every candidate; ties go to the earlier update)")
+    why = (f"highest greedy accuracy on the {len(data.val_rows)} validation questions (ties go to the earlier "
+           f"update)")
     print(f"ppo_best.pt is update {state['best_update']}: {why}")
     common.write_json(os.path.join(args.out_dir, "summary.json"),
                       {"updates": args.updates, "seconds": seconds, "reward": args.reward,
                        "estimator": args.estimator,
                        "critic_init": args.critic_init if args.estimator == "ppo" else None,
-                       "best_update": state["best_update"], "best_val_accuracy": state["best_val"],
+                       "best_update": state["best_update"], "best_val_greedy_accuracy": state["best_val"],
                        "chosen_because": why, "val_history": state["val_history"],
                        "reward_mean": state["reward_mean"], "reward_std": state["reward_std"],
                        "reward_scale": state["reward_scale"]})
@@ -923,7 +1065,7 @@ def main(argv=None):
         rollouts = rollout(models.policy, prompts, args.samples_per_question, args.temperature, data.max_new_tokens,
                            data.stop_ids, seeds, rt.device, args.batch_prompts, rt.autocast, data.n_vocab)
         # 2. Reward: the standardised RM score (SML) and/or the exact answer check, per rationale.
-        rewards = score_rollouts(args, rt, data, models, state, rows, rollouts)
+        rewards = score_rollouts(args, rt, data, models, state, rows, rollouts, seeds)
         # 3. Advantages: old/ref log-probs, values, per-token KL-penalised rewards, GAE (or group baselines).
         batch = prepare_batch(models.policy, models.ref, models.critic, rollouts, rewards.sequence,
                               state["kl_coef"], args.temperature, args.gamma, args.lam, args.micro_batch_size,
@@ -934,15 +1076,19 @@ def main(argv=None):
                            micro_batch_size=args.micro_batch_size, temperature=args.temperature, clip=args.clip,
                            value_clip=args.value_clip, grad_clip=args.grad_clip, target_kl=args.target_kl,
                            train_policy=update >= args.critic_warmup_updates, lr_at=lr_schedule(args, update),
-                           amp=rt.autocast, n_vocab=data.n_vocab)
+                           amp=rt.autocast, n_vocab=data.n_vocab,
+                           # GRPO (Shao et al. 2024): the KL to the reference in the loss, rationales averaged
+                           kl_loss_coef=state["kl_coef"] if args.estimator == "grpo" else 0.0,
+                           per_sequence=args.estimator == "grpo")
         for loss in (stats["policy_loss"], stats["value_loss"]):
             if loss is not None:  # (None: a model that did not train in this update)
                 common.check_loss(loss, f"at update {update + 1}", paths.last)
+        # 5. Log (with the beta this update used), and every --eval_interval updates choose on the
+        #    validation split and save.
+        rec = log_record(args, update, rewards, rollouts, batch, stats, state, time.time() - t0, t_start)
         if args.kl_target:
             state["kl_coef"] = adaptive_kl_coef(state["kl_coef"], float(batch.kl_per_seq.mean()), args.kl_target,
-                                                len(seeds), args.kl_horizon)
-        # 5. Log, and every --eval_interval updates choose on the validation split and save.
-        rec = log_record(args, update, rewards, rollouts, batch, stats, state, time.time() - t0, t_start)
+                                                args.kl_horizon)
         if (update + 1) % args.eval_interval == 0 or update + 1 == args.updates:
             rec["samples"] = [{"question": rows[i // args.samples_per_question]["question"],
                                "rationale": rewards.texts[i], "reward": float(rewards.sequence[i]),

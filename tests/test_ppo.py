@@ -148,12 +148,22 @@ def test_masked_whiten_uses_only_masked_positions():
 
 
 def test_adaptive_kl_controller_moves_towards_the_target():
-    up = train_ppo.adaptive_kl_coef(0.1, kl=2.0, target=1.0, n_samples=100, horizon=1000)
-    down = train_ppo.adaptive_kl_coef(0.1, kl=0.5, target=1.0, n_samples=100, horizon=1000)
-    same = train_ppo.adaptive_kl_coef(0.1, kl=1.0, target=1.0, n_samples=100, horizon=1000)
+    up = train_ppo.adaptive_kl_coef(0.1, kl=2.0, target=1.0, horizon=10)
+    down = train_ppo.adaptive_kl_coef(0.1, kl=0.5, target=1.0, horizon=10)
+    same = train_ppo.adaptive_kl_coef(0.1, kl=1.0, target=1.0, horizon=10)
     assert up > 0.1 > down and same == pytest.approx(0.1)
-    assert up == pytest.approx(0.1 * (1 + 0.2 * 0.1))  # the error is clipped to +20%
-    assert down == pytest.approx(0.1 * (1 - 0.2 * 0.1))
+    assert up == pytest.approx(0.1 * (1 + 0.2 / 10))  # the error is clipped to +20%, over 10 updates
+    assert down == pytest.approx(0.1 * (1 - 0.2 / 10))
+
+
+def test_adaptive_kl_horizon_counts_updates_not_samples():
+    """Over one horizon of updates at a KL far above target, beta grows by about e^0.2 (Ziegler's
+    controller), whatever the batch size; a horizon in samples moved it by 0.4% per update."""
+    beta = 0.02
+    for _ in range(train_ppo.get_args(["--sft", "s", "--reward", "exact", "--data_dir", "d", "--out_dir", "o"]
+                                      ).kl_horizon):
+        beta = train_ppo.adaptive_kl_coef(beta, kl=5.0, target=1.0, horizon=10)
+    assert beta == pytest.approx(0.02 * 1.02 ** 10)
 
 
 def test_sequence_rewards_penalise_no_answer_and_unfinished():
@@ -282,6 +292,8 @@ def test_critic_free_batch_gives_every_token_its_rationales_advantage(tiny_run):
     b = train_ppo.prepare_batch(policy, ref, None, ro, seq_reward, 0.1, 1.0, 1.0, 0.95, estimator="rloo", k=k)
     returns = seq_reward - 0.1 * b.kl_per_seq
     expected = train_ppo.group_advantages(returns, k, "rloo")
+    n_tok = b.mask.sum(1)
+    expected = expected / ((expected ** 2 * n_tok).sum() / n_tok.sum()).sqrt()  # unit RMS over the tokens
     for i in range(12):
         on = b.mask[i] > 0
         assert torch.allclose(b.advantages[i][on], expected[i].expand(int(on.sum())), atol=1e-5)
