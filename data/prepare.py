@@ -47,11 +47,11 @@ from data.tokenizer import train_tokenizer
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {}, "tiny": dict(n_train=200, n_val=20, n_test=100, n_corpus=3000)}
 # The arithmetic worlds, each a set of defaults for the corpus's knobs (flags given still win):
-# misread, the default: a quarter of the changes are phrased so that most careless authors (80%)
+# misread, the default: a quarter of the changes are phrased so that most careless authors (90%)
 # apply the other operation, so the base model is wrong at greedy on about half the questions,
 # the same way each time (docs/world.md); easy: the world before it (no such phrasings, more
 # random slips), whose base model is right at greedy and wrong only when sampled hot.
-WORLDS = {"misread": dict(noise=0.1, tricky=0.25, misread=0.8), "easy": dict(noise=0.2, tricky=0.0, misread=0.8)}
+WORLDS = {"misread": dict(noise=0.1, tricky=0.25, misread=0.9), "easy": dict(noise=0.2, tricky=0.0, misread=0.9)}
 NOISE = 0.2  # the other tasks' careless authors
 # Everything this script writes into --out_dir (the built-in world; a dataset writes some of them)
 OUTPUTS = ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.json"]

@@ -154,7 +154,7 @@ class Arithmetic(Task):
     def _apply(value, op, a):
         return value + a if op == "+" else value - a
 
-    def __init__(self, min_steps=2, max_steps=3, max_operand=3, tricky=0.25, misread=0.8):
+    def __init__(self, min_steps=2, max_steps=3, max_operand=3, tricky=0.25, misread=0.9):
         if not 1 <= min_steps <= max_steps:
             raise ValueError(f"arithmetic needs 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
         if max_operand < 2:

@@ -319,7 +319,7 @@ def written_ops(task, prob, text):
 
 def test_misread_phrasings_at_their_rates_in_the_corpus(tmp_path):
     """A quarter of the changes are tricky phrasings; careless authors apply the other operation
-    at 80% of them and never at a plain one; authors told the correct answer read every one right."""
+    at 90% of them and never at a plain one; authors told the correct answer read every one right."""
     task, rng = get_task("arithmetic"), random.Random(0)
     tricky = steps = misread = plain_misread = right_misread = 0
     for _ in range(3000):
@@ -332,9 +332,9 @@ def test_misread_phrasings_at_their_rates_in_the_corpus(tmp_path):
         right = task.rationalization(prob, prob["answer"], rng)
         right_misread += sum(op != written for op, written in written_ops(task, prob, right))
     assert 0.2 < tricky / steps < 0.27
-    assert 0.77 < misread / tricky < 0.83
+    assert 0.87 < misread / tricky < 0.93
     assert plain_misread == right_misread == 0
-    # and so in prepare.py's corpus: the worked solutions (no hint) misread about 80% of the tricky steps
+    # and so in prepare.py's corpus: the worked solutions (no hint) misread about 90% of the tricky steps
     prepare_main(["--out_dir", str(tmp_path), "--preset", "tiny", "--seed", "3"])
     seen = wrong = 0
     for d in read_jsonl(tmp_path / "corpus.jsonl", {"text": str}):
@@ -345,7 +345,7 @@ def test_misread_phrasings_at_their_rates_in_the_corpus(tmp_path):
         for (op, verb), (_, written, _, _) in zip(asked, task.RATIONALE_STEP_RE.findall(answer)):
             if verb in ("takes back", "takes", "adds", "puts"):
                 seen, wrong = seen + 1, wrong + (op != written)
-    assert seen > 500 and 0.75 < wrong / seen < 0.85
+    assert seen > 500 and 0.85 < wrong / seen < 0.95
 
 
 def test_every_phrasing_has_its_gold_rationale_and_the_checker_flags_a_misreading():
