@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from common import UserError
 from data.jsonl import DataError, append_row, load_dataset, load_pairs, open_log, read_jsonl, read_rows
 from data.prepare import main as prepare_main
 from data.tasks import WORLD_TASKS, get_task
@@ -383,3 +384,25 @@ def test_the_easy_world_is_the_world_before_the_misread_phrasings(tmp_path):
     assert digests == {"train.jsonl": "d24047cac47358e6", "val.jsonl": "b9ef21911ce1d9bd",
                        "test.jsonl": "51e2be12c0f2f50a", "corpus.jsonl": "ba7df49558f939d3"}
     assert json.loads((tmp_path / "meta.json").read_text())["args"]["noise"] == 0.2
+
+
+def test_evaluate_world_prints_each_property_with_its_bound(tiny_run, tmp_path, capsys):
+    """evaluate.py world: greedy accuracy as evaluate.py eval reads it, the temperature sweep,
+    and the shares of the greedy-wrong questions, each with its bound and PASS or FAIL."""
+    import evaluate
+    out = tmp_path / "world.json"
+    flags = ["--data_dir", tiny_run["data"], "--limit", "8", "--device", "cpu"]
+    evaluate.main(["world", "--base", tiny_run["base"], "--k", "1", "--k_hinted", "2", "--json", str(out)] + flags)
+    printed = capsys.readouterr().out
+    props = json.loads(out.read_text())
+    evaluate.main(["eval", "--ckpt", tiny_run["base"], "--summary", str(tmp_path / "eval.json")] + flags)
+    greedy = json.loads((tmp_path / "eval.json").read_text())
+    assert props["greedy"] == greedy["accuracy"] and props["greedy_wrong"] == 8 - greedy["correct"]
+    assert set(props["temperatures"]) == {"1.0", "0.8", "0.6", "0.4", "0.2"}
+    assert props["temperature_lift"] == max(props["temperatures"].values()) - props["greedy"]
+    assert set(props["pass"]) == {"greedy", "temperature_lift", "systematic", "hinted_sound"}  # no --gold
+    assert 0 <= props["hinted_sound"] <= props["hinted_sound_any"] <= 1 and 0 <= props["systematic"] <= 1
+    for what, ok in props["pass"].items():
+        assert evaluate.WORLD_BOUNDS[what][0] in printed and ("PASS" if ok else "FAIL") in printed
+    with pytest.raises(UserError, match="nope.pt: no such checkpoint"):  # common.run: one line
+        evaluate.main(["world", "--base", str(tmp_path / "nope.pt")] + flags)
