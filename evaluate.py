@@ -31,6 +31,7 @@ import rationales
 from data import fewshot, load_world
 from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
 from checkpoint import load_checkpoint
+from generate import label_rationale  # SML step 2, as collection runs it
 
 
 PRESETS = rationales.SAMPLING_PRESETS
@@ -170,7 +171,8 @@ def describe(t):
 # gains not to be what a lower temperature gives for free
 
 WORLD_TEMPERATURES = (1.0, 0.8, 0.6, 0.4, 0.2)
-# (name, what it is, low, high): the bounds the default world is built to meet
+# name: (what it is, low, high), the bounds the default world is built to meet (issue 32; "a few
+# points" of temperature lift taken as 3)
 WORLD_BOUNDS = {
     "greedy": ("base greedy accuracy", 0.25, 0.70),
     "temperature_lift": ("most any temperature lifts accuracy above greedy", None, 0.03),
@@ -206,7 +208,6 @@ def world_properties(model, tok, task, rows, seed, k=4, k_hinted=4, quiet=False)
     (systematic errors), and the share where, given the correct answer (SML step 1's hint, k_hinted
     samples at T=1), some sample passes SML step 2's consistency check with every step right
     (hinted_sound_any; hinted_sound, the same per sample)."""
-    from generate import label_rationale  # SML step 2, as collection runs it
     out = {"n": len(rows)}
     greedy, preds = rationales.evaluate(model, tok, task, rows, 0.0, 1, seed, quiet=quiet)
     out["greedy"] = greedy["accuracy"]
