@@ -18,6 +18,10 @@ Writes into --out_dir:
 The corpus never holds a question of the train or the test split, so neither the test
 questions nor the gold rationales of the train split are ever seen in pretraining.
 
+The arithmetic world holds a misconception (docs/world.md): a quarter of the changes are
+phrased the way most careless authors misread as the other operation. --world easy makes the
+earlier world without it, byte for byte (meta.json records the new flags besides).
+
 The paper's datasets (--task gsm8k, aqua, commonsense_qa, ...; data/datasets.py) are converted,
 not made: train.jsonl, test.jsonl and meta.json from the public files in --source, or
 downloaded and verified into a cache when --source is not given. No corpus. With

@@ -271,7 +271,9 @@ def test_unknown_task_and_bad_arguments(tmp_path):
         get_task("coinflip", min_people=3, max_people=2)
     for bad, said in [(["--task", "nope"], "nope"), (["--hint_frac", "1.5"], "--hint_frac"),
                       (["--min_steps", "4", "--max_steps", "2"], "--min_steps"),
-                      (["--task", "coinflip", "--max_operand", "5"], "--max_operand")]:
+                      (["--task", "coinflip", "--max_operand", "5"], "--max_operand"),
+                      (["--misread", "1.5"], "--misread"), (["--task", "coinflip", "--tricky", "0.5"], "--tricky"),
+                      (["--world", "hard"], "--world")]:
         r = subprocess.run([sys.executable, "data/prepare.py", "--out_dir", str(tmp_path)] + bad,
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
