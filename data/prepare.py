@@ -18,6 +18,10 @@ Writes into --out_dir:
 The corpus never holds a question of the train or the test split, so neither the test
 questions nor the gold rationales of the train split are ever seen in pretraining.
 
+The arithmetic world holds a misconception (docs/world.md): a quarter of the changes are
+phrased the way most careless authors misread as the other operation. --world easy makes the
+earlier world without it, byte for byte (meta.json records the new flags besides).
+
 The paper's datasets (--task gsm8k, aqua, commonsense_qa, ...; data/datasets.py) are converted,
 not made: train.jsonl, test.jsonl and meta.json from the public files in --source, or
 downloaded and verified into a cache when --source is not given. No corpus. With
@@ -46,6 +50,13 @@ from data.tokenizer import train_tokenizer
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {}, "tiny": dict(n_train=200, n_val=20, n_test=100, n_corpus=3000)}
+# The arithmetic worlds, each a set of defaults for the corpus's knobs (flags given still win):
+# misread, the default: a quarter of the changes are phrased so that most careless authors (90%)
+# apply the other operation, so the base model is wrong at greedy on about half the questions,
+# the same way each time (docs/world.md); easy: the world before it (no such phrasings, more
+# random slips), whose base model is right at greedy and wrong only when sampled hot.
+WORLDS = {"misread": dict(noise=0.1, tricky=0.25, misread=0.9), "easy": dict(noise=0.2, tricky=0.0, misread=0.9)}
+NOISE = 0.2  # the other tasks' careless authors
 # Everything this script writes into --out_dir (the built-in world; a dataset writes some of them)
 OUTPUTS = ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.jsonl", "tokenizer.json", "meta.json"]
 # Ceilings far above any use, so that a slip of the keyboard (10**12) is one line, not a run
@@ -95,8 +106,17 @@ def get_args(argv=None):
     g.add_argument("--seed", type=common.SEED, default=1337)
     g.add_argument("--overwrite", action="store_true", help="replace files already in --out_dir")
     g = p.add_argument_group("the corpus (the stand-in for the web)")
-    g.add_argument("--noise", type=float, default=0.2,
-                   help="careless authors: chance that a step is wrong")
+    g.add_argument("--world", default="misread", choices=sorted(WORLDS),
+                   help="arithmetic: the world whose defaults --noise, --tricky and --misread take: "
+                        + "; ".join(f"{w}: " + ", ".join(f"{k} {v}" for k, v in d.items()) for w, d in WORLDS.items()))
+    g.add_argument("--noise", type=float, default=None,
+                   help=f"careless authors: chance that a step is wrong (arithmetic: the --world's; else {NOISE})")
+    g.add_argument("--tricky", type=float, default=None,
+                   help="arithmetic: chance that a change is phrased the way most careless authors misread "
+                        "as the other operation (\"adds 2 to a gift box\" takes 2 away)")
+    g.add_argument("--misread", type=float, default=None,
+                   help="arithmetic: share of careless authors (and of those arguing for a wrong answer) who "
+                        "misread such a phrasing; told the correct answer, authors read it right")
     g.add_argument("--hint_frac", type=float, default=0.5,
                    help="share of documents that argue for a given answer")
     g.add_argument("--hint_wrong_frac", type=float, default=0.5,
@@ -128,12 +148,19 @@ def get_args(argv=None):
         if hasattr(args, k):
             p.error(f"--{k} is for the paper's datasets ({', '.join(datasets.DATASETS)})")
     common.apply_preset(p, args, argv, PRESETS)
+    for k, v in (WORLDS[args.world] if args.task == "arithmetic" else dict(noise=NOISE)).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.task != "arithmetic":
+        for k in ("tricky", "misread"):
+            if getattr(args, k) is not None:
+                p.error(f"--{k} is for --task arithmetic only")
     # bad numbers get one clear line, not a traceback from deep inside a generator
     if args.n_val >= args.n_train:
         p.error(f"--n_val ({args.n_val}) must be smaller than --n_train ({args.n_train})")
     for k in ("noise", "hint_frac", "hint_wrong_frac", "ignore_hint_frac", "rationalize_noise",
-              "assert_frac"):
-        if not 0 <= getattr(args, k) <= 1:
+              "assert_frac", "tricky", "misread"):
+        if getattr(args, k) is not None and not 0 <= getattr(args, k) <= 1:
             p.error(f"--{k} must be between 0 and 1")
     if args.max_operand is not None and args.task != "arithmetic":
         p.error("--max_operand is for --task arithmetic only")
@@ -153,6 +180,8 @@ def task_knobs(args):
              if getattr(args, arg) is not None}
     if args.max_operand is not None:
         knobs["max_operand"] = args.max_operand
+    if args.task == "arithmetic":
+        knobs.update(tricky=args.tricky, misread=args.misread)
     return knobs
 
 

@@ -125,7 +125,13 @@ class Task:
 
 
 class Arithmetic(Task):
-    """Multi-step word problems with small numbers: a start value, then 2-3 changes."""
+    """Multi-step word problems with small numbers: a start value, then 2-3 changes.
+
+    Some changes are phrased in a way that most careless authors misread as the other
+    operation (TRICKY_ADD, TRICKY_SUB: "Tom adds 2 to a gift box." takes 2 away from Tom).
+    That is the world's misconception: a model trained on the corpus believes the misreading,
+    so it is wrong on those questions at greedy decoding, the same way every time, while the
+    right reading is in the corpus too (the careful authors, and everyone told the answer)."""
     name = "arithmetic"
     answer_kind = "number"
     NAMES = ["Tom", "Ann", "Sam", "Mia", "Ben", "Liz", "Max", "Eva", "Leo", "Zoe", "Kim", "Ray"]
@@ -133,22 +139,31 @@ class Arithmetic(Task):
                "rocks", "eggs", "keys"]
     ADD = ["{n} buys {a} more.", "{n} finds {a} more.", "{n} gets {a} more.", "{n} wins {a} more."]
     SUB = ["{n} gives away {a}.", "{n} loses {a}.", "{n} sells {a}.", "{n} eats {a}."]
-    # the verb of each sentence and its operation, to read a question's steps back: "buys": "+"
-    VERB_OPS = {**dict.fromkeys([t[4:t.index(" {a}")] for t in ADD], "+"),
-                **dict.fromkeys([t[4:t.index(" {a}")] for t in SUB], "-")}
-    QUESTION_STEP_RE = re.compile(rf"\w+ ({'|'.join(VERB_OPS)}) (\d+)")
+    # Phrasings whose surface word points to the other operation: taking is not losing here
+    # (the things come to Tom), adding and putting are (they go into a box that is not Tom's).
+    TRICKY_ADD = ["{n} takes back {a}.", "{n} takes {a} from a jar."]
+    TRICKY_SUB = ["{n} adds {a} to a gift box.", "{n} puts {a} in a gift box."]
+    # the verb of each sentence and its (right) operation, to read a question's steps back: "buys": "+"
+    VERB_OPS = {**dict.fromkeys([t[4:t.index(" {a}")] for t in ADD + TRICKY_ADD], "+"),
+                **dict.fromkeys([t[4:t.index(" {a}")] for t in SUB + TRICKY_SUB], "-")}
+    QUESTION_STEP_RE = re.compile(rf"\w+ ({'|'.join(sorted(VERB_OPS, key=len, reverse=True))}) (\d+)")
     RATIONALE_STEP_RE = re.compile(r"(-?\d+) ([+-]) (\d+) = (-?\d+)\.")
+    OTHER_OP = {"+": "-", "-": "+"}
 
     @staticmethod
     def _apply(value, op, a):
         return value + a if op == "+" else value - a
 
-    def __init__(self, min_steps=2, max_steps=3, max_operand=3):
+    def __init__(self, min_steps=2, max_steps=3, max_operand=3, tricky=0.25, misread=0.9):
         if not 1 <= min_steps <= max_steps:
             raise ValueError(f"arithmetic needs 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
         if max_operand < 2:
             raise ValueError(f"arithmetic needs max_operand >= 2, got {max_operand}")
+        for knob, v in (("tricky", tricky), ("misread", misread)):
+            if not 0 <= v <= 1:
+                raise ValueError(f"arithmetic needs 0 <= {knob} <= 1, got {v}")
         self.min_steps, self.max_steps, self.max_operand = min_steps, max_steps, max_operand
+        self.tricky, self.misread = tricky, misread
 
     def normalize(self, answer):
         a = super().normalize(answer)
@@ -157,20 +172,25 @@ class Arithmetic(Task):
     def make_problem(self, rng):
         name, obj = rng.choice(self.NAMES), rng.choice(self.OBJECTS)
         start = value = rng.randint(1, self.max_operand)
-        sentences, ops = [f"{name} has {value} {obj}."], []
+        sentences, ops, tricky = [f"{name} has {value} {obj}."], [], []
+        # every count an author can reach, misreading any of the tricky steps: a change that
+        # takes away takes no more than the least of them, so no reading goes below zero
+        reachable = {start}
         for _ in range(rng.randint(self.min_steps, self.max_steps)):
-            if value < 2 or rng.random() < 0.5:
-                a = rng.randint(1, self.max_operand)
-                sentences.append(rng.choice(self.ADD).format(n=name, a=a))
-                ops.append(("+", a))
-                value += a
-            else:
-                a = rng.randint(1, min(self.max_operand, value))
-                sentences.append(rng.choice(self.SUB).format(n=name, a=a))
-                ops.append(("-", a))
-                value -= a
+            low = min(reachable)
+            add = low < 2 or rng.random() < 0.5
+            misreadable = self.tricky > 0 and (not add or low >= 1) and rng.random() < self.tricky
+            a = rng.randint(1, self.max_operand if add and not misreadable else min(self.max_operand, low))
+            op = "+" if add else "-"
+            phrasings = (self.TRICKY_ADD if add else self.TRICKY_SUB) if misreadable else (self.ADD if add else self.SUB)
+            sentences.append(rng.choice(phrasings).format(n=name, a=a))
+            ops.append((op, a))
+            tricky.append(misreadable)
+            value = self._apply(value, op, a)
+            reachable = {self._apply(v, o, a) for v in reachable
+                         for o in ((op, self.OTHER_OP[op]) if misreadable else (op,))}
         question = " ".join(sentences) + f" How many {obj} does {name} have now?"
-        return {"question": question, "answer": str(value), "start": start, "ops": ops,
+        return {"question": question, "answer": str(value), "start": start, "ops": ops, "tricky": tricky,
                 "rationale": self._chain(start, ops)[0]}
 
     def _chain(self, start, ops, errors=None):
@@ -184,24 +204,32 @@ class Arithmetic(Task):
             cur = res
         return self.finish(steps, cur), cur
 
-    def _no_negative(self, problem, errors):
-        """Whether the chain with these slips keeps every count at zero or above."""
-        return "= -" not in self._chain(problem["start"], problem["ops"], errors)[0]
+    def _misread_ops(self, problem, rng):
+        """The operations an author writes: each tricky step misread with chance self.misread
+        (a draw only at tricky steps, so a world without them is drawn as before)."""
+        return [(self.OTHER_OP[op] if tricky and rng.random() < self.misread else op, a)
+                for (op, a), tricky in zip(problem["ops"], problem.get("tricky") or [False] * len(problem["ops"]))]
 
-    def _careless_errors(self, problem, rng, error_rate):
+    def _no_negative(self, problem, errors, ops=None):
+        """Whether the chain with these slips keeps every count at zero or above."""
+        return "= -" not in self._chain(problem["start"], ops or problem["ops"], errors)[0]
+
+    def _careless_errors(self, problem, rng, error_rate, ops=None):
         # Each step slips with chance error_rate: its result is off by 1 or 2, and later steps
         # carry the wrong value on. Never a slip that drives a count below zero: the world
         # has no negative counts, so a negative number would give the slip away.
         errors = {}
         for i in range(len(problem["ops"])):
             if rng.random() < error_rate:
-                ok = [d for d in (-2, -1, 1, 2) if self._no_negative(problem, {**errors, i: d})]
+                ok = [d for d in (-2, -1, 1, 2) if self._no_negative(problem, {**errors, i: d}, ops)]
                 if ok:
                     errors[i] = rng.choice(ok)
         return errors
 
     def careless_rationale(self, problem, rng, error_rate):
-        text, value = self._chain(problem["start"], problem["ops"], self._careless_errors(problem, rng, error_rate))
+        # a careless author misreads a tricky phrasing (self.misread) and slips (error_rate)
+        ops = self._misread_ops(problem, rng)
+        text, value = self._chain(problem["start"], ops, self._careless_errors(problem, rng, error_rate, ops))
         return text, str(value)
 
     def rationalization(self, problem, given_answer, rng, noise=0.0):
@@ -214,24 +242,31 @@ class Arithmetic(Task):
         # step, not a quirk of the corpus. Given the correct answer, a slip on the way is bent
         # back later: a right answer for the wrong reason. No count goes negative (the last
         # step always can).
-        errors = self._careless_errors(problem, rng, noise) if noise else {}
-        delta = int(given_answer) - self._chain(problem["start"], problem["ops"], errors)[1]
+        # Tricky phrasings: told the correct answer, the author finds the right reading (the
+        # misreading does not reach it), so the right method is on the web beside the
+        # misconception; told a wrong one, they read as careless authors do and bend.
+        right = self.answers_match(given_answer, problem["answer"])
+        ops = problem["ops"] if right else self._misread_ops(problem, rng)
+        errors = self._careless_errors(problem, rng, noise, ops) if noise else {}
+        delta = int(given_answer) - self._chain(problem["start"], ops, errors)[1]
         if delta:
             bent = lambda i: {**errors, i: errors.get(i, 0) + delta}
-            steps = [i for i in range(len(problem["ops"])) if self._no_negative(problem, bent(i))]
+            steps = [i for i in range(len(ops)) if self._no_negative(problem, bent(i), ops)]
             errors = bent(rng.choice(steps))
-        return self._chain(problem["start"], problem["ops"], errors)[0]
+        return self._chain(problem["start"], ops, errors)[0]
 
     def step_errors(self, question, text):
+        # A step is wrong if it starts from the wrong count, applies the other operation than
+        # the question's sentence means (a misread phrasing), or computes wrong.
         start = re.match(r"\w+ has (\d+) ", question)
         asked = [(self.VERB_OPS[v], int(a)) for v, a in self.QUESTION_STEP_RE.findall(question)]
         steps = self.RATIONALE_STEP_RE.findall(text)
-        if not start or [(op, int(b)) for _, op, b, _ in steps] != asked:
+        if not start or [int(b) for _, _, b, _ in steps] != [a for _, a in asked]:
             return None
         errors, cur = 0, int(start.group(1))
-        for a, op, b, c in steps:  # a step is wrong if it starts from the wrong count or adds wrong
+        for (a, op, b, c), (right_op, _) in zip(steps, asked):
             a, b, c = int(a), int(b), int(c)
-            errors += a != cur or c != self._apply(a, op, b)
+            errors += a != cur or op != right_op or c != self._apply(a, op, b)
             cur = c
         return errors + (self.extract_answer(text) != str(cur))
 

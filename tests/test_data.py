@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from common import UserError
 from data.jsonl import DataError, append_row, load_dataset, load_pairs, open_log, read_jsonl, read_rows
 from data.prepare import main as prepare_main
 from data.tasks import WORLD_TASKS, get_task
@@ -129,11 +130,17 @@ def wrong_sums(steps):
     return [i for i, (a, op, b, c) in enumerate(steps) if (a + b if op == "+" else a - b) != c]
 
 
+def slip_only(name):
+    """A world task whose authors only slip: arithmetic's misread phrasings read right (the
+    misconception has tests of its own, below)."""
+    return get_task(name, misread=0.0) if name == "arithmetic" else get_task(name)
+
+
 def test_rationalizations_and_careless_solutions():
     rng = random.Random(0)
     slip_steps = set()
     for name in WORLD_TASKS:
-        task = get_task(name)
+        task = slip_only(name)
         for _ in range(50):
             prob = task.make_problem(rng)
             # careless with error rate 0 is the gold rationale
@@ -170,7 +177,7 @@ def test_careless_rationalizers_reach_the_given_answer():
     there: always the given answer; for the correct one, sometimes through slips that cancel."""
     rng = random.Random(1)
     for name in ["arithmetic", "coinflip"]:
-        task, cancelling = get_task(name), 0
+        task, cancelling = slip_only(name), 0
         for _ in range(300):
             prob = task.make_problem(rng)
             for given in [prob["answer"], task._wrong_answers(prob["answer"], 1, rng)[0]]:
@@ -191,7 +198,7 @@ def test_careless_rationalizers_reach_the_given_answer():
 def test_step_checker_sees_slips_the_answer_check_cannot():
     rng = random.Random(2)
     for name in WORLD_TASKS:
-        task = get_task(name)
+        task = slip_only(name)
         for _ in range(100):
             prob = task.make_problem(rng)
             q, wrong = prob["question"], task._wrong_answers(prob["answer"], 1, rng)[0]
@@ -264,7 +271,9 @@ def test_unknown_task_and_bad_arguments(tmp_path):
         get_task("coinflip", min_people=3, max_people=2)
     for bad, said in [(["--task", "nope"], "nope"), (["--hint_frac", "1.5"], "--hint_frac"),
                       (["--min_steps", "4", "--max_steps", "2"], "--min_steps"),
-                      (["--task", "coinflip", "--max_operand", "5"], "--max_operand")]:
+                      (["--task", "coinflip", "--max_operand", "5"], "--max_operand"),
+                      (["--misread", "1.5"], "--misread"), (["--task", "coinflip", "--tricky", "0.5"], "--tricky"),
+                      (["--world", "hard"], "--world")]:
         r = subprocess.run([sys.executable, "data/prepare.py", "--out_dir", str(tmp_path)] + bad,
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -300,3 +309,102 @@ def test_prepare_refuses_to_overwrite(world):
     with pytest.raises(common.UserError, match="already holds"):
         prepare_main(["--out_dir", str(world["a"]), "--preset", "tiny", "--seed", "9"])
     assert (world["a"] / "train.jsonl").read_text() == before
+
+
+# -----------------------------------------------------------------------------
+# The misread world (the default): phrasings most careless authors misread
+
+
+def written_ops(task, prob, text):
+    """Per step of a rationale: (the operation the question's sentence means, the one written)."""
+    return [(op, written) for (op, _), (_, written, _, _) in zip(prob["ops"], task.RATIONALE_STEP_RE.findall(text))]
+
+
+def test_misread_phrasings_at_their_rates_in_the_corpus(tmp_path):
+    """A quarter of the changes are tricky phrasings; careless authors apply the other operation
+    at 90% of them and never at a plain one; authors told the correct answer read every one right."""
+    task, rng = get_task("arithmetic"), random.Random(0)
+    tricky = steps = misread = plain_misread = right_misread = 0
+    for _ in range(3000):
+        prob = task.make_problem(rng)
+        steps += len(prob["ops"])
+        tricky += sum(prob["tricky"])
+        for (op, written), t in zip(written_ops(task, prob, task.careless_rationale(prob, rng, 0.1)[0]), prob["tricky"]):
+            misread += t and op != written
+            plain_misread += not t and op != written
+        right = task.rationalization(prob, prob["answer"], rng)
+        right_misread += sum(op != written for op, written in written_ops(task, prob, right))
+    assert 0.2 < tricky / steps < 0.27
+    assert 0.87 < misread / tricky < 0.93
+    assert plain_misread == right_misread == 0
+    # and so in prepare.py's corpus: the worked solutions (no hint) misread about 90% of the tricky steps
+    prepare_main(["--out_dir", str(tmp_path), "--preset", "tiny", "--seed", "3"])
+    seen = wrong = 0
+    for d in read_jsonl(tmp_path / "corpus.jsonl", {"text": str}):
+        if "Hint:" in d["text"]:
+            continue
+        question, answer = d["text"].split("\nAnswer: ")
+        asked = [(task.VERB_OPS[v], v) for v, _ in task.QUESTION_STEP_RE.findall(question)]
+        for (op, verb), (_, written, _, _) in zip(asked, task.RATIONALE_STEP_RE.findall(answer)):
+            if verb in ("takes back", "takes", "adds", "puts"):
+                seen, wrong = seen + 1, wrong + (op != written)
+    assert seen > 500 and 0.85 < wrong / seen < 0.95
+
+
+def test_every_phrasing_has_its_gold_rationale_and_the_checker_flags_a_misreading():
+    task, rng = get_task("arithmetic"), random.Random(1)
+    phrasings = task.ADD + task.SUB + task.TRICKY_ADD + task.TRICKY_SUB
+    seen, flagged = set(), 0
+    for _ in range(2000):
+        prob = task.make_problem(rng)
+        q = prob["question"]
+        seen |= {t for t in phrasings if re.search(t.format(n=r"\w+", a=r"\d+"), q)}
+        # the gold rationale: the operation each sentence means, every step right, the answer
+        assert [op for op, _ in written_ops(task, prob, prob["rationale"])] == [op for op, _ in prob["ops"]]
+        assert task.step_errors(q, prob["rationale"]) == 0
+        assert task.extract_answer(prob["rationale"]) == prob["answer"]
+        # a misread step, computed right, is one wrong step, and every step after it follows
+        misread = task._chain(prob["start"], [(task.OTHER_OP[op] if t else op, a) for (op, a), t
+                                              in zip(prob["ops"], prob["tricky"])])[0]
+        assert task.step_errors(q, misread) == sum(prob["tricky"])
+        flagged += sum(prob["tricky"]) > 0
+        assert min(s[3] for s in arithmetic_steps(misread)) >= 0  # no reading goes below zero
+    assert seen == set(phrasings) and flagged > 500
+    assert task.step_errors("Tom has 3 cups. Tom adds 2 to a gift box. How many cups does Tom have now?",
+                            "3 + 2 = 5. So the answer is 5.") == 1
+    assert task.step_errors("Tom has 3 cups. Tom adds 2 to a gift box. How many cups does Tom have now?",
+                            "3 - 2 = 1. So the answer is 1.") == 0
+
+
+def test_the_easy_world_is_the_world_before_the_misread_phrasings(tmp_path):
+    """--world easy writes the splits and the corpus of the earlier default world byte for byte
+    (sha256 of the tiny preset, seed 1, as commit 117ec97 wrote them)."""
+    import hashlib
+    prepare_main(["--out_dir", str(tmp_path), "--preset", "tiny", "--seed", "1", "--world", "easy"])
+    digests = {f: hashlib.sha256((tmp_path / f).read_bytes()).hexdigest()[:16]
+               for f in ("train.jsonl", "val.jsonl", "test.jsonl", "corpus.jsonl")}
+    assert digests == {"train.jsonl": "d24047cac47358e6", "val.jsonl": "b9ef21911ce1d9bd",
+                       "test.jsonl": "51e2be12c0f2f50a", "corpus.jsonl": "ba7df49558f939d3"}
+    assert json.loads((tmp_path / "meta.json").read_text())["args"]["noise"] == 0.2
+
+
+def test_evaluate_world_prints_each_property_with_its_bound(tiny_run, tmp_path, capsys):
+    """evaluate.py world: greedy accuracy as evaluate.py eval reads it, the temperature sweep,
+    and the shares of the greedy-wrong questions, each with its bound and PASS or FAIL."""
+    import evaluate
+    out = tmp_path / "world.json"
+    flags = ["--data_dir", tiny_run["data"], "--limit", "8", "--device", "cpu"]
+    evaluate.main(["world", "--base", tiny_run["base"], "--k", "1", "--k_hinted", "2", "--json", str(out)] + flags)
+    printed = capsys.readouterr().out
+    props = json.loads(out.read_text())
+    evaluate.main(["eval", "--ckpt", tiny_run["base"], "--summary", str(tmp_path / "eval.json")] + flags)
+    greedy = json.loads((tmp_path / "eval.json").read_text())
+    assert props["greedy"] == greedy["accuracy"] and props["greedy_wrong"] == 8 - greedy["correct"]
+    assert set(props["temperatures"]) == {"1.0", "0.8", "0.6", "0.4", "0.2"}
+    assert props["temperature_lift"] == max(props["temperatures"].values()) - props["greedy"]
+    assert set(props["pass"]) == {"greedy", "temperature_lift", "systematic", "hinted_sound"}  # no --gold
+    assert 0 <= props["hinted_sound"] <= props["hinted_sound_any"] <= 1 and 0 <= props["systematic"] <= 1
+    for what, ok in props["pass"].items():
+        assert evaluate.WORLD_BOUNDS[what][0] in printed and ("PASS" if ok else "FAIL") in printed
+    with pytest.raises(UserError, match="nope.pt: no such checkpoint"):  # common.run: one line
+        evaluate.main(["world", "--base", str(tmp_path / "nope.pt")] + flags)
