@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import evaluate
 import generate
@@ -268,3 +269,34 @@ def test_run_sh_wires_star_iterations_and_sml_rounds(tmp_path):
         assert one("evaluate.py", "--json", run / f"compare_{key}_sml.json")[2] == str(run / f"preds_{key}.jsonl")
         assert one("evaluate.py", "--json", run / f"compare_{key}_sml_greedy.json")[3] == str(
             run / "preds_sml_greedy.jsonl")
+
+
+# --- every trained method chooses its checkpoint on greedy validation accuracy -------------
+
+
+def test_sft_keeps_the_checkpoint_with_the_best_greedy_validation_accuracy(tiny_run, tmp_path, capsys, monkeypatch):
+    """--keep val_greedy (run.sh's choice for every SFT stage, as PPO's): each evaluation scores
+    the model greedily on the first --val_questions of val.jsonl, logs it, and the checkpoint
+    written is the first with the highest score."""
+    import train_sft
+    data, base = tiny_run["data"], tiny_run["base"]
+    rows = [{"id": f"q{i}", "prompt": TASK.prompt(f"Tom has {i} pens. How many pens does Tom have now?"),
+             "completion": f" So the answer is {i}."} for i in range(1, 4)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores, seen = iter([0.25, 0.75, 0.5, 0.75]), []
+
+    def scored(model, tok, task, rows, temperature, k, seed, **kw):  # the tiny base model is right nowhere
+        seen.append(([r["id"] for r in rows], temperature, k, model.training))
+        return {"accuracy": next(scores)}, []
+
+    monkeypatch.setattr(rationales, "evaluate", scored)
+    out = str(tmp_path / "sft.pt")
+    train_sft.main(["--init", base, "--data", str(tmp_path / "sft.jsonl"), "--data_dir", data, "--out", out,
+                    "--max_steps", "8", "--batch_size", "4", "--eval_interval", "2", "--warmup_steps", "0",
+                    "--keep", "val_greedy", "--val_questions", "8", "--device", "cpu"])
+    val_ids = [json.loads(x)["id"] for x in open(os.path.join(data, "val.jsonl"))][:8]
+    assert seen == [(val_ids, 0.0, 1, False)] * 4  # greedy, on validation questions only
+    evals = [json.loads(x) for x in open(tmp_path / "sft.log.jsonl") if "val_score" in x]
+    assert [(r["step"], r["val_score"]) for r in evals] == [(2, 0.25), (4, 0.75), (6, 0.5), (8, 0.75)]
+    assert torch.load(out, weights_only=True)["provenance"]["step"] == 4  # the first of the best
+    assert "step 4 of 8, the best score (0.7500)" in capsys.readouterr().out
