@@ -203,7 +203,7 @@ def render_table(seeds, keys, lines):
         vs_sml = [s["vs_sml"].get(key, {}) for s in seeds if key in s["vs_sml"]]
         table[key] = {"name": name, "greedy_mean": g, "greedy_std": g_sd, "greedy_every_step_right_mean": g_esr,
                       "greedy_every_step_right_std": g_esr_sd, "accuracy_mean": m, "accuracy_std": sd,
-                      "accuracy_se": se, "pass@k_mean": pass_k, f"maj@{k}_mean": maj, "every_step_right_mean": esr,
+                      "accuracy_se": se, f"pass@{k}_mean": pass_k, f"maj@{k}_mean": maj, "every_step_right_mean": esr,
                       "temperatures": temperatures or None, "seeds": len(rows), "k": rows[0].get("k", 1),
                       "n_questions": rows[0]["n"],
                       "vs_sml_greedy": [c.get("greedy") for c in vs_sml] if vs_sml else None}
@@ -211,10 +211,11 @@ def render_table(seeds, keys, lines):
         paired = per_seed(seeds, key, lambda c: (t := c.get("sampled", {}).get("sample_accuracy")) and (
             f"{100 * t['difference']:+.1f} ± {100 * t['se']:.1f}{'*' if t['p_value'] < 0.05 else ''}"))
         shots = rows[0].get("shots")  # a pretrained base model answers behind exemplars
+        greedy_vs = per_seed(seeds, key, lambda c: mcnemar_cell(c.get("greedy")))
+        greedy_steps_vs = per_seed(seeds, key, lambda c: mcnemar_cell(
+            c.get("greedy", {}).get("every_step_right_mcnemar")))
         lines.append(f"| {name} | {pct(g, g_sd, n)} |" + (f" {pct(g_esr, g_esr_sd, n)} |" if checked else "")
-                     + f" {per_seed(seeds, key, lambda c: mcnemar_cell(c.get('greedy')))} |"
-                     + (f" {per_seed(seeds, key, lambda c: mcnemar_cell(c.get('greedy', {}).get('every_step_right_mcnemar')))} |"
-                        if checked else "")
+                     + f" {greedy_vs} |" + (f" {greedy_steps_vs} |" if checked else "")
                      + f" {acc} | {paired} | {pct(pass_k, pass_sd, n)} | {pct(maj, maj_sd, n)} |"
                      + f" {what}{f', {shots}-shot prompt' if shots else ''} |")
     return table

@@ -25,7 +25,8 @@ def provenance(path):
 def test_tiny_pipeline_end_to_end_and_resume(tmp_path):
     run = str(tmp_path / "run")
     # PYTHON: run.sh starts every stage with the interpreter running the tests (a venv need not be active)
-    env = {**os.environ, "PRESET": "tiny", "ROUNDS": "2", "RUN": run, "OMP_NUM_THREADS": "2",
+    env = {**os.environ, "PRESET": "tiny", "ROUNDS": "2", "RUN": run,
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),  # a machine shared with others: set it lower
            "PYTHON": sys.executable}
     r = subprocess.run(["bash", "run.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -33,11 +34,12 @@ def test_tiny_pipeline_end_to_end_and_resume(tmp_path):
     assert set(results["table"]) == METHODS  # every row, baselines included
     for key, row in results["table"].items():
         assert 0 <= row["accuracy_mean"] <= 1 and row["n_questions"] == 100 and row["k"] == 2
-        assert 0 <= row["maj@2_mean"] <= row["pass@k_mean"] <= 1
+        assert 0 <= row["maj@2_mean"] <= row["pass@2_mean"] <= 1
         if key in CONTROLS:
             assert row["temperatures"][0] in (1, 0.8, 0.6, 0.4, 0.2) and row["greedy_mean"] is None
-        else:
-            assert 0 <= row["greedy_mean"] <= 1 and 0 <= row["greedy_every_step_right_mean"] <= 1
+        else:  # (every step right: none where no greedy rationale of the tiny model could be read back)
+            assert 0 <= row["greedy_mean"] <= 1 and 0 <= (row["greedy_every_step_right_mean"] or 0) <= 1
+    assert any(row["greedy_every_step_right_mean"] is not None for row in results["table"].values())
     assert set(results["vs_sml"]) == METHODS - {"base", "sml"}
     assert {"rm_pair_accuracy", "rm_auc_correctness", "ppo_best_update"} <= set(results["findings"])
     md = open(os.path.join(run, "results.md")).read()
