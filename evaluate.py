@@ -3,13 +3,15 @@ Evaluation, for every stage: the accuracy of any checkpoint on any split, and tw
 checkpoints compared question by question.
 
   eval     accuracy at a temperature (greedy by default) over k samples per question: their
-           mean, with its standard error, and their majority vote (maj@k), with a 95% Wilson
-           interval; --out keeps per-question predictions (with the step checker's count of
-           wrong steps for each sample, where the task has one)
+           mean, with its standard error, pass@k (any of the k right) and their majority vote
+           (maj@k), with a 95% Wilson interval; --out keeps per-question predictions (with the
+           step checker's count of wrong steps for each sample, where the task has one). With
+           --choose_temperature, the temperature is first chosen on the validation split.
   compare  two --out files of the same questions: the per-question means over the k samples
            compared pairwise (difference, paired SE, p), for accuracy and for "every step
            right" where steps were checked; and the predictions (one sample or maj@k): wrong
-           -> right, right -> wrong, and the exact McNemar test
+           -> right, right -> wrong, and the exact McNemar test (for one sample per question,
+           also on "every step right")
 
     python evaluate.py eval --ckpt runs/default/sft.pt --data_dir runs/default/data --temperature 1 --k 8 \\
         --out runs/default/preds_sft.jsonl --summary runs/default/eval_sft.json
@@ -57,6 +59,10 @@ def get_args(argv=None):
     g.add_argument("--preset", default="default", choices=sorted(PRESETS), help=common.preset_help(PRESETS))
     g = s.add_argument_group("sampling")
     g.add_argument("--temperature", type=common.NONNEG_FLOAT, default=0.0, help="0 = greedy")
+    g.add_argument("--choose_temperature", type=common.NONNEG_FLOAT, nargs="+", default=None, metavar="T",
+                   help="first sample data_dir/val.jsonl k times per question at each of these temperatures, "
+                        "then evaluate --split at the one with the best mean accuracy (ties: the first "
+                        "listed): a control for what sharpening alone gives")
     g.add_argument("--k", type=common.SAMPLES, default=1,
                    help="samples per question (their mean, and their majority vote)")
     common.add_filter_args(g)
@@ -119,6 +125,7 @@ def eval_main(args):
     exemplars = fewshot.exemplars(task, load_dataset(train_path) if os.path.exists(train_path) else [],
                                   args.shots) if args.shots else None
     model, _ = load_checkpoint(args.ckpt, kind="lm", tokenizer_json=tok.to_str(), device=rt.device)
+    sweep = choose_temperature(args, rt, model, tok, task, exemplars) if args.choose_temperature else None
     with rt.autocast:
         summary, preds = rationales.evaluate(model, tok, task, rows, args.temperature, args.k, args.seed,
                                              max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
@@ -127,12 +134,40 @@ def eval_main(args):
           f"(temperature {args.temperature}, k {args.k}{f', {args.shots}-shot' if args.shots else ''})")
     if args.shots:
         summary["shots"] = args.shots
+    if args.k > 1:  # does any of the k samples reach the answer (what RL may narrow)
+        summary["pass_at_k"] = sum(any(p["sample_correct"]) for p in preds) / max(1, len(preds))
+    if sweep:
+        summary["temperature_sweep"] = sweep
     if args.summary and os.path.exists(args.summary):
         os.remove(args.summary)  # an earlier run's, and the summary says "done": it is written last
     if args.out:
         write_jsonl(args.out, preds)
     if args.summary:
         common.write_json(args.summary, summary)
+
+
+def choose_temperature(args, rt, model, tok, task, exemplars):
+    """Sets args.temperature to the one of args.choose_temperature with the best mean accuracy
+    over k samples per question of the validation split (its first --limit questions); returns
+    the sweep for the summary."""
+    path = os.path.join(args.data_dir, "val.jsonl")
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file; --choose_temperature chooses on the validation split "
+                        f"that data/prepare.py writes")
+    rows = load_dataset(path)
+    rows = rows[:args.limit] if args.limit else rows
+    accuracy = {}
+    for t in args.choose_temperature:
+        with rt.autocast:
+            s, _ = rationales.evaluate(model, tok, task, rows, t, args.k, args.seed, quiet=True,
+                                       max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts,
+                                       top_k=args.top_k, top_p=args.top_p, exemplars=exemplars)
+        accuracy[t] = s["sample_accuracy"]
+        print(f"val accuracy at temperature {t}: {100 * s['sample_accuracy']:.1f}% (mean of {args.k})", flush=True)
+    args.temperature = max(accuracy, key=accuracy.get)  # the first of equals
+    print(f"temperature {args.temperature}: the best on {len(rows)} validation questions")
+    return {"split": "val", "n": len(rows), "k": args.k, "chosen": args.temperature,
+            "sample_accuracy": {str(t): a for t, a in accuracy.items()}}
 
 
 def compare_main(args):
@@ -149,6 +184,13 @@ def compare_main(args):
     print(f"{len(ids)} questions, the prediction: {100 * res['before_accuracy']:.1f}% -> "
           f"{100 * res['after_accuracy']:.1f}%; wrong->right {res['wrong_to_right']}, "
           f"right->wrong {res['right_to_wrong']}, McNemar p = {res['p_value']:.3g}")
+    errors = [[p.get("sample_step_errors") or [p.get("step_errors")] for p in (side[i] for i in ids)]
+              for side in (before, after)]
+    # one sample per question (greedy), steps checked (an unreadable rationale is not right)
+    if all(len(e) == 1 for side in errors for e in side) and any(e[0] is not None for side in errors for e in side):
+        m = res["every_step_right_mcnemar"] = mcnemar(*[[e[0] == 0 for e in side] for side in errors])
+        print(f"every step right: wrong->right {m['wrong_to_right']}, right->wrong {m['right_to_wrong']}, "
+              f"McNemar p = {m['p_value']:.3g}")
     # each question's mean over its k samples, paired: the headline comparison
     means = [[rationales.per_question_means(preds[i]) for i in ids] for preds in (before, after)]
     res["sample_accuracy"] = paired_test(*[[m for m, _ in side] for side in means])

@@ -6,6 +6,7 @@ rationales) share, with the checkpoint convention of both:
   `out`.partial   the unfinished checkpoint, written atomically every eval_interval steps
                   with the optimizer state; --resume continues it
   `out`.best      with select_best: the weights of the evaluation with the lowest held-out loss
+                  (or with select_on, the highest score it gives)
   `out`           the finished checkpoint, weights only (the last step's, or the best one's);
                   the .partial file is removed then
   `out` - .pt + .log.jsonl   one row per step
@@ -172,8 +173,9 @@ def finish(model, out, tokenizer_json, provenance, max_steps, best, select_best,
     """The finished checkpoint under its real name, weights only (the last step's, or the chosen
     ones), and the unfinished one removed."""
     if select_best:  # finished: the chosen weights get the real name
-        print(f"{out}: step {best['step']} of {max_steps}, the lowest held-out loss "
-              f"({best['val_loss']:.4f} on {n_val} examples)", flush=True)
+        print(f"{out}: step {best['step']} of {max_steps}, " +
+              (f"the best score ({best['val_score']:.4f})" if best.get("val_score") is not None else
+               f"the lowest held-out loss ({best['val_loss']:.4f} on {n_val} examples)"), flush=True)
         os.replace(out + ".best", out)
     else:
         save_checkpoint(out, model, tokenizer_json, {**provenance, "step": max_steps})
@@ -183,15 +185,18 @@ def finish(model, out, tokenizer_json, provenance, max_steps, best, select_best,
 
 def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_json, provenance, *,
              max_steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, eval_interval, seed,
-             grad_accum=1, compile=False, start_step=0, resume_state=None, select_best=False, desc="train"):
+             grad_accum=1, compile=False, start_step=0, resume_state=None, select_best=False, select_on=None,
+             desc="train"):
     """Next-token training on (ids, loss_mask) examples. Every eval_interval steps the model
     and the optimizer state go to `out`.partial (the unfinished checkpoint, which --resume
     continues). At the end `out` gets the weights alone: the last step's, or with select_best
     those of the evaluation with the lowest held-out loss (a pretrained model fine-tuned for
-    epochs can overfit a small collection). The log, `out` without .pt + .log.jsonl, gets one
+    epochs can overfit a small collection). select_on(model), a score where higher is better
+    (train_sft.py's greedy validation accuracy), is logged at every evaluation as val_score and
+    replaces the held-out loss in that choice. The log, `out` without .pt + .log.jsonl, gets one
     row per step; a resumed run first drops the rows after its checkpoint, so its log equals an
     uninterrupted run's. Returns the logged records."""
-    if select_best and not val_examples:
+    if select_best and select_on is None and not val_examples:
         raise common.UserError("choosing the checkpoint on held-out loss needs held-out examples (--val_frac)")
     micro = micro_batch_size(batch_size, rt, grad_accum)
     check_memory(model, rt, micro, max((len(ids) - 1 for ids, _ in train_examples), default=1),
@@ -229,8 +234,11 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
         if (step + 1) % eval_interval == 0 or step + 1 == max_steps:
             rec["val_loss"] = eval_loss(raw_model, val_examples, pad_id, rt, micro) if val_examples else None
             rec["tokens_per_s"] = tokens_seen / (time.time() - t0)
-            if select_best and rec["val_loss"] < best["val_loss"]:  # ties: the earlier step
-                best = {"step": step + 1, "val_loss": rec["val_loss"]}
+            if select_on is not None:
+                rec["val_score"] = select_on(raw_model)
+            if select_best and (rec["val_score"] > best.get("val_score", float("-inf")) if select_on is not None
+                                else rec["val_loss"] < best["val_loss"]):  # ties: the earlier step
+                best = {"step": step + 1, "val_loss": rec["val_loss"], "val_score": rec.get("val_score")}
                 if rt.master:
                     save_checkpoint(best_path, raw_model, tokenizer_json, {**provenance, "step": step + 1})
             if rt.master:

@@ -4,11 +4,14 @@ question by question, the findings, and where the time went. Reads the run folde
 seed*/ folders) and writes results.md and results.json there; with matplotlib installed,
 also ppo_curves.png.
 
-Each method's headline accuracy is the mean over the k samples of every test question at
-temperature 1 (evaluate.py eval --k), with its standard error: one sample per question is too
-noisy to rank methods a few points apart. The majority vote over the same samples (maj@k) and
-the greedy answer (a second evaluation at temperature 0) sit beside it: a method can raise
-one and lower another (PPO sharpens the policy, and loses the diversity a vote needs).
+The headline is the greedy answer (temperature 0): its accuracy and its "every step right",
+mean and std over the seeds, each method against SML with the exact McNemar test in each
+seed. A lower temperature never changes the top token, so a greedy gain is not sharpening.
+Beside it, the k samples per question at temperature 1: their mean (with SML - the method
+and its paired standard error in each seed), pass@k (any of the k right: does RL narrow what
+the model can reach?) and maj@k (their vote). The controls: the base and SFT models at the
+temperature chosen on the validation split (what sharpening alone gives at T > 0) and PPO on a
+random reward (what RL gives without information).
 
     python results.py runs/default
 """
@@ -26,14 +29,18 @@ from data.jsonl import read_rows
 # with "{}" is numbered (SML's rounds from 2, STaR's iterations from 1).
 ROWS = [
     ("base", "Base model", "the pretrained model, no fine-tuning"),
+    ("base_tuned", "Base model, temperature chosen on val", "control: sharpening alone"),
     ("sft", "SFT (self-generated)", "SML steps 1-3a: SFT on its own high-quality rationales"),
+    ("sft_tuned", "SFT, temperature chosen on val", "control: sharpening alone"),
     ("sml", "SML (SFT + PPO, RM reward)", "the full method: one round, as in the paper"),
-    ("sml_round{}", "SML round {}", "collected again with the last round's SML model; SFT, RM and PPO from it"),
+    ("sml_round{}", "SML round {}", "collected with the last round's SML model; SFT, RM and PPO from the base "
+                                    "model on every round's collection pooled"),
     ("rft", "RFT (rejection-sampling fine-tuning)", "SFT on its own correct samples with no answer given"),
     ("star{}", "STaR iteration {}", "the base model fine-tuned on the last iteration's correct samples "
                                     "and rationalizations"),
     ("gold", "SFT on gold rationales", "the annotation upper bound"),
     ("ppo_exact", "SFT + PPO, exact-match reward", "RL on a verifiable reward"),
+    ("ppo_random", "SFT + PPO, random reward", "control: RL without information, a random reward of the same scale"),
     ("rloo", "SFT + RLOO, RM reward", "no critic: each sample against the mean of its question's others"),
     ("grpo", "SFT + GRPO, RM reward", "no critic: each sample against its question's mean, over their std"),
 ]
@@ -69,6 +76,9 @@ def one_seed(run):
     """Everything we report, from one seed's folder."""
     out = {"folder": os.path.basename(os.path.normpath(run)), "rows": {}, "greedy": {}, "vs_sml": {},
            "findings": {}, "stages": {}}
+    meta = os.path.join(run, "data", "meta.json")  # data/prepare.py --allow_modified_source
+    if os.path.exists(meta) and (modified := load(meta).get("modified_source_files")):
+        out["modified_source_files"] = modified
     for path in sorted(glob.glob(os.path.join(run, "eval_*.json"))):
         name = os.path.basename(path)[len("eval_"):-len(".json")]
         key = name.removesuffix("_greedy")
@@ -139,38 +149,74 @@ def significance(diff, p):
     return 0 if p >= 0.05 else (1 if diff > 0 else -1)
 
 
+def per_seed(seeds, key, cell):
+    """One cell for each seed where the method has the comparison, joined: '-' where none."""
+    cells = [cell(s["vs_sml"][key]) for s in seeds if key in s["vs_sml"]]
+    cells = [c for c in cells if c]
+    return "; ".join(cells) if cells else "-"
+
+
+def mcnemar_cell(test):
+    return test and f"{test['wrong_to_right']} / {test['right_to_wrong']} (p {test['p_value']:.2g})"
+
+
 def render_table(seeds, keys, lines):
-    """One row per method: accuracy as the mean over k samples per question, maj@k, greedy,
-    and every step right. Returns the table as a dict."""
+    """One row per method: the greedy answer's accuracy and every step right (the headline),
+    each against SML (McNemar, per seed); then the k samples at temperature 1: their mean, SML
+    - the method paired, pass@k and maj@k. Returns the table as a dict."""
     n = len(seeds)
     evals = [row for s in seeds for row in s["rows"].values()]
-    checked = any("every_step_right" in row for row in evals)
+    greedy_evals = [row for s in seeds for row in s["greedy"].values()]
+    checked = any("every_step_right" in row for row in evals + greedy_evals)
     check = step_check_name(seeds)
     k = max(row.get("k", 1) for row in evals)
-    lines += [f"Test split, {evals[0]['n']} questions. Accuracy: the mean over the {k} samples of each question "
-              f"at temperature 1, " + (f"mean ± std over {n} seeds" if n > 1 else "± its standard error over the "
-                                       "questions") + f"; maj@{k}: the majority vote over the same samples; greedy: "
-              "one answer at temperature 0" + (f"; {check}: the share of the samples whose every step the task's "
-                                               "step checker finds right" if checked else "") + ".", "",
-              f"| | accuracy (%), mean of {k} | maj@{k} (%) | greedy (%) |{f' {check} (%) |' if checked else ''} "
-              "what it is |", "|---|---|---|---|" + ("---|" if checked else "") + "---|"]
+    spread = f"mean ± std over {n} seeds" if n > 1 else "± the standard error over the questions"
+    lines += [f"Test split, {evals[0]['n']} questions. The headline is the greedy answer (temperature 0): "
+              f"accuracy" + (f" and {check} (the share of answers whose every step the task's step checker "
+                             "finds right)" if checked else "") + (f", mean ± std over {n} seeds" if n > 1 else "")
+              + "; vs SML: questions only SML / only the method gets right greedily, exact McNemar p"
+              + (", in each seed" if n > 1 else "") + f". Then {k} samples per question at temperature 1 "
+              f"(a control row: at the temperature chosen on the validation split, T in its name): their mean "
+              f"accuracy ({spread}), SML - the method paired over the questions (± its standard error; *: p < "
+              f"0.05{', in each seed' if n > 1 else ''}), pass@{k} (any of the {k} right) and maj@{k} (their "
+              "majority vote).", "",
+              "| | greedy accuracy (%) |" + (f" greedy {check} (%) |" if checked else "")
+              + " greedy vs SML: only SML / only method |" + (f" greedy {check} vs SML |" if checked else "")
+              + f" mean of {k} at T = 1 (%) | SML - method, mean of {k} (points) | pass@{k} (%) | maj@{k} (%) "
+              "| what it is |", "|---|---|---|" + ("---|---|" if checked else "") + "---|---|---|---|---|"]
     table = {}
     for key in keys:
         name, what, _ = row_of(key)
         rows = [s["rows"][key] for s in seeds if key in s["rows"]]
+        greedy = [s["greedy"][key] for s in seeds if key in s["greedy"]]
+        temperatures = [r["temperature_sweep"]["chosen"] for r in rows if "temperature_sweep" in r]
+        if temperatures:  # a control at its chosen temperature
+            name += f", T = {', '.join(f'{t:g}' for t in temperatures)}"
         # an evaluation of one sample per question (EVAL_K=1, or an older run's file) is its own mean
         m, sd = mean_std([r.get("sample_accuracy", r["accuracy"]) for r in rows])
         se = rows[0].get("sample_accuracy_se") if n == 1 else None
         maj, maj_sd = mean_std([r["accuracy"] for r in rows if r.get("k", 1) > 1])
-        greedy, greedy_sd = mean_std([s["greedy"][key]["accuracy"] for s in seeds if key in s["greedy"]])
+        pass_k, pass_sd = mean_std([r.get("pass_at_k") for r in rows])
+        g, g_sd = mean_std([r["accuracy"] for r in greedy])
+        g_esr, g_esr_sd = mean_std([r.get("every_step_right") for r in greedy])
         esr, esr_sd = mean_std([r.get("every_step_right") for r in rows])
-        table[key] = {"name": name, "accuracy_mean": m, "accuracy_std": sd, "accuracy_se": se,
-                      f"maj@{k}_mean": maj, "greedy_mean": greedy, "every_step_right_mean": esr,
-                      "seeds": len(rows), "k": rows[0].get("k", 1), "n_questions": rows[0]["n"]}
+        vs_sml = [s["vs_sml"].get(key, {}) for s in seeds if key in s["vs_sml"]]
+        table[key] = {"name": name, "greedy_mean": g, "greedy_std": g_sd, "greedy_every_step_right_mean": g_esr,
+                      "greedy_every_step_right_std": g_esr_sd, "accuracy_mean": m, "accuracy_std": sd,
+                      "accuracy_se": se, f"pass@{k}_mean": pass_k, f"maj@{k}_mean": maj, "every_step_right_mean": esr,
+                      "temperatures": temperatures or None, "seeds": len(rows), "k": rows[0].get("k", 1),
+                      "n_questions": rows[0]["n"],
+                      "vs_sml_greedy": [c.get("greedy") for c in vs_sml] if vs_sml else None}
         acc = pct(m, sd, n) + (f" ± {100 * se:.1f}" if se is not None else "")
+        paired = per_seed(seeds, key, lambda c: (t := c.get("sampled", {}).get("sample_accuracy")) and (
+            f"{100 * t['difference']:+.1f} ± {100 * t['se']:.1f}{'*' if t['p_value'] < 0.05 else ''}"))
         shots = rows[0].get("shots")  # a pretrained base model answers behind exemplars
-        lines.append(f"| {name} | {acc} | {pct(maj, maj_sd, n)} | {pct(greedy, greedy_sd, n)} |"
-                     + (f" {pct(esr, esr_sd, n)} |" if checked else "")
+        greedy_vs = per_seed(seeds, key, lambda c: mcnemar_cell(c.get("greedy")))
+        greedy_steps_vs = per_seed(seeds, key, lambda c: mcnemar_cell(
+            c.get("greedy", {}).get("every_step_right_mcnemar")))
+        lines.append(f"| {name} | {pct(g, g_sd, n)} |" + (f" {pct(g_esr, g_esr_sd, n)} |" if checked else "")
+                     + f" {greedy_vs} |" + (f" {greedy_steps_vs} |" if checked else "")
+                     + f" {acc} | {paired} | {pct(pass_k, pass_sd, n)} | {pct(maj, maj_sd, n)} |"
                      + f" {what}{f', {shots}-shot prompt' if shots else ''} |")
     return table
 
@@ -207,15 +253,22 @@ def render_against_sml(seeds, keys, lines):
                             if greedy else "| - | - |"))
         if n > 1:
             verdicts = []
-            for what, field in (("accuracy", "sample_accuracy"), (check, "every_step_right")):
-                tests = [c["sampled"].get(field) for c in found[key]]
-                if all(tests):
-                    signs = {significance(t["difference"], t["p_value"]) for t in tests}
+            greedy = [c.get("greedy") or {} for c in found[key]]
+            for what, tests in (("greedy accuracy", greedy),
+                                (f"greedy {check}", [g.get("every_step_right_mcnemar") for g in greedy]),
+                                ("accuracy, mean of the samples", [c["sampled"].get("sample_accuracy")
+                                                                   for c in found[key]]),
+                                (f"{check}, mean of the samples", [c["sampled"].get("every_step_right")
+                                                                   for c in found[key]])):
+                if all(tests):  # McNemar's counts (SML right where the method is not) or a paired mean
+                    signs = {significance(t["wrong_to_right"] - t["right_to_wrong"] if "wrong_to_right" in t
+                                          else t["difference"], t["p_value"]) for t in tests}
                     verdicts.append(f"{what}: " + ({1: "SML ahead", -1: "SML behind", 0: "no difference"}[signs.pop()]
                                                    if len(signs) == 1 else "differs between seeds"))
             every_seed.append(f"- {name}: " + "; ".join(verdicts))
     if every_seed:
-        lines += ["", f"In every one of the {n} seeds (p < 0.05 on the mean over the samples):", ""] + every_seed
+        lines += ["", f"In every one of the {n} seeds (p < 0.05; greedy: McNemar, samples: the paired mean):",
+                  ""] + every_seed
     return found
 
 
@@ -233,9 +286,15 @@ def render(seeds, run):
         m, sd = mean_std(shares)
         answer = next(row["majority_class"] for row in rows if "majority_class" in row)
         majority = {"answer": answer, "accuracy_mean": m, "accuracy_std": sd}
-        checked = any("every_step_right" in row for row in rows)
-        lines.append(f"| Majority class | {pct(m, sd, n)} | - | - |{' - |' if checked else ''} always "
-                     f"'{answer}'{' (first seed)' if n > 1 else ''}: the floor every accuracy above is read against |")
+        checked = any("every_step_right" in row for s in seeds for part in ("rows", "greedy")
+                      for row in s[part].values())
+        lines.append(f"| Majority class | {pct(m, sd, n)} |{' - |' if checked else ''} - |{' - |' if checked else ''}"
+                     f" {pct(m, sd, n)} | - | - | - | always '{answer}'{' (first seed)' if n > 1 else ''}: the floor "
+                     "every accuracy above is read against |")
+    modified = {s["folder"]: s["modified_source_files"] for s in seeds if "modified_source_files" in s}
+    for folder, names in modified.items():  # not the public dataset: say so where the numbers are
+        lines += ["", f"Data{f' ({folder})' if n > 1 else ''}: converted from a modified copy (data/prepare.py "
+                      f"--allow_modified_source): {', '.join(names)}; not the public files' recorded hashes."]
     vs_sml = render_against_sml(seeds, [key for key in keys if key not in ("base", "sml")], lines)
     findings = {}
     lines += ["", "## Findings", ""]
@@ -279,6 +338,7 @@ def render(seeds, run):
     total = sum(v["seconds"] for v in stages.values())
     lines.append(f"| total | {total:.0f} | |")
     return "\n".join(lines) + "\n", {"table": table, "majority_class": majority, "vs_sml": vs_sml,
+                                      "modified_source_files": modified,
                                       "findings": findings, "stages": stages, "seeds": n, "per_seed": seeds}
 
 

@@ -12,6 +12,10 @@ The same script trains the baselines:
                               it got wrong), always from the base model (run.sh loops them)
   --gold data/train.jsonl     SFT on the gold rationales (the annotation upper bound)
 
+run.sh gives every SFT stage --keep val_greedy: the checkpoint with the best greedy accuracy
+on the validation split, the measure PPO chooses its checkpoint on, so that every trained
+method in the table gets the same choice.
+
     python train_sft.py --init runs/default/base.pt --data runs/default/collect/sft.jsonl \\
         --data_dir runs/default/data --out runs/default/sft.pt
 """
@@ -29,10 +33,11 @@ from checkpoint import load_checkpoint
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 # pretrained: fine-tuning a pretrained model (run.sh with INIT): a learning rate for
-# pretrained weights, not the from-scratch model's 1e-3.
+# pretrained weights, not the from-scratch model's 1e-3; a pretrained model writes slowly on a
+# CPU, so --keep val_greedy reads 100 validation questions.
 PRESETS = {"default": {}, "tiny": dict(max_steps=30, batch_size=16, warmup_steps=5, eval_interval=15),
            "pretrained": dict(lr=2e-5, epochs=2, keep="best", batch_size=16, warmup_steps=10, eval_interval=25,
-                              eval_limit=100)}
+                              eval_limit=100, val_questions=100)}
 
 
 def get_args(argv=None):
@@ -51,8 +56,10 @@ def get_args(argv=None):
     g.add_argument("--max_steps", type=common.COUNT, default=600)
     g.add_argument("--epochs", type=common.POSITIVE, default=None,
                    help="train for this many passes over the training examples instead of --max_steps")
-    g.add_argument("--keep", default="last", choices=["last", "best"],
-                   help="the checkpoint written: the last step's, or the evaluation with the lowest held-out loss")
+    g.add_argument("--keep", default="last", choices=["last", "best", "val_greedy"],
+                   help="the checkpoint written: the last step's, the evaluation with the lowest held-out loss "
+                        "(best), or the one with the best greedy accuracy on data_dir/val.jsonl (val_greedy: "
+                        "the results table's headline, on which PPO chooses too; run.sh's choice)")
     g.add_argument("--batch_size", type=common.COUNT, default=32, help="examples per optimizer step (global)")
     g.add_argument("--grad_accum", type=common.COUNT, default=1, help="micro-batches per step and process")
     common.add_grad_checkpointing_arg(g)
@@ -63,6 +70,8 @@ def get_args(argv=None):
     g.add_argument("--val_frac", type=common.HELD_OUT, default=0.05, help="held-out share for the eval loss")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_interval", type=common.COUNT, default=100, help="eval loss and checkpoint every N steps")
+    g.add_argument("--val_questions", type=common.NONNEG, default=0,
+                   help="with --keep val_greedy: the first N questions of val.jsonl (0: all)")
     g.add_argument("--eval_limit", type=common.NONNEG, default=0,
                    help="test questions to evaluate at the end (0: none; run.sh evaluates separately)")
     common.add_eval_temperature_arg(g)
@@ -88,6 +97,27 @@ def sft_examples(tok, rows, path, block_size):
     return examples
 
 
+def greedy_val_accuracy(args, rt, tok, task):
+    """--keep val_greedy: a model's greedy accuracy on the validation split (held out of
+    collection and training), the measure every trained method's checkpoint is chosen on."""
+    path = os.path.join(args.data_dir, "val.jsonl")
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file; --keep val_greedy chooses on the validation split that "
+                        f"data/prepare.py writes")
+    rows = load_dataset(path)
+    rows = rows[:args.val_questions] if args.val_questions else rows
+
+    def score(model):
+        model.eval()
+        with rt.autocast:
+            summary, _ = rationales.evaluate(model, tok, task, rows, 0.0, 1, args.seed, quiet=True,
+                                             max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts)
+        model.train()
+        common.print0(rt, f"greedy validation accuracy {100 * summary['accuracy']:.1f}% ({len(rows)} questions)")
+        return summary["accuracy"]
+    return score
+
+
 def main(argv=None):
     args = get_args(argv)
     rt = common.setup_runtime(args.device, args.dtype)
@@ -100,6 +130,7 @@ def main(argv=None):
             raise DataError(f"{args.gold}: no row has a gold 'rationale'")
     else:
         rows = load_sft(args.data)
+    select_on = greedy_val_accuracy(args, rt, tok, task) if args.keep == "val_greedy" else None
     model, start_step, resume_state = start_or_resume(args.out, args.resume, args.overwrite, args.init,
                                                    tok.to_str(), inputs=[args.data or args.gold, args.data_dir])
     # Hold out a few rows for the eval loss, by question so that no question is on both sides.
@@ -117,7 +148,7 @@ def main(argv=None):
              max_steps=max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
              weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,
              seed=args.seed, grad_accum=args.grad_accum, compile=args.compile, start_step=start_step,
-             resume_state=resume_state, select_best=args.keep == "best", desc="sft")
+             resume_state=resume_state, select_best=args.keep != "last", select_on=select_on, desc="sft")
 
     if rt.master and args.eval_limit:  # a quick look at what was written; evaluate.py is the full evaluation
         rows_test = load_dataset(os.path.join(args.data_dir, "test.jsonl"))[:args.eval_limit]

@@ -235,6 +235,9 @@ def prepare_dataset(args):
     val = f", {n['val']} val" if "val" in n else ""
     print(f"{args.task}: {train}{val}, {n['test']} test ({meta['answer_type']} answers)"
           f"{', tokenizer of ' + tokenizer_from if tokenizer_from else ''} -> {args.out_dir}")
+    for name in meta.get("modified_source_files", []):  # --allow_modified_source: said, not only recorded
+        print(f"modified source file: {os.path.join(args.source, name)} is not the public file (not its "
+              f"recorded hash), converted anyway (--allow_modified_source; meta.json lists it)")
 
 
 def main(argv=None):
