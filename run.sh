@@ -242,13 +242,13 @@ if [ "$BASELINES" = "1" ]; then
         --preset "$PRESET" --seed "$S" --out "$R/gold.pt" --resume "${KEEP[@]}" $SFT_ARGS
     evaluate gold "$R/gold.pt"
     fi
-    # the same critic start as SML's (the standardised reward model): only the reward differs
+    # the same critic start as SML's (the SFT trunk, a zero head): only the reward differs
     step "ppo exact" "$R/ppo_exact/summary.json" $PY train_ppo.py --sft "$R/sft.pt" --reward exact \
-        --rm "$R/rm.pt" --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out_dir "$R/ppo_exact" --resume $PPO_ARGS
+        --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out_dir "$R/ppo_exact" --resume $PPO_ARGS
     evaluate ppo_exact "$R/ppo_exact/ppo_best.pt"
     # a random reward of the same scale, the same critic start: what RL gives without information
     step "ppo random" "$R/ppo_random/summary.json" $PY train_ppo.py --sft "$R/sft.pt" --reward random \
-        --rm "$R/rm.pt" --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out_dir "$R/ppo_random" --resume $PPO_ARGS
+        --data_dir "$DATA" --preset "$PRESET" --seed "$S" --out_dir "$R/ppo_random" --resume $PPO_ARGS
     evaluate ppo_random "$R/ppo_random/ppo_best.pt"
     # SML's reward model and KL to the SFT model, no critic: the k samples of a question are
     # each other's baseline (one model fewer in memory)
