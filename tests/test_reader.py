@@ -212,9 +212,9 @@ def test_results_list_the_majority_class_and_every_equation_right(tmp_path):
         "every_step_right": {"before": 0.5, "after": 0.6, "difference": 0.1, "se": 0.03, "p_value": 0.001}}))
     results.main([str(run)])
     md = (run / "results.md").read_text()
-    assert "| | accuracy (%), mean of 1 | maj@1 (%) | greedy (%) | every equation right (%) | what it is |" in md
-    assert "| SFT (self-generated) | 70.0 | - | - | 50.0 |" in md
-    assert "| Majority class | 62.0 | - | - | - | always 'no'" in md
+    assert "| | greedy accuracy (%) | greedy every equation right (%) |" in md  # the task's step check, named
+    assert "| SFT (self-generated) | - | - | - | - | 70.0 | +5.0 ± 2.0* |" in md  # no greedy file: no headline
+    assert "| Majority class | 62.0 | - | - | - | 62.0 |" in md and "always 'no'" in md
     assert "| every equation right: method -> SML | p |" in md
     assert "| SFT (self-generated) | 70.0 -> 75.0 | +5.0 ± 2.0 | 0.01 | 50.0 -> 60.0 | 0.001 | - | - |" in md
     out = json.loads((run / "results.json").read_text())
