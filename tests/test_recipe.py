@@ -134,8 +134,10 @@ def copying_llama(tmp_path_factory):
 def test_pretrained_recipe_end_to_end(tmp_path, key, copying_llama):
     init, tok, src = copying_llama["init"], copying_llama["tok"], copying_llama["sources"][key]
     run = str(tmp_path / "run")
+    made_up = not src.startswith(SHARED)  # not the public files: converted only when allowed, and said
     env = {**os.environ, "INIT": init, "TASK": key, "SOURCE": src, "PRESET": "tiny", "RUN": run, "SHOTS": "2",
-           "DATA_ARGS": "--n_val 20", "EVAL_ARGS": "--limit 50", "PYTHON": sys.executable,
+           "DATA_ARGS": "--n_val 20" + (" --allow_modified_source" if made_up else ""), "EVAL_ARGS": "--limit 50",
+           "PYTHON": sys.executable,
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}  # a machine shared with others: set it lower
     r = subprocess.run(["bash", "run.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -177,6 +179,7 @@ def test_pretrained_recipe_end_to_end(tmp_path, key, copying_llama):
     assert "shots" not in json.load(open(os.path.join(run, "eval_sft.json")))  # zero-shot after SFT
     md = open(os.path.join(run, "results.md")).read()
     assert "2-shot prompt" in md and "| SML (SFT + PPO, RM reward) |" in md
+    assert ("--allow_modified_source" in md) == made_up == ("modified source file: " in r.stdout)
 
     # SFT examples are the zero-shot prompt, one <s> at the start, the rationale, </s>
     from data.tasks import get_task
