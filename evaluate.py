@@ -30,7 +30,7 @@ from collections import Counter
 
 import common
 import rationales
-from data import fewshot, load_world
+from data import fewshot, load_val_split, load_world
 from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
 from checkpoint import load_checkpoint
 from generate import label_rationale  # SML step 2, as collection runs it
@@ -150,12 +150,7 @@ def choose_temperature(args, rt, model, tok, task, exemplars):
     """Sets args.temperature to the one of args.choose_temperature with the best mean accuracy
     over k samples per question of the validation split (its first --limit questions); returns
     the sweep for the summary."""
-    path = os.path.join(args.data_dir, "val.jsonl")
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file; --choose_temperature chooses on the validation split "
-                        f"that data/prepare.py writes")
-    rows = load_dataset(path)
-    rows = rows[:args.limit] if args.limit else rows
+    rows = load_val_split(args.data_dir, args.limit, "--choose_temperature")
     accuracy = {}
     for t in args.choose_temperature:
         with rt.autocast:

@@ -110,7 +110,7 @@ from torch.utils.checkpoint import checkpoint
 
 import common
 import rationales
-from data import load_world
+from data import load_val_split, load_world
 from data.jsonl import DataError, append_row, load_dataset, open_log
 from data.tokenizer import decode_sampled, stop_ids
 from checkpoint import checked_config, load_checkpoint, save_checkpoint
@@ -757,12 +757,7 @@ class PPOModels:
 def load_data(args, policy_config):
     tok, task = load_world(args.data_dir)
     train_rows = load_dataset(os.path.join(args.data_dir, "train.jsonl"))
-    val_path = os.path.join(args.data_dir, "val.jsonl")
-    if not os.path.exists(val_path):
-        raise DataError(f"{val_path}: no such file; PPO chooses its checkpoint on the validation "
-                        f"split that data/prepare.py writes (held out of collection, SFT and the RM)")
-    val_rows = load_dataset(val_path)
-    val_rows = val_rows[:args.eval_limit] if args.eval_limit else val_rows
+    val_rows = load_val_split(args.data_dir, args.eval_limit, "PPO's checkpoint choice")
     # every prompt PPO will sample from must fit, checked now rather than after an hour (the test
     # split is not read here: it is read once, by evaluate.py, for the final table)
     for name, rows in (("train", train_rows), ("val", val_rows)):

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 import common
 import rationales
-from data import load_world
+from data import load_val_split, load_world
 from data.jsonl import DataError, load_dataset, load_pairs
 from data.tokenizer import encode_after, eot_id
 from checkpoint import load_checkpoint, save_checkpoint
@@ -179,13 +179,9 @@ def pair_scores(rm, tok, pairs, device, amp=nullcontext()):
 # What the reward model sees, on rationales it never trained on
 
 
-def val_path(data_dir):
-    """The validation split the report's fresh samples come from (data/prepare.py writes it)."""
-    path = os.path.join(data_dir, "val.jsonl")
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file; the report measures the reward model on the validation split "
-                        f"that data/prepare.py writes (or pass --auc_questions 0 to measure nothing there)")
-    return path
+def val_questions(args):
+    """The validation questions the report's fresh samples come from."""
+    return load_val_split(args.data_dir, args.auc_questions, "the report (--auc_questions 0: none)")
 
 
 def swap_final_answer(task, text, answer):
@@ -221,7 +217,7 @@ def report_fresh_samples(rm, sft_model, tok, task, args, rt, train_pairs, val_pa
     """The report's fresh-sample figures: on validation questions (PPO's gate decides on them,
     so never the test split), and on the RM's own training questions against its held-out ones."""
     rep = {}
-    val_rows = load_dataset(val_path(args.data_dir))[:args.auc_questions]
+    val_rows = val_questions(args)
     samples = fresh_samples(sft_model, tok, task, val_rows, args, rt, "val")
     rep["auc_correctness"], scores, correct = correctness_auc(rm, tok, task, samples, rt)
     rep["auc_samples"] = len(scores)
@@ -368,7 +364,7 @@ def main(argv=None):
     if stale:
         print(f"{args.report}: a report without its checkpoint (a run stopped before {args.out}); it is replaced")
     if args.auc_questions:
-        val_path(args.data_dir)  # before training, not after
+        val_questions(args)  # before training, not after
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     tok, task = load_world(args.data_dir)

@@ -25,7 +25,7 @@ import os
 
 import common
 import rationales
-from data import load_world
+from data import load_val_split, load_world
 from data.jsonl import DataError, load_dataset, load_sft
 from data.tokenizer import encode_after, eot_id
 from lm_training import start_or_resume, train_lm
@@ -100,12 +100,7 @@ def sft_examples(tok, rows, path, block_size):
 def greedy_val_accuracy(args, rt, tok, task):
     """--keep val_greedy: a model's greedy accuracy on the validation split (held out of
     collection and training), the measure every trained method's checkpoint is chosen on."""
-    path = os.path.join(args.data_dir, "val.jsonl")
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file; --keep val_greedy chooses on the validation split that "
-                        f"data/prepare.py writes")
-    rows = load_dataset(path)
-    rows = rows[:args.val_questions] if args.val_questions else rows
+    rows = load_val_split(args.data_dir, args.val_questions, "--keep val_greedy")
 
     def score(model):
         model.eval()

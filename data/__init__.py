@@ -4,7 +4,7 @@ load_world, what every script opens a data folder with."""
 import os
 
 from common import read_json
-from data.jsonl import DataError
+from data.jsonl import DataError, load_dataset
 from data.tasks import get_task
 from data.tokenizer import load_tokenizer
 
@@ -22,3 +22,14 @@ def load_world(data_dir, task_name=None):
             raise DataError(f"{meta_path}: no 'task' field (the task's name, as data/prepare.py writes it)")
         task_name = meta["task"]
     return tok, get_task(task_name)
+
+
+def load_val_split(data_dir, limit=0, who="this script"):
+    """The validation split (data/prepare.py writes it, held out of collection, SFT and the reward
+    model), its first `limit` questions (0: all): every decision a run makes reads it, never the
+    test split. `who` names what needs it, in the error a missing file gives."""
+    path = os.path.join(data_dir, "val.jsonl")
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file; {who} reads the validation split that data/prepare.py writes")
+    rows = load_dataset(path)
+    return rows[:limit] if limit else rows

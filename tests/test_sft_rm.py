@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import data
 import train_rm
 import train_sft
 from data.tokenizer import EOT, load_tokenizer
@@ -278,6 +279,7 @@ def test_the_report_reads_validation_questions_never_the_test_split(tiny_run, tm
         read.append(os.path.basename(path))
         return load(path, *a, **kw)
     monkeypatch.setattr(train_rm, "load_dataset", spy)
+    monkeypatch.setattr(data, "load_dataset", spy)  # data.load_val_split's reader
     train_rm.main(rm_argv(tiny_run, tmp_path, "--auc_questions", "3"))
     report = json.loads((tmp_path / "rm.json").read_text())
     assert "val.jsonl" in read and "test.jsonl" not in read, read
