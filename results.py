@@ -94,6 +94,9 @@ def one_seed(run):
         r = load(rm)
         out["findings"]["rm_pair_accuracy"] = r.get("val_pair_accuracy")
         out["findings"]["rm_auc_correctness"] = r.get("auc_correctness")
+        out["findings"]["rm_auc_sound_among_correct"] = r.get("auc_every_step_right_among_correct")
+        out["findings"]["rm_answer_swap_lower"] = (r.get("answer_swap") or {}).get("share_lower")
+        out["findings"]["rm_length_spearman"] = r.get("spearman_score_length")
     summary = os.path.join(run, "ppo", "summary.json")
     if os.path.exists(summary):
         out["findings"]["ppo_best_update"] = load(summary).get("best_update")
@@ -299,7 +302,13 @@ def render(seeds, run):
     findings = {}
     lines += ["", "## Findings", ""]
     for key, text, is_pct in [("rm_auc_correctness", "Reward model: AUC of its score for correctness "
-                               "(fresh SFT samples, test questions)", False),
+                               "(fresh SFT samples, validation questions)", False),
+                              ("rm_auc_sound_among_correct", "Reward model: AUC of its score for every step "
+                               "right, among the correct ones of those samples", False),
+                              ("rm_answer_swap_lower", "Reward model: share of those samples scored lower with "
+                               "their final answer swapped for a wrong one", True),
+                              ("rm_length_spearman", "Reward model: Spearman correlation of score and length",
+                               False),
                               ("rm_pair_accuracy", "Reward model: pair accuracy (high above low) on collection "
                                "questions held out of its training; SFT trained on their rationales", True),
                               ("ppo_best_update", "PPO: the update chosen on the validation split "
