@@ -7,8 +7,8 @@ the tokenizer.
 
 Writes into --out_dir:
   train.jsonl    id, question, answer (+ the gold rationale, for the upper-bound baseline only)
-  val.jsonl      the same, held out of rationale collection, SFT and the reward model: PPO
-                 chooses its checkpoint on these questions
+  val.jsonl      the same, held out of rationale collection, SFT and the reward model: every
+                 checkpoint choice (SFT's, PPO's) and temperature choice reads these questions
   test.jsonl     id, question, answer, rationale
   corpus.jsonl   {"text": ...} documents: worked solutions by careless authors, and
                  rationalizations that argue for a given answer, right or wrong
