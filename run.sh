@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Self-motivated Learning from scratch, as a recipe: each stage is one command.
 #
-#   bash run.sh                      # the default preset (see README for its time)
+#   bash run.sh                      # the default preset (about 10 minutes on a 2-core CPU)
 #   PRESET=tiny bash run.sh          # a smoke test (a couple of minutes)
 #   BASELINES=1 bash run.sh          # also RFT, STaR (STAR_ITERATIONS, default 3), SFT on gold
 #                                    # rationales, PPO on exact match and on a random reward, RLOO
