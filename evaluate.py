@@ -28,11 +28,11 @@ import math
 import os
 from collections import Counter
 
-import common
-import rationales
+from sml import common
+from sml import rationales
 from data import fewshot, load_val_split, load_world
 from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
-from checkpoint import load_checkpoint
+from sml.checkpoint import load_checkpoint
 from generate import label_rationale  # SML step 2, as collection runs it
 
 

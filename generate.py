@@ -36,12 +36,12 @@ import re
 import time
 from collections import Counter
 
-import common
-import rationales
+from sml import common
+from sml import rationales
 from data import fewshot, load_world
 from data.jsonl import load_dataset, write_jsonl
 from data.tasks import CLASS_KINDS, DATASET_TASKS
-from checkpoint import load_checkpoint
+from sml.checkpoint import load_checkpoint
 
 PRESETS = rationales.SAMPLING_PRESETS
 OUTPUTS = ["rationales.jsonl", "sft.jsonl", "pairs.jsonl", "rft.jsonl", "star.jsonl", "stats.json"]  # --out_dir's files

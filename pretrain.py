@@ -16,10 +16,10 @@ is the same next-token loss, with the prompt tokens masked out.
 
 import os
 
-import common
+from sml import common
 from data.jsonl import read_jsonl
 from data.tokenizer import eot_id, load_tokenizer
-from lm_training import check_lengths, micro_batch_size, start_or_resume, train_lm
+from sml.lm_training import check_lengths, micro_batch_size, start_or_resume, train_lm
 from model import GPT, GPTConfig
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).

@@ -275,4 +275,4 @@ done
 done
 
 stage "results"
-$PY results.py "$RUN"
+$PY -m tools.results "$RUN"

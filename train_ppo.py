@@ -108,14 +108,14 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-import common
-import rationales
+from sml import common
+from sml import rationales
 from data import load_val_split, load_world
 from data.jsonl import DataError, append_row, load_dataset, open_log
 from data.tokenizer import decode_sampled, stop_ids
-from checkpoint import checked_config, load_checkpoint, save_checkpoint
+from sml.checkpoint import checked_config, load_checkpoint, save_checkpoint
 from model import GPT, configure_optimizer, fp32_head, lm_to_scalar, pad_batch, sequence_scores
-from sampler import mask_padded_vocab, prompts_per_batch, sample
+from sml.sampler import mask_padded_vocab, prompts_per_batch, sample
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {},

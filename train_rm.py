@@ -41,12 +41,12 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-import common
-import rationales
+from sml import common
+from sml import rationales
 from data import load_val_split, load_world
 from data.jsonl import DataError, load_dataset, load_pairs
 from data.tokenizer import encode_after, eot_id
-from checkpoint import load_checkpoint, save_checkpoint
+from sml.checkpoint import load_checkpoint, save_checkpoint
 from model import configure_optimizer, lm_to_scalar, pad_batch, sequence_scores
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).

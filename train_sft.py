@@ -23,13 +23,13 @@ method in the table gets the same choice.
 import math
 import os
 
-import common
-import rationales
+from sml import common
+from sml import rationales
 from data import load_val_split, load_world
 from data.jsonl import DataError, load_dataset, load_sft
 from data.tokenizer import encode_after, eot_id
-from lm_training import start_or_resume, train_lm
-from checkpoint import load_checkpoint
+from sml.lm_training import start_or_resume, train_lm
+from sml.checkpoint import load_checkpoint
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 # pretrained: fine-tuning a pretrained model (run.sh with INIT): a learning rate for

@@ -3,7 +3,7 @@ load_world, what every script opens a data folder with."""
 
 import os
 
-from common import read_json
+from sml.common import read_json
 from data.jsonl import DataError, load_dataset
 from data.tasks import get_task
 from data.tokenizer import load_tokenizer

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import common
+from sml import common
 from data.jsonl import DataError, iter_jsonl, write_jsonl
 from data.tasks import NUMBER_RE, ChoiceTask, LettersTask, NumberTask, YesNoTask, get_task
-from hub import copy_download
+from sml.hub import copy_download
 
 # Download sources, pinned to commits so that the recorded sizes and hashes stay true.
 # SML_DATASETS_URL replaces the host (tests serve a folder laid out like it on 127.0.0.1).

@@ -4,7 +4,7 @@ and atomic writing."""
 import json
 import os
 
-from common import UserError, atomic_file
+from sml.common import UserError, atomic_file
 
 
 class DataError(UserError):

@@ -41,8 +41,8 @@ import sys
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import common
-import hub
+from sml import common
+from sml import hub
 from data import datasets
 from data.jsonl import write_jsonl
 from data.tasks import TASKS, get_task

@@ -16,8 +16,8 @@ import torch
 
 import evaluate
 import generate
-import rationales
-import results
+from sml import rationales
+from tools import results
 from data.tasks import get_task
 
 TASK = get_task("arithmetic")

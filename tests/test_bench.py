@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bench(*args):
-    r = subprocess.run([sys.executable, "bench.py", *args, "--device", "cpu"], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "tools.bench", *args, "--device", "cpu"], cwd=ROOT, capture_output=True,
                        text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
@@ -48,7 +48,7 @@ def test_ppo_table_has_a_row_per_setting():
 def test_sampler_compare_times_both_draws_in_one_run(capsys):
     """--sampler_compare: a row per row count, each with the inverse CDF's and the race's time
     and memory and their ratios, measured in the same process."""
-    import bench
+    from tools import bench
     bench.main(["--sampler_compare", "--sampler_rows", "2,3", "--sampler_vocab", "1000", "--sampler_steps", "2",
                 "--sampler_repeats", "1", "--device", "cpu"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line[:3] in ("| 2", "| 3")]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from common import UserError
+from sml.common import UserError
 from data.jsonl import DataError, append_row, load_dataset, load_pairs, open_log, read_jsonl, read_rows
 from data.prepare import main as prepare_main
 from data.tasks import WORLD_TASKS, get_task
@@ -305,7 +305,7 @@ def test_max_operand_sets_the_size_of_the_numbers():
 
 def test_prepare_refuses_to_overwrite(world):
     before = (world["a"] / "train.jsonl").read_text()
-    import common
+    from sml import common
     with pytest.raises(common.UserError, match="already holds"):
         prepare_main(["--out_dir", str(world["a"]), "--preset", "tiny", "--seed", "9"])
     assert (world["a"] / "train.jsonl").read_text() == before

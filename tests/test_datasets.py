@@ -21,7 +21,7 @@ import threading
 
 import pytest
 
-from common import UserError
+from sml.common import UserError
 
 from data import datasets
 from data.datasets import DATASETS, aqua_train_subset, convert, download_file, fetch, file_problem

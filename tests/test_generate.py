@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import generate
-import rationales
+from sml import rationales
 from data.tasks import get_task
 
 TASK = get_task("arithmetic")
@@ -227,7 +227,7 @@ class ScriptedSampler:
     def __call__(self, model, prompts, num_samples=1, stop_ids=None, pad_id=0, **kw):
         import re
         import torch
-        from sampler import Samples
+        from sml.sampler import Samples
         eot_id = stop_ids[0] if isinstance(stop_ids, list) else stop_ids  # [end of text, line breaks...]
         rows = []
         for p in prompts:
@@ -321,7 +321,7 @@ class FewShotSampler:
 
     def __call__(self, model, prompts, num_samples=1, stop_ids=None, pad_id=0, **kw):
         import torch
-        from sampler import Samples
+        from sml.sampler import Samples
         rows, done = [], []
         for p in prompts:
             text = self.tok.decode(p)
@@ -498,7 +498,7 @@ def test_generation_and_evaluation_refuse_torchrun_before_joining_a_group(monkey
     """Under torchrun every rank would sample the whole split and write the same files: one
     line and a non-zero exit instead, before a process group is joined (none exists here)."""
     import torch.distributed as dist
-    import common
+    from sml import common
     import evaluate
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

@@ -17,11 +17,11 @@ import threading
 import pytest
 import torch
 
-import hf
+from sml import hf
 from data.tokenizer import train_tokenizer
-from checkpoint import CheckpointError, from_pretrained, load_checkpoint, save_checkpoint, save_pretrained
+from sml.checkpoint import CheckpointError, from_pretrained, load_checkpoint, save_checkpoint, save_pretrained
 from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, sequence_scores
-from sampler import sample
+from sml.sampler import sample
 
 import transformers  # test-only (requirements-test.txt): without it these tests fail, never skip
 

@@ -23,14 +23,14 @@ import urllib.parse
 import pytest
 import torch
 
-import hf
+from sml import hf
 from data import datasets
 from data.datasets import DATASETS, download_file
 from data.jsonl import DataError
 from data.prepare import main as prepare_main
 from data.tokenizer import load_tokenizer, train_tokenizer
-from checkpoint import CheckpointError, from_pretrained, load_checkpoint, save_checkpoint, save_pretrained
-from hub import tokenizer_json_of
+from sml.checkpoint import CheckpointError, from_pretrained, load_checkpoint, save_checkpoint, save_pretrained
+from sml.hub import tokenizer_json_of
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -322,8 +322,8 @@ import json, os, shutil, sys
 sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(1)
-import hf
-from checkpoint import save_pretrained
+from sml import hf
+from sml.checkpoint import save_pretrained
 from model import GPT, GPTConfig
 from data.tokenizer import train_tokenizer
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sml.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 from model import GPT, GPTConfig, lm_to_scalar, pad_batch, sequence_scores
-from sampler import KVCache
+from sml.sampler import KVCache
 
 
 def tiny_model(kind="lm", seed=0):

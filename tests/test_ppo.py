@@ -9,7 +9,7 @@ import torch
 
 import train_ppo
 from data.tokenizer import EOT, load_tokenizer
-from checkpoint import load_checkpoint
+from sml.checkpoint import load_checkpoint
 from model import lm_to_scalar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -223,7 +223,7 @@ def test_rollout_with_ragged_prompts_and_a_moved_policy(tiny_run):
 @pytest.mark.slow  # end to end: CI runs it, -m "not slow" leaves it out
 def test_interrupted_then_resumed_run_writes_the_same_log_and_weights(tiny_run, tmp_path, monkeypatch):
     import json
-    from checkpoint import save_checkpoint
+    from sml.checkpoint import save_checkpoint
     tok = load_tokenizer(os.path.join(tiny_run["data"], "tokenizer.json"))
     rm_path = str(tmp_path / "rm.pt")
     torch.manual_seed(0)

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import common
+from sml import common
 import train_ppo
-from checkpoint import load_checkpoint, save_checkpoint
+from sml.checkpoint import load_checkpoint, save_checkpoint
 from data.tokenizer import EOT, load_tokenizer
 from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar
 from test_ppo_scale import models_and_batch

@@ -10,14 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import common
-import rationales
+from sml import common
+from sml import rationales
 import train_ppo
 import train_rm
 import train_sft
 from data.tasks import get_task
 from data.tokenizer import EOT, load_tokenizer
-from checkpoint import load_checkpoint, save_checkpoint
+from sml.checkpoint import load_checkpoint, save_checkpoint
 from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar
 
 

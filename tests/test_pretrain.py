@@ -87,7 +87,7 @@ def test_interrupted_run_resumes_to_the_same_log_and_weights(data_dir, tmp_path,
     uninterrupted run ends; until then nothing has the finished checkpoint's name."""
     import torch
 
-    import common
+    from sml import common
     import pretrain
     argv = ["--data_dir", data_dir, "--preset", "tiny", "--max_steps", "30", "--eval_interval", "10",
             "--device", "cpu", "--seed", "5"]

@@ -11,8 +11,8 @@ import types
 import pytest
 import torch
 
-import rationales
-import results
+from sml import rationales
+from tools import results
 from data import fewshot
 from data.tasks import TASKS, get_task
 from data.tokenizer import encode_after, train_tokenizer

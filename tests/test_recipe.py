@@ -21,7 +21,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from checkpoint import save_pretrained
+from sml.checkpoint import save_pretrained
 
 from model import GPT, GPTConfig
 
@@ -96,7 +96,7 @@ def copying_llama(tmp_path_factory):
     from data.jsonl import load_dataset
     from data.prepare import main as prepare_main
     from data.tasks import get_task
-    from checkpoint import load_checkpoint
+    from sml.checkpoint import load_checkpoint
     from train_sft import main as sft_main
     d = tmp_path_factory.mktemp("recipe")
     sources = {key: source(key, d / key) for key in KEYS}

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import common
+from sml import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -257,7 +257,7 @@ def test_outputs_aimed_at_an_input_are_refused_before_any_work(tiny_run, tmp_pat
     the corpus (with --overwrite), --out and --summary the same file: each used to replace
     the input, or the other output (the reward model's --out on its --pairs was refused already)."""
     import evaluate
-    import lm_training
+    from sml import lm_training
     import pretrain
     import train_rm
     import train_sft
@@ -397,7 +397,7 @@ def test_a_ppo_rerun_removes_summary_json_before_it_writes(tiny_run, tmp_path, m
     from dataclasses import asdict
 
     import train_ppo
-    from checkpoint import load_checkpoint, save_checkpoint
+    from sml.checkpoint import load_checkpoint, save_checkpoint
     out = tmp_path / "ppo"
     out.mkdir()
     (out / "summary.json").write_text('{"best_update": 4}\n')
@@ -528,7 +528,7 @@ def test_files_that_are_not_utf8_are_one_line_naming_the_file_and_line(tmp_path)
 
 
 def test_a_truncated_eval_summary_is_one_line_naming_it(tmp_path):
-    import results
+    from tools import results
     (tmp_path / "eval_base.json").write_text('{"accuracy": 0.5, "n"')  # cut short
     with pytest.raises(common.UserError, match=r"eval_base\.json:1: not valid JSON"):
         results.main([str(tmp_path)])
@@ -586,7 +586,7 @@ def test_counts_that_exhaust_memory_are_one_line_naming_the_flag(tiny_run, tmp_p
     """They ended in the allocator's traceback (or, for a model of 1.96B parameters in a 7 GiB
     process, in one after minutes). Refused before anything is allocated, on what the process
     can have (here said to be 4 GiB)."""
-    import lm_training
+    from sml import lm_training
     import pretrain
     import train_rm
     import train_sft

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-import rationales
-import sampler
+from sml import rationales
+from sml import sampler
 from data.tokenizer import eot_id, stop_ids, train_tokenizer
 from model import GPT, GPTConfig
-from sampler import (KVCache, filter_logits, kv_cache_bytes_per_row, mask_padded_vocab, prompts_per_batch,
+from sml.sampler import (KVCache, filter_logits, kv_cache_bytes_per_row, mask_padded_vocab, prompts_per_batch,
                      prompts_that_fit, sample)
 from test_model import tiny_model
 
@@ -284,7 +284,7 @@ def test_an_instruct_checkpoint_stops_at_its_own_eos_and_never_writes_padding(tm
     tokenizer. Its rationales stop at <|im_end|> (finished, not run to the budget and taken
     for unfinished), and no padding id is written."""
     from data.tasks import get_task
-    from checkpoint import from_pretrained, save_pretrained
+    from sml.checkpoint import from_pretrained, save_pretrained
     texts = [f"Tom has {i} pens. Tom finds 1 more. How many pens does Tom have now?" for i in range(30)]
     tok = train_tokenizer(texts, vocab_size=300)
     tok.add_special_tokens(["<|im_end|>"])

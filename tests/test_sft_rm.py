@@ -12,9 +12,9 @@ import data
 import train_rm
 import train_sft
 from data.tokenizer import EOT, load_tokenizer
-from checkpoint import load_checkpoint
+from sml.checkpoint import load_checkpoint
 from model import GPT, IGNORE_INDEX, GPTConfig, configure_optimizer
-from lm_training import make_batch
+from sml.lm_training import make_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -196,9 +196,9 @@ def test_a_completion_is_encoded_as_it_follows_its_prompt_with_a_sentencepiece_t
     """SFT targets, reward-model pairs and the rationale before an answer line must be the
     tokens the model writes after the prompt. Encoded on its own, a completion gets an extra
     word marker from a SentencePiece-style tokenizer, which SFT would then teach."""
-    import rationales
+    from sml import rationales
     from data.tasks import get_task
-    from sampler import Samples
+    from sml.sampler import Samples
     tok = sentencepiece_style_tokenizer()
     prompt, completion = "Question: Ann has 3 figs. How many?\nAnswer:", " It is 3. So the answer is 3."
     whole, eos = tok.encode(prompt + completion).ids, tok.token_to_id("</s>")
@@ -229,10 +229,10 @@ def test_a_completion_is_encoded_as_it_follows_its_prompt_with_a_sentencepiece_t
 def test_an_answer_line_ends_at_any_end_id_the_checkpoint_declares(monkeypatch):
     """The answer line a model writes is read without the end id it stopped at: the tokenizer's
     end-of-text, or an end-of-turn id the checkpoint declares (as collection reads a rationale)."""
-    import rationales
+    from sml import rationales
     from data.tasks import get_task
     from data.tokenizer import train_tokenizer
-    from sampler import Samples
+    from sml.sampler import Samples
     tok = train_tokenizer(["So the answer is 3! It is 3."] * 5, vocab_size=280)
     end_of_turn = tok.token_to_id("!")  # an ordinary token, declared as the checkpoint's end id
     written = tok.encode(" 3", add_special_tokens=False).ids + [end_of_turn]
@@ -288,7 +288,7 @@ def test_the_report_reads_validation_questions_never_the_test_split(tiny_run, tm
 
 def test_under_torchrun_the_reward_model_refuses_in_one_line(tiny_run, tmp_path, monkeypatch):
     """Every process used to train the same model and write the same files."""
-    import common
+    from sml import common
 
     def no_work(*a, **kw):
         raise AssertionError("work started")

@@ -22,11 +22,11 @@ from collections import Counter
 
 import torch
 
-import common
+from sml import common
 from data.tasks import CLASS_KINDS
 from data.tokenizer import decode_sampled, encode_after, eot_id, newline_ids, stop_ids
 from model import pad_batch
-from sampler import prompts_per_batch, sample
+from sml.sampler import prompts_per_batch, sample
 
 # The presets of the two scripts that sample rationales, generate.py and evaluate.py eval:
 # tiny looks at 100 questions; pretrained (run.sh with INIT: a pretrained model on one of the

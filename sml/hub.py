@@ -22,7 +22,7 @@ import urllib.request
 from tqdm import tqdm
 
 import data.tokenizer
-from common import CheckpointError
+from sml.common import CheckpointError
 
 
 # -----------------------------------------------------------------------------

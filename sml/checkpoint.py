@@ -19,9 +19,9 @@ from dataclasses import asdict
 import torch
 from tokenizers import Tokenizer
 
-import hf
-import hub
-from common import CheckpointError, atomic_file
+from sml import hf
+from sml import hub
+from sml.common import CheckpointError, atomic_file
 from model import GPT, GPTConfig, shapes_only
 
 

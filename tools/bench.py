@@ -5,19 +5,19 @@ How fast is this machine for this project? Prints, from one run:
   - sampling tokens/s with the KV-cache fan-out engine vs the naive loop, and the ratio
   - if `transformers` is installed (not a requirement), the same config through HF generate
 
-    python bench.py --ckpt runs/default/base.pt --data_dir runs/default/data
+    python -m tools.bench --ckpt runs/default/base.pt --data_dir runs/default/data
 
 Against transformers on the same config and the same weights (test-only dependency), at the
 shapes of pretrained models: training tokens/s (forward + backward + AdamW) and sampling
 tokens/s (16 prompts, or --hf_prompts, 64 new tokens, temperature 1), ours and theirs in the
 same run:
 
-    python bench.py --hf_compare all [--hf_layers 4] [--hf_prompts 16]
+    python -m tools.bench --hf_compare all [--hf_layers 4] [--hf_prompts 16]
 
 The sampler's draw at Qwen2.5's vocabulary, the exponential race against the inverse CDF it
 replaced, per-step time and peak memory of each in the same run:
 
-    OMP_NUM_THREADS=1 python bench.py --sampler_compare --device cpu [--sampler_rows 64,256]
+    OMP_NUM_THREADS=1 python -m tools.bench --sampler_compare --device cpu [--sampler_rows 64,256]
 
 Without --ckpt a fresh model of the default pretraining preset is timed (random weights:
 its samples run to max_new_tokens, so sampling figures are per token, not per rationale).
@@ -35,18 +35,18 @@ import time
 
 import torch
 
-import common
-import hf
-import rationales
-import sampler
+from sml import common
+from sml import hf
+from sml import rationales
+from sml import sampler
 import train_ppo
 from data import load_world
 from data.prepare import main as prepare_world
 from data.jsonl import load_dataset
 from data.tokenizer import eot_id
-from checkpoint import load_checkpoint, save_checkpoint
+from sml.checkpoint import load_checkpoint, save_checkpoint
 from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar, pad_batch
-from sampler import sample
+from sml.sampler import sample
 
 # Without --ckpt: a fresh model of pretrain.py's default shape
 DEFAULT_MODEL = dict(vocab_size=512, block_size=128, n_layer=3, n_head=4, n_embd=128)
@@ -343,11 +343,12 @@ def ppo_table(args, rt):
 
 
 def run_isolated(spec, args):
-    """ppo_phases in a child process (python bench.py --ppo_child '<json>'), its result as JSON."""
+    """ppo_phases in a child process (python -m tools.bench --ppo_child '<json>'), its result as JSON."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))}
-    cmd = [sys.executable, os.path.abspath(__file__), "--ppo_child", json.dumps(spec), "--device", "cpu",
+    cmd = [sys.executable, "-m", "tools.bench", "--ppo_child", json.dumps(spec), "--device", "cpu",
            "--dtype", args.dtype]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
     if r.returncode != 0:
         raise common.UserError(f"the PPO measurement {spec} failed: {r.stderr.strip().splitlines()[-1:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])

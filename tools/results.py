@@ -13,7 +13,7 @@ the model can reach?) and maj@k (their vote). The controls: the base and SFT mod
 temperature chosen on the validation split (what sharpening alone gives at T > 0) and PPO on a
 random reward (what RL gives without information).
 
-    python results.py runs/default
+    python -m tools.results runs/default
 """
 
 import glob
@@ -21,7 +21,7 @@ import os
 import re
 import statistics
 
-import common
+from sml import common
 from data.jsonl import read_rows
 
 # (key, row name, what it is) in table order. The key names the files of a method's
@@ -360,7 +360,7 @@ def plot(run):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "PPO curves: pip install matplotlib, then run python results.py again"
+        return "PPO curves: pip install matplotlib, then run python -m tools.results again"
     log = [r for r in read_rows(log_path) if "rm_score" in r]  # update 0 is the SFT model's evaluation
     x = [r["update"] for r in log]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))

@@ -19,9 +19,9 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import common
+from sml import common
 from data.jsonl import DataError, append_row, open_log
-from checkpoint import load_checkpoint, save_checkpoint
+from sml.checkpoint import load_checkpoint, save_checkpoint
 from model import IGNORE_INDEX, configure_optimizer, pad_batch
 
 

@@ -29,9 +29,9 @@ from dataclasses import asdict
 
 import torch
 
-import common
-import hub
-from common import CheckpointError, atomic_file
+from sml import common
+from sml import hub
+from sml.common import CheckpointError, atomic_file
 from model import GPT, LLAMA3_SCALING, GPTConfig, shapes_only
 
 # -----------------------------------------------------------------------------
