@@ -482,7 +482,7 @@ def test_out_of_range_flags_are_one_line_at_parse_time(capsys, script, argv, sai
     """Each used to run: into a traceback (AdamW's overflow, torch's seed), for ever, out of
     memory, into a Rust panic (the tokenizer's vocabulary), or silently wrong (heads of width 0)."""
     import importlib
-    module = importlib.import_module("data.prepare" if script == "prepare" else script)
+    module = importlib.import_module({"prepare": "data.prepare", "bench": "tools.bench"}.get(script, script))
     required = {"pretrain": ["--data_dir", "d", "--out", "o.pt"],
                 "train_sft": ["--init", "i", "--data", "x", "--data_dir", "d", "--out", "o"],
                 "train_rm": ["--init", "i", "--pairs", "p", "--data_dir", "d", "--out", "o"],
