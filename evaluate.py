@@ -33,7 +33,7 @@ from sml import rationales
 from data import fewshot, load_val_split, load_world
 from data.jsonl import DataError, load_dataset, read_jsonl, write_jsonl
 from sml.checkpoint import load_checkpoint
-from generate import label_rationale  # SML step 2, as collection runs it
+from sml.rationales import label_rationale  # SML step 2, as collection runs it
 
 
 PRESETS = rationales.SAMPLING_PRESETS

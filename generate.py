@@ -14,17 +14,12 @@ with the rationalizations of the questions it got wrong they are one STaR iterat
 (star.jsonl: build_star_rows). --m 0 (a later STaR iteration) gives no wrong answers.
 
 A pretrained model on one of the paper's datasets (--shots, on by default there) is shown
-solved exemplars first and writes its explanation for the given answer on one line; its final
-answer is then read from the question and the explanation alone, on a prompt without the given
-answer, and the check compares the two (rationales.sample_rationales; a choice or yes/no
-answer is the candidate the model prefers, calibrated against a content-free prompt). Kept
-rationales are written in the zero-shot format, "<explanation> So the answer is X.", that SFT
-teaches.
+solved exemplars first, and its final answer is read from the question and its explanation
+alone (docs/pretrained.md, "The paper's setting").
 
 Writes into --out_dir (all at once: a half-finished collection never has the folder's name):
 rationales.jsonl (every sample, labelled), sft.jsonl, pairs.jsonl, rft.jsonl and star.jsonl
-(with --k_unhinted), stats.json (kept and discarded, by reason; on a choice or yes/no task also the share kept for
-each given answer, and how many questions, SFT rows and pairs have each gold answer).
+(with --k_unhinted), stats.json (kept and discarded, by reason); docs/formats.md has each.
 
     python generate.py --ckpt runs/default/base.pt --data_dir runs/default/data \\
         --out_dir runs/default/collect
@@ -32,7 +27,6 @@ each given answer, and how many questions, SFT rows and pairs have each gold ans
 
 import os
 import random
-import re
 import time
 from collections import Counter
 
@@ -42,6 +36,7 @@ from data import fewshot, load_world
 from data.jsonl import load_dataset, write_jsonl
 from data.tasks import CLASS_KINDS, DATASET_TASKS
 from sml.checkpoint import load_checkpoint
+from sml.rationales import DISCARD_REASONS, label_rationale
 
 PRESETS = rationales.SAMPLING_PRESETS
 OUTPUTS = ["rationales.jsonl", "sft.jsonl", "pairs.jsonl", "rft.jsonl", "star.jsonl", "stats.json"]  # --out_dir's files
@@ -81,45 +76,7 @@ def get_args(argv=None):
 
 
 # -----------------------------------------------------------------------------
-# SML step 2: the answer-consistency check, and what it feeds
-
-
-DISCARD_REASONS = ("unfinished", "no_answer", "two_answers", "mentions_hint", "inconsistent", "wrong")
-# An explanation on one of the paper's datasets that leans on the given answer itself ("as
-# given", "the hint says") argues nothing: a base model behind "Given answer: X" writes these,
-# and the consistency check would keep them. Only on the paper's datasets: the built-in world's
-# base model is pretrained on the hint template, and seldom copies "Hint:" into a rationale.
-MENTIONS_HINT_RE = re.compile(r"\bgiven answer\b|\bas given\b|\bhint", re.IGNORECASE)
-
-
-def label_rationale(task, gold, hint, text, finished):
-    """SML step 2, the answer-consistency check. Returns (final_answer, correct, label,
-    discard_reason); final_answer is the one answer the rationale *states*, or None.
-
-    A rationale counts only if it ended (end-of-text) and states exactly one final answer;
-    otherwise it is discarded ("unfinished", "no_answer", "two_answers"). Given an answer
-    (hint): on the paper's datasets, discarded if it refers to the hint itself
-    ("mentions_hint": "the given answer", "as given", "hint"); else kept if its final answer
-    agrees with the hint, as "high" quality for the correct answer and "low" for a wrong one;
-    otherwise discarded ("inconsistent"). No answer given (the RFT and STaR baselines'
-    samples, never SML's): kept as "rft" if the answer is correct, else discarded ("wrong").
-    """
-    stated = task.stated_answers(text)  # (text: with a few-shot prompt, the rationale + the answer line read)
-    final = next(iter(stated)) if len(stated) == 1 else None
-    correct = task.answers_match(final, gold)
-    if not finished:
-        return final, correct, "discarded", "unfinished"
-    if not stated:
-        return final, correct, "discarded", "no_answer"
-    if len(stated) > 1:
-        return final, correct, "discarded", "two_answers"
-    if hint is not None and task.name in DATASET_TASKS and MENTIONS_HINT_RE.search(text):
-        return final, correct, "discarded", "mentions_hint"
-    if hint is None:
-        return (final, correct, "rft", None) if correct else (final, correct, "discarded", "wrong")
-    if not task.answers_match(final, hint):
-        return final, correct, "discarded", "inconsistent"
-    return final, correct, "high" if task.answers_match(hint, gold) else "low", None
+# SML step 2: what the answer-consistency check (rationales.label_rationale) feeds
 
 
 def build_sft_rows(task, records, labels=("high",)):
@@ -171,8 +128,9 @@ def build_pairs(task, records, max_per_question, rng):
     return pairs
 
 
-def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=False, **kw):
-    """SML steps 1-2 over the train split. Returns (records, stats)."""
+def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, **kw):
+    """SML steps 1-2 over the train split. Returns (records, stats). kw goes to
+    rationales.sample_rationales (quiet, the budget, exemplars, top_k / top_p, ...)."""
     # SML step 1: hints are the correct answer and m wrong answers per question.
     requests, meta = [], []
     for row in rows:
@@ -184,16 +142,21 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
     # a choice or yes/no dataset: the few-shot answer line is read among the row's answers
     candidates = rationales.answer_candidates(task, [row for row, _, _ in meta])
     results, speed = rationales.sample_rationales(model, tok, task, requests, k, temperature, seed,
-                                       desc="collect", quiet=quiet, candidates=candidates, **kw)
+                                       desc="collect", candidates=candidates, **kw)
     if k_unhinted:  # the RFT and STaR baselines' samples: no answer given
         res_u, sp_u = rationales.sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
                                         k_unhinted, temperature, rationales.derive_seed(seed, "unhinted"),
-                                        desc="collect (no hint)", quiet=quiet, **kw)
+                                        desc="collect (no hint)", **kw)
         results += res_u
         meta += [(r, None, "none") for r in rows]
         speed = {key: speed[key] + sp_u[key] for key in speed}
+    records = label_samples(task, meta, results)
+    return records, collection_stats(task, rows, records, speed)
 
-    # SML step 2: keep the rationales that state an answer consistent with the hint.
+
+def label_samples(task, meta, results):
+    """SML step 2: keep the rationales that state an answer consistent with the hint. One
+    record per sample, labelled (high, low, rft or discarded, with the reason)."""
     records = []
     for (row, hint, kind), samples in zip(meta, results):
         for s in samples:
@@ -207,7 +170,12 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
                             "final_answer": final, "finished": s["finished"],
                             "consistent": hint is not None and label in ("high", "low"),
                             "correct": correct, "label": label, "discard_reason": reason})
+    return records
 
+
+def collection_stats(task, rows, records, speed):
+    """stats.json's counts: kept and discarded (by reason) for each kind of hint, the labels,
+    the sampling speed."""
     stats = {"questions": len(rows), "samples": len(records), "tokens": speed["tokens"],
              "seconds": speed["seconds"], "tokens_per_s": speed["tokens"] / max(1e-9, speed["seconds"]),
              "by_hint_type": {}}
@@ -230,7 +198,7 @@ def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, quiet=F
     stats["rft"] = sum(r["label"] == "rft" for r in records)
     stats["questions_with_high"] = len({r["id"] for r in records if r["label"] == "high"})
     stats["questions_with_rft"] = len({r["id"] for r in records if r["label"] == "rft"})
-    return records, stats
+    return stats
 
 
 def yield_by_class(task, records):

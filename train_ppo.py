@@ -114,6 +114,7 @@ from data import load_val_split, load_world
 from data.jsonl import DataError, append_row, load_dataset, open_log
 from data.tokenizer import decode_sampled, stop_ids
 from sml.checkpoint import checked_config, load_checkpoint, save_checkpoint
+from sml.reward_report import MIN_RM_QUALITY, check_reward_model
 from model import GPT, configure_optimizer, fp32_head, lm_to_scalar, pad_batch, sequence_scores
 from sml.sampler import mask_padded_vocab, prompts_per_batch, sample
 
@@ -127,7 +128,6 @@ PRESETS = {"default": {},
            "pretrained": dict(lr=1e-6, critic_lr=1e-5, warmup_steps=4, min_lr_frac=0.1, critic_warmup_updates=1,
                               target_kl=0.05, updates=16, questions_per_update=16, minibatch_size=16,
                               micro_batch_size=4, eval_interval=4, norm_questions=32)}
-MIN_RM_QUALITY = 0.6  # held-out pair accuracy and fresh-sample AUC below this count as near chance
 
 
 def add_reward_args(p):
@@ -689,22 +689,6 @@ def lr_schedule(args, update):
 
 # -----------------------------------------------------------------------------
 # The reward model: is it good enough, and what scale are its scores on
-
-
-def check_reward_model(report, path, allow_weak):
-    """train_rm.py's report on the reward model (kept in rm.pt): refuse one that ranks its
-    held-out pairs or fresh samples near chance, unless --allow_weak_rm says it is meant."""
-    if allow_weak:
-        return
-    if not report:
-        raise common.UserError(f"{path}: carries no quality report (made by an older train_rm.py?); "
-                               f"retrain it, or pass --allow_weak_rm to use it anyway")
-    weak = {k: report.get(k) for k in ("val_pair_accuracy", "auc_correctness")}
-    weak = {k: v for k, v in weak.items() if v is not None and not v >= MIN_RM_QUALITY}  # NaN is weak too
-    if weak:
-        said = ", ".join(f"{k} {v:.3f}" for k, v in weak.items())
-        raise common.UserError(f"{path}: the reward model is near chance ({said}; below {MIN_RM_QUALITY}): PPO "
-                               f"against it would optimise noise; pass --allow_weak_rm if that is meant")
 
 
 @torch.no_grad()

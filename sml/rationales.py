@@ -7,6 +7,8 @@ train_rm.py and train_ppo.py) and the benchmark share.
   through the KV-cache fan-out sampler (sampler.py), with each one's final answer read back.
 - read_answers_by_candidates(): a choice or yes/no answer the model has to complete, read as
   the candidate it prefers, calibrated against a content-free prompt.
+- label_rationale(): SML step 2's answer-consistency check (collection's labels; evaluate.py
+  world counts sound consistent rationales with it).
 - evaluate(): accuracy of a model on a split: the mean over k samples per question with its
   standard error, the majority vote over them (maj@k) with a 95% Wilson interval, the step
   checker's share of sound rationales, and per-question predictions.
@@ -17,13 +19,14 @@ in, so results do not depend on batching.
 
 import hashlib
 import math
+import re
 import time
 from collections import Counter
 
 import torch
 
 from sml import common
-from data.tasks import CLASS_KINDS
+from data.tasks import CLASS_KINDS, DATASET_TASKS
 from data.tokenizer import decode_sampled, encode_after, eot_id, newline_ids, stop_ids
 from model import pad_batch
 from sml.sampler import prompts_per_batch, sample
@@ -260,6 +263,49 @@ def read_answers_by_candidates(model, tok, task, prompts, questions, todo, candi
         bar.update(len(chunk))
     bar.close()
     return answers
+
+
+# -----------------------------------------------------------------------------
+# SML step 2: the answer-consistency check (collection labels with it; evaluate.py world
+# counts sound consistent rationales with it)
+
+
+DISCARD_REASONS = ("unfinished", "no_answer", "two_answers", "mentions_hint", "inconsistent", "wrong")
+# An explanation on one of the paper's datasets that leans on the given answer itself ("as
+# given", "the hint says") argues nothing: a base model behind "Given answer: X" writes these,
+# and the consistency check would keep them. Only on the paper's datasets: the built-in world's
+# base model is pretrained on the hint template, and seldom copies "Hint:" into a rationale.
+MENTIONS_HINT_RE = re.compile(r"\bgiven answer\b|\bas given\b|\bhint", re.IGNORECASE)
+
+
+def label_rationale(task, gold, hint, text, finished):
+    """SML step 2, the answer-consistency check. Returns (final_answer, correct, label,
+    discard_reason); final_answer is the one answer the rationale *states*, or None.
+
+    A rationale counts only if it ended (end-of-text) and states exactly one final answer;
+    otherwise it is discarded ("unfinished", "no_answer", "two_answers"). Given an answer
+    (hint): on the paper's datasets, discarded if it refers to the hint itself
+    ("mentions_hint": "the given answer", "as given", "hint"); else kept if its final answer
+    agrees with the hint, as "high" quality for the correct answer and "low" for a wrong one;
+    otherwise discarded ("inconsistent"). No answer given (the RFT and STaR baselines'
+    samples, never SML's): kept as "rft" if the answer is correct, else discarded ("wrong").
+    """
+    stated = task.stated_answers(text)  # (text: with a few-shot prompt, the rationale + the answer line read)
+    final = next(iter(stated)) if len(stated) == 1 else None
+    correct = task.answers_match(final, gold)
+    if not finished:
+        return final, correct, "discarded", "unfinished"
+    if not stated:
+        return final, correct, "discarded", "no_answer"
+    if len(stated) > 1:
+        return final, correct, "discarded", "two_answers"
+    if hint is not None and task.name in DATASET_TASKS and MENTIONS_HINT_RE.search(text):
+        return final, correct, "discarded", "mentions_hint"
+    if hint is None:
+        return (final, correct, "rft", None) if correct else (final, correct, "discarded", "wrong")
+    if not task.answers_match(final, hint):
+        return final, correct, "discarded", "inconsistent"
+    return final, correct, "high" if task.answers_match(hint, gold) else "low", None
 
 
 # -----------------------------------------------------------------------------

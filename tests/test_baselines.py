@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def rec(qid, hint, rationale, gold="5"):
-    final, correct, label, reason = generate.label_rationale(TASK, gold, hint, rationale, True)
+    final, correct, label, reason = rationales.label_rationale(TASK, gold, hint, rationale, True)
     return {"id": qid, "question": f"question {qid}", "answer": gold, "hint": hint, "rationale": rationale,
             "final_answer": final, "correct": correct, "label": label, "discard_reason": reason}
 

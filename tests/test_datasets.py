@@ -546,9 +546,9 @@ def test_offline_says_how_to_pass_source(tmp_path):
 def test_consistency_check_reads_dataset_answers_as_stated():
     """SML step 2 on a dataset task: the answer must be stated once; the extractor's fallback
     (the last number) never makes a rationale consistent."""
-    import generate
+    from sml import rationales
     task = get_task("gsm8k")
-    label = lambda text, hint: generate.label_rationale(task, "18", hint, text, True)[2:]
+    label = lambda text, hint: rationales.label_rationale(task, "18", hint, text, True)[2:]
     assert label("3 * 6 = 18. The answer is $18.00.", "18") == ("high", None)
     assert label("3 * 6 = 19. The answer is 19 dollars.", "19") == ("low", None)
     assert label("3 * 6 = 18, so 18 in all.", "18") == ("discarded", "no_answer")

@@ -19,7 +19,7 @@ TASK = get_task("arithmetic")
 
 
 def rec(qid, hint, rationale, gold="5", finished=True):
-    final, correct, label, reason = generate.label_rationale(TASK, gold, hint, rationale, finished)
+    final, correct, label, reason = rationales.label_rationale(TASK, gold, hint, rationale, finished)
     return {"id": qid, "question": f"question {qid}", "answer": gold, "hint": hint,
             "rationale": rationale, "final_answer": final, "correct": correct, "label": label,
             "discard_reason": reason}
@@ -428,13 +428,13 @@ def test_a_hinted_explanation_that_refers_to_the_hint_is_discarded():
     for text in ("As given, the coin is heads up. So the answer is yes.",
                  "The given answer is yes, so the coin is heads up. So the answer is yes.",
                  "The hint says yes. So the answer is yes."):
-        assert generate.label_rationale(task, "yes", "yes", text, True)[2:] == ("discarded", "mentions_hint")
-        assert generate.label_rationale(task, "yes", "no", text, True)[2:] == ("discarded", "mentions_hint")
+        assert rationales.label_rationale(task, "yes", "yes", text, True)[2:] == ("discarded", "mentions_hint")
+        assert rationales.label_rationale(task, "yes", "no", text, True)[2:] == ("discarded", "mentions_hint")
         # no answer given (RFT's and STaR's samples): nothing to refer to, the answer decides
-        assert generate.label_rationale(task, "yes", None, text, True)[2:] == ("rft", None)
-    assert generate.label_rationale(task, "yes", "yes", "Flipped twice, an even number. So the answer is yes.",
+        assert rationales.label_rationale(task, "yes", None, text, True)[2:] == ("rft", None)
+    assert rationales.label_rationale(task, "yes", "yes", "Flipped twice, an even number. So the answer is yes.",
                                     True)[2:] == ("high", None)
-    assert "mentions_hint" in generate.DISCARD_REASONS
+    assert "mentions_hint" in rationales.DISCARD_REASONS
 
 
 def test_the_world_keeps_its_labels_whatever_its_rationales_say():
@@ -451,10 +451,10 @@ def test_the_world_keeps_its_labels_whatever_its_rationales_say():
             hint = rng.choice([prob["answer"]] + task.wrong_answers(prob, 2, rng))
             for text in (task.careless_rationale(prob, rng, 0.3)[0], task.rationalization(prob, hint, rng, 0.3),
                          task.assertion(prob, hint, rng), prob["rationale"], prob["question"]):
-                assert not generate.MENTIONS_HINT_RE.search(text), text
+                assert not rationales.MENTIONS_HINT_RE.search(text), text
     copied = "Hint: Gus does not flip: heads. Kit flips: tails. Dot flips: heads. So the answer is yes."
-    assert generate.label_rationale(get_task("coinflip"), "yes", "yes", copied, True)[2:] == ("high", None)
-    assert (generate.label_rationale(get_task("coin_flip"), "yes", "yes", copied, True)[2:]
+    assert rationales.label_rationale(get_task("coinflip"), "yes", "yes", copied, True)[2:] == ("high", None)
+    assert (rationales.label_rationale(get_task("coin_flip"), "yes", "yes", copied, True)[2:]
             == ("discarded", "mentions_hint"))
 
 

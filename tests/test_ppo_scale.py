@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sml import common
+from sml import reward_report
 from sml import rationales
 import train_ppo
 import train_rm
@@ -171,13 +172,13 @@ def test_ppo_penalises_a_rationale_that_states_no_answer(tiny_run):
 
 def test_a_reward_model_near_chance_is_refused_unless_meant():
     with pytest.raises(common.UserError, match="near chance"):
-        train_ppo.check_reward_model({"val_pair_accuracy": 0.52, "auc_correctness": 0.9}, "rm.pt", False)
+        reward_report.check_reward_model({"val_pair_accuracy": 0.52, "auc_correctness": 0.9}, "rm.pt", False)
     with pytest.raises(common.UserError, match="auc_correctness"):
-        train_ppo.check_reward_model({"val_pair_accuracy": 0.9, "auc_correctness": float("nan")}, "rm.pt", False)
+        reward_report.check_reward_model({"val_pair_accuracy": 0.9, "auc_correctness": float("nan")}, "rm.pt", False)
     with pytest.raises(common.UserError, match="no quality report"):
-        train_ppo.check_reward_model(None, "rm.pt", False)
-    train_ppo.check_reward_model({"val_pair_accuracy": 0.52, "auc_correctness": 0.5}, "rm.pt", True)
-    train_ppo.check_reward_model({"val_pair_accuracy": 0.97, "auc_correctness": 0.88}, "rm.pt", False)
+        reward_report.check_reward_model(None, "rm.pt", False)
+    reward_report.check_reward_model({"val_pair_accuracy": 0.52, "auc_correctness": 0.5}, "rm.pt", True)
+    reward_report.check_reward_model({"val_pair_accuracy": 0.97, "auc_correctness": 0.88}, "rm.pt", False)
 
 
 @pytest.mark.slow  # PPO end to end, twice

@@ -14,6 +14,7 @@ import train_sft
 from data.tokenizer import EOT, load_tokenizer
 from sml.checkpoint import load_checkpoint
 from model import GPT, IGNORE_INDEX, GPTConfig, configure_optimizer
+from sml import reward_report
 from sml.lm_training import make_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,9 +123,9 @@ def test_held_out_split_is_disjoint_by_question():
 
 
 def test_auc():
-    assert train_rm.auc([2.0, 3.0], [0.0, 1.0]) == 1.0
-    assert train_rm.auc([0.0], [1.0]) == 0.0
-    assert train_rm.auc([1.0], [1.0]) == 0.5
+    assert reward_report.auc([2.0, 3.0], [0.0, 1.0]) == 1.0
+    assert reward_report.auc([0.0], [1.0]) == 0.0
+    assert reward_report.auc([1.0], [1.0]) == 0.5
 
 
 @pytest.mark.slow  # through the CLI, a process per case: CI runs it, -m "not slow" leaves it out
@@ -261,24 +262,23 @@ def rm_argv(tiny_run, tmp_path, *extra):
 
 def test_auc_questions_0_measures_no_auc_and_the_ppo_gate_reads_it_as_not_measured(tiny_run, tmp_path):
     """It used to train the whole model, then fail in torch.cat on an empty list, saving nothing."""
-    import train_ppo
     train_rm.main(rm_argv(tiny_run, tmp_path, "--auc_questions", "0"))
     report = json.loads((tmp_path / "rm.json").read_text())
     assert report["auc_correctness"] is None and "auc_samples" not in report and "val_pair_accuracy" in report
     _, ckpt = load_checkpoint(str(tmp_path / "rm.pt"), kind="scalar")
     assert ckpt["report"] == report
-    train_ppo.check_reward_model({**report, "val_pair_accuracy": 0.9}, "rm.pt", allow_weak=False)  # not refused
+    reward_report.check_reward_model({**report, "val_pair_accuracy": 0.9}, "rm.pt", allow_weak=False)  # not refused
 
 
 def test_the_report_reads_validation_questions_never_the_test_split(tiny_run, tmp_path, monkeypatch):
     """PPO's gate decides on the report's AUC: it was computed on test.jsonl."""
     read = []
-    load = train_rm.load_dataset
+    load = reward_report.load_dataset
 
     def spy(path, *a, **kw):
         read.append(os.path.basename(path))
         return load(path, *a, **kw)
-    monkeypatch.setattr(train_rm, "load_dataset", spy)
+    monkeypatch.setattr(reward_report, "load_dataset", spy)
     monkeypatch.setattr(data, "load_dataset", spy)  # data.load_val_split's reader
     train_rm.main(rm_argv(tiny_run, tmp_path, "--auc_questions", "3"))
     report = json.loads((tmp_path / "rm.json").read_text())
