@@ -220,3 +220,20 @@ def test_results_list_the_majority_class_and_every_equation_right(tmp_path):
     out = json.loads((run / "results.json").read_text())
     assert out["majority_class"]["answer"] == "no" and out["majority_class"]["accuracy_mean"] == 0.62
     assert set(out["table"]) == {"base", "sft", "sml"}  # the majority class is no row of the table's keys
+
+
+def test_results_name_a_row_that_fewer_seeds_ran(tmp_path):
+    """A method run in only some seeds is a mean over those: the row says how many, and a row of
+    one seed shows no ± (a std of one value is not 0)."""
+    run = tmp_path / "run"
+    for seed, keys in (("seed1", ("base", "sml", "rft")), ("seed2", ("base", "sml"))):
+        (run / seed).mkdir(parents=True)
+        for key in keys:
+            acc = {"base": 0.5, "sml": 0.9, "rft": 0.8}[key] + (0.02 if seed == "seed2" else 0.0)
+            for suffix in ("", "_greedy"):
+                (run / seed / f"eval_{key}{suffix}.json").write_text(json.dumps({
+                    "n": 100, "correct": int(100 * acc), "accuracy": acc, "ci95": [acc - 0.1, acc + 0.1]}))
+    results.main([str(run)])
+    md = (run / "results.md").read_text()
+    assert "| Base model | 51.0 ± 1.4 |" in md and "| SML (SFT + PPO, RM reward) | 91.0 ± 1.4 |" in md
+    assert "| RFT (rejection-sampling fine-tuning) (1 of 2 seeds) | 80.0 | - | 80.0 |" in md

@@ -195,6 +195,8 @@ def render_table(seeds, keys, lines):
         temperatures = [r["temperature_sweep"]["chosen"] for r in rows if "temperature_sweep" in r]
         if temperatures:  # a control at its chosen temperature
             name += f", T = {', '.join(f'{t:g}' for t in temperatures)}"
+        if len(rows) < n:  # a mean over fewer seeds is not the others' mean: say so, and no ± of one
+            name += f" ({len(rows)} of {n} seeds)"
         # an evaluation of one sample per question (EVAL_K=1, or an older run's file) is its own mean
         m, sd = mean_std([r.get("sample_accuracy", r["accuracy"]) for r in rows])
         se = rows[0].get("sample_accuracy_se") if n == 1 else None
@@ -210,16 +212,17 @@ def render_table(seeds, keys, lines):
                       "temperatures": temperatures or None, "seeds": len(rows), "k": rows[0].get("k", 1),
                       "n_questions": rows[0]["n"],
                       "vs_sml_greedy": [c.get("greedy") for c in vs_sml] if vs_sml else None}
-        acc = pct(m, sd, n) + (f" ± {100 * se:.1f}" if se is not None else "")
+        acc = pct(m, sd, len(rows)) + (f" ± {100 * se:.1f}" if se is not None else "")
         paired = per_seed(seeds, key, lambda c: (t := c.get("sampled", {}).get("sample_accuracy")) and (
             f"{100 * t['difference']:+.1f} ± {100 * t['se']:.1f}{'*' if t['p_value'] < 0.05 else ''}"))
         shots = rows[0].get("shots")  # a pretrained base model answers behind exemplars
         greedy_vs = per_seed(seeds, key, lambda c: mcnemar_cell(c.get("greedy")))
         greedy_steps_vs = per_seed(seeds, key, lambda c: mcnemar_cell(
             c.get("greedy", {}).get("every_step_right_mcnemar")))
-        lines.append(f"| {name} | {pct(g, g_sd, n)} |" + (f" {pct(g_esr, g_esr_sd, n)} |" if checked else "")
+        ng, nr = len(greedy), len(rows)
+        lines.append(f"| {name} | {pct(g, g_sd, ng)} |" + (f" {pct(g_esr, g_esr_sd, ng)} |" if checked else "")
                      + f" {greedy_vs} |" + (f" {greedy_steps_vs} |" if checked else "")
-                     + f" {acc} | {paired} | {pct(pass_k, pass_sd, n)} | {pct(maj, maj_sd, n)} |"
+                     + f" {acc} | {paired} | {pct(pass_k, pass_sd, nr)} | {pct(maj, maj_sd, nr)} |"
                      + f" {what}{f', {shots}-shot prompt' if shots else ''} |")
     return table
 
