@@ -371,6 +371,7 @@ def main(argv=None):
     optimizer = configure_optimizer(rm, args.lr, args.weight_decay)
     train_seqs = [(p["chosen_ids"], p["rejected_ids"]) for p in train_pairs]
 
+    run.start()  # an earlier run's rm.pt says "done": a run killed from here on must not leave it saying so
     t0 = time.time()
     gen = torch.Generator().manual_seed(args.seed)
     best = {"step": max_steps, "val_loss": None, "weights": None}
@@ -396,7 +397,6 @@ def main(argv=None):
     report = {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "train_seconds": train_seconds,
               "steps": max_steps, "kept_step": best["step"]}
     report.update(quality_report(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs))
-    run.start()  # an earlier run's rm.pt says "done", and this run's report comes first
     if args.report:
         common.write_json(args.report, report)
     run.finish(lambda path: save_checkpoint(path, rm, tok.to_str(), {"script": "train_rm.py", "args": vars(args),

@@ -1,7 +1,7 @@
 """
 The language-model training loop that pretrain.py (next-token loss on the corpus) and
 train_sft.py (SML step 3a: the same loss on the completion tokens of high-quality
-rationales) share, with the checkpoint convention of both:
+rationales) share, with the checkpoint convention of both (sml/rundir.py: RunDir.for_checkpoint):
 
   `out`.partial   the unfinished checkpoint, written atomically every eval_interval steps
                   with the optimizer state; --resume continues it
