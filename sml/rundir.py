@@ -3,7 +3,7 @@ One convention for what a stage writes, so that a run killed at any moment is co
 (--resume), redone by the same command, or refused in one line, and never taken for finished:
 
   done          written last: the stage is finished (run.sh skips a stage whose output exists);
-                removed first when a run starts afresh into it
+                removed first when a run starts afresh into it (a summary: when it resumes too)
   resume_point  what --resume continues exactly (optimizer state included)
   log           one JSON row per step; a resumed run keeps the rows up to its resume point
   best          the chosen model so far
@@ -78,19 +78,19 @@ class RunDir:
         if self.outputs is not None:
             common.check_output(self.folder, overwrite, inputs, folder=True, outputs=list(self.outputs))
             return None
+        resumable = self.resume_point is not None  # a run there is refused below, naming --resume
         if self.folder:
             common.check_output(self.folder, True, inputs, folder=True)
         else:
             stale = [path for path in self.beside.values() if self.is_stale_report(path)]
-            common.check_outputs({self.flag: self.done, **self.beside},
-                                 overwrite or bool(stale) or self.resume_point is not None, inputs)
+            common.check_outputs({self.flag: self.done, **self.beside}, overwrite or bool(stale) or resumable,
+                                 inputs)
             with contextlib.suppress(FileNotFoundError):  # another process (DDP) may sweep one first
                 common.sweep_dead_temporaries([self.done, *self.beside.values()])
             for path in stale:
                 print(f"{path}: a report without its checkpoint (a run stopped before {self.done}); it is replaced")
-        # a run that can be resumed: its resume point (a folder) or its finished model (a file)
-        guard = self.resume_point if self.folder or not self.resume_point else self.done
-        if guard and os.path.exists(guard) and not (resume or overwrite):
+        there = self.resume_point if self.folder else self.done  # what says a run is there
+        if resumable and os.path.exists(there) and not (resume or overwrite):
             raise common.UserError(f"{self.folder} already holds {self.what}; pass --resume or --overwrite"
                                    if self.folder else f"{self.done} already exists; pass --resume to continue "
                                    f"it or --overwrite to replace it")
