@@ -6,11 +6,10 @@ and arithmetic stays learnable); a digit may carry the space before it (" 1"), w
 rationales short. Byte-level, so any text round-trips exactly.
 """
 
-import os
-
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from data.jsonl import DataError
+from sml.hub import read_tokenizer
 
 EOT = "<|endoftext|>"
 # The end-of-text token of a pretrained model's tokenizer, by family: GPT-2, Qwen and SmolLM
@@ -82,17 +81,6 @@ def train_tokenizer(texts, vocab_size=512):
     return tok
 
 
-def read_tokenizer(path, error=DataError, remedy="make it with data/prepare.py"):
-    """A tokenizer.json; a missing or malformed one is one `error` naming the file."""
-    if not os.path.exists(path):
-        raise error(f"{path}: no such file ({remedy})")
-    try:
-        return Tokenizer.from_file(path)
-    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise error(f"{path}: not a tokenizer the tokenizers library reads ({reason}); {remedy}") from None
-
-
 def load_tokenizer(path):
-    """A data folder's tokenizer.json."""
-    return read_tokenizer(path)
+    """A data folder's tokenizer.json; a missing or malformed one is a DataError naming the file."""
+    return read_tokenizer(path, DataError, "make it with data/prepare.py")

@@ -19,9 +19,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
-import data.tokenizer
 from sml.common import CheckpointError
 
 
@@ -322,9 +322,16 @@ def weight_map(index_path):
 
 
 
-def read_tokenizer(path):
-    """A checkpoint folder's tokenizer.json."""
-    return data.tokenizer.read_tokenizer(path, CheckpointError, "the model's tokenizer is needed")
+def read_tokenizer(path, error=CheckpointError, remedy="the model's tokenizer is needed"):
+    """A tokenizer.json (a checkpoint folder's; data/tokenizer.load_tokenizer reads a data
+    folder's with DataError); a missing or malformed one is one `error` naming the file."""
+    if not os.path.exists(path):
+        raise error(f"{path}: no such file ({remedy})")
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise error(f"{path}: not a tokenizer the tokenizers library reads ({reason}); {remedy}") from None
 
 
 
