@@ -42,6 +42,7 @@ from data import fewshot, load_world
 from data.jsonl import load_dataset, write_jsonl
 from data.tasks import CLASS_KINDS, DATASET_TASKS
 from sml.checkpoint import load_checkpoint
+from sml.rundir import RunDir
 
 PRESETS = rationales.SAMPLING_PRESETS
 OUTPUTS = ["rationales.jsonl", "sft.jsonl", "pairs.jsonl", "rft.jsonl", "star.jsonl", "stats.json"]  # --out_dir's files
@@ -265,7 +266,8 @@ def class_histograms(task, rows, sft, pairs):
 def main(argv=None):
     args = get_args(argv)
     common.refuse_torchrun()
-    common.check_output(args.out_dir, args.overwrite, [args.ckpt, args.data_dir], folder=True, outputs=OUTPUTS)
+    run = RunDir.whole_folder(args.out_dir, OUTPUTS)
+    run.check([args.ckpt, args.data_dir], args.overwrite)
     rt = common.setup_runtime(args.device, args.dtype)
     common.seed_everything(args.seed)
     tok, task = load_world(args.data_dir, args.task)
@@ -301,7 +303,7 @@ def main(argv=None):
                   "classes": class_histograms(task, rows, sft, pairs),
                   "exemplars": exemplars, "max_new_tokens": budget,
                   "args": vars(args)})
-    with common.atomic_folder(args.out_dir, OUTPUTS) as tmp:
+    with run.write() as tmp:  # the folder appears whole, stats.json in it
         write_jsonl(os.path.join(tmp, "rationales.jsonl"), records)
         write_jsonl(os.path.join(tmp, "sft.jsonl"), sft)
         write_jsonl(os.path.join(tmp, "pairs.jsonl"), pairs)

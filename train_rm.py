@@ -31,7 +31,6 @@ process train the same model and write the same files.
 """
 
 import dataclasses
-import json
 import math
 import os
 import random
@@ -47,6 +46,7 @@ from data import load_val_split, load_world
 from data.jsonl import DataError, load_dataset, load_pairs
 from data.tokenizer import encode_after, eot_id
 from sml.checkpoint import load_checkpoint, save_checkpoint
+from sml.rundir import RunDir
 from model import configure_optimizer, lm_to_scalar, pad_batch, sequence_scores
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
@@ -336,33 +336,17 @@ def quality_report(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs):
     return report
 
 
-def stale_report(args):
-    """A report of this script without its checkpoint: a run killed between the two (rm.pt,
-    written last, says the stage is done). Like PPO's summary.json, it is replaced by the rerun
-    without --overwrite; a file at --report that is not such a report is never touched."""
-    if not args.report or os.path.exists(args.out) or not os.path.isfile(args.report):
-        return False
-    try:
-        with open(args.report, encoding="utf-8") as f:
-            report = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(report, dict) and REPORT_KEYS <= report.keys()
-
-
-# what every report of this script holds (written in main): how a stale one is recognised
+# what every report of this script holds (written in main): how a stale one is recognised, a
+# report without its checkpoint (a run killed between the two; rm.pt, written last, says the
+# stage is done), which the rerun replaces without --overwrite
 REPORT_KEYS = {"train_pairs", "val_pairs", "train_seconds", "steps", "kept_step"}
 
 
 def main(argv=None):
     args = get_args(argv)
     common.refuse_torchrun()  # every process would train alike and write the same files
-    stale = stale_report(args)
-    common.check_outputs({"--out": args.out, "--report": args.report}, args.overwrite or stale,
-                         [args.init, args.pairs, args.data_dir])
-    common.sweep_dead_temporaries([args.out, args.report])
-    if stale:
-        print(f"{args.report}: a report without its checkpoint (a run stopped before {args.out}); it is replaced")
+    run = RunDir(args.out, beside={"--report": args.report}, report_keys=REPORT_KEYS)
+    run.check([args.init, args.pairs, args.data_dir], args.overwrite)
     if args.auc_questions:
         val_questions(args)  # before training, not after
     rt = common.setup_runtime(args.device, args.dtype)
@@ -412,13 +396,12 @@ def main(argv=None):
     report = {"train_pairs": len(train_pairs), "val_pairs": len(val_pairs), "train_seconds": train_seconds,
               "steps": max_steps, "kept_step": best["step"]}
     report.update(quality_report(rm, sft_model, tok, task, args, rt, train_pairs, val_pairs))
-    if os.path.exists(args.out):
-        os.remove(args.out)  # an earlier run's: it says "done", and this run's report comes first
+    run.start()  # an earlier run's rm.pt says "done", and this run's report comes first
     if args.report:
         common.write_json(args.report, report)
-    save_checkpoint(args.out, rm, tok.to_str(),
-                    {"script": "train_rm.py", "args": vars(args), "step": best["step"], "parent": args.init},
-                    extra={"report": report})
+    run.finish(lambda path: save_checkpoint(path, rm, tok.to_str(), {"script": "train_rm.py", "args": vars(args),
+                                                                     "step": best["step"], "parent": args.init},
+                                            extra={"report": report}))
     common.cleanup_runtime(rt)
 
 

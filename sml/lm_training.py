@@ -12,48 +12,35 @@ rationales) share, with the checkpoint convention of both:
   `out` - .pt + .log.jsonl   one row per step
 """
 
-import contextlib
-import os
 import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sml import common
-from data.jsonl import DataError, append_row, open_log
+from data.jsonl import DataError, append_row
 from sml.checkpoint import load_checkpoint, save_checkpoint
+from sml.rundir import RunDir
 from model import IGNORE_INDEX, configure_optimizer, pad_batch
-
-
-def log_path_of(out):
-    return os.path.splitext(out)[0] + ".log.jsonl"
 
 
 def start_or_resume(out, resume, overwrite, init, tokenizer_json, device="cpu", inputs=()):
     """(model, start_step, resume_state): with --resume from `out`.partial (or a finished
-    `out`, weights only), else from the checkpoint `init` (or the model init() returns). A
-    finished `out` is never replaced without --resume or --overwrite, and is none of the run's
-    `inputs` (files and folders; `init` is one). A fresh start removes a finished `out` first:
-    it says the stage is done, and a run killed before it ends must not leave that said.
-    resume_state holds the optimizer state and the best held-out loss so far (None: start them
-    afresh)."""
-    common.check_output(out, overwrite=True, inputs=[*inputs, *([] if callable(init) else [init])])
-    partial = out + ".partial"
-    if resume:  # the unfinished checkpoint, or a finished one to train further (a larger --max_steps)
-        source = partial if os.path.exists(partial) else out if os.path.exists(out) else None
-        if source:
-            model, ckpt = load_checkpoint(source, kind="lm", tokenizer_json=tokenizer_json, device=device)
-            print(f"resuming {source} from step {ckpt['provenance']['step']}"
-                  + ("" if "optimizer" in ckpt else " (a finished checkpoint: a fresh optimizer)"), flush=True)
-            return model, ckpt["provenance"]["step"], ckpt.get("resume")
-    if os.path.exists(out) and not overwrite:
-        raise common.UserError(f"{out} already exists; pass --resume to continue it or --overwrite "
-                               f"to replace it")
+    `out`, weights only), else from the checkpoint `init` (or the model init() returns). The
+    run folder's checks (RunDir.check: `out` is none of the `inputs`, `init` included, and a
+    finished one needs --resume or --overwrite); a fresh start removes a finished `out` (it
+    says the stage is done). resume_state holds the optimizer state and the best held-out loss
+    so far (None: start them afresh)."""
+    run = RunDir.for_checkpoint(out)
+    source = run.check([*inputs, *([] if callable(init) else [init])], overwrite, resume)
+    if source:  # the unfinished checkpoint, or a finished one to train further (a larger --max_steps)
+        model, ckpt = load_checkpoint(source, kind="lm", tokenizer_json=tokenizer_json, device=device)
+        print(f"resuming {source} from step {ckpt['provenance']['step']}"
+              + ("" if "optimizer" in ckpt else " (a finished checkpoint: a fresh optimizer)"), flush=True)
+        return model, ckpt["provenance"]["step"], ckpt.get("resume")
     model = init() if callable(init) else load_checkpoint(init, kind="lm", tokenizer_json=tokenizer_json,
                                                           device=device)[0]
-    if os.path.exists(out):  # replaced (--overwrite): it must no longer say the stage is done
-        with contextlib.suppress(FileNotFoundError):  # another DDP process may remove it first
-            os.remove(out)
+    run.start()
     return model, 0, None
 
 
@@ -169,18 +156,16 @@ def optimizer_and_best(model, lr, weight_decay, resume_state):
     return optimizer, resume_state.get("best") or {"step": None, "val_loss": float("inf")}
 
 
-def finish(model, out, tokenizer_json, provenance, max_steps, best, select_best, n_val):
+def finish(run, model, tokenizer_json, provenance, max_steps, best, select_best, n_val):
     """The finished checkpoint under its real name, weights only (the last step's, or the chosen
-    ones), and the unfinished one removed."""
+    ones), and the unfinished one removed (RunDir.finish)."""
     if select_best:  # finished: the chosen weights get the real name
-        print(f"{out}: step {best['step']} of {max_steps}, " +
+        print(f"{run.done}: step {best['step']} of {max_steps}, " +
               (f"the best score ({best['val_score']:.4f})" if best.get("val_score") is not None else
                f"the lowest held-out loss ({best['val_loss']:.4f} on {n_val} examples)"), flush=True)
-        os.replace(out + ".best", out)
+        run.finish()
     else:
-        save_checkpoint(out, model, tokenizer_json, {**provenance, "step": max_steps})
-    if os.path.exists(out + ".partial"):
-        os.remove(out + ".partial")  # our own unfinished checkpoint, now finished
+        run.finish(lambda path: save_checkpoint(path, model, tokenizer_json, {**provenance, "step": max_steps}))
 
 
 def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_json, provenance, *,
@@ -211,10 +196,10 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
         model = torch.compile(model)
     if rt.ddp:
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
-    partial, best_path = out + ".partial", out + ".best"
+    run = RunDir.for_checkpoint(out)
     records, log = [], None
     if rt.master:  # the rows up to the checkpoint we start from, then this run's
-        log = open_log(log_path_of(out), (lambda row: row["step"] <= start_step) if start_step else None)
+        log = run.open_log("step", start_step or None)
     model.train()
     t0, tokens_seen = time.time(), 0
     bar = common.progress(range(start_step, max_steps), desc=desc, disable=not rt.master,
@@ -224,7 +209,7 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
         common.set_lr(optimizer, step_lr)
         batch = step_indices(seed, step, len(train_examples), batch_size)
         loss, global_tokens = accumulate_gradients(model, rt, train_examples, batch, micro, grad_accum, pad_id)
-        common.check_loss(loss, f"at step {step}", partial)
+        common.check_loss(loss, f"at step {step}", run.resume_point)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -240,9 +225,9 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
                                 else rec["val_loss"] < best["val_loss"]):  # ties: the earlier step
                 best = {"step": step + 1, "val_loss": rec["val_loss"], "val_score": rec.get("val_score")}
                 if rt.master:
-                    save_checkpoint(best_path, raw_model, tokenizer_json, {**provenance, "step": step + 1})
+                    save_checkpoint(run.best, raw_model, tokenizer_json, {**provenance, "step": step + 1})
             if rt.master:
-                save_checkpoint(partial, raw_model, tokenizer_json, {**provenance, "step": step + 1},
+                save_checkpoint(run.resume_point, raw_model, tokenizer_json, {**provenance, "step": step + 1},
                                 extra={"resume": {"optimizer": optimizer.state_dict(), "best": best}})
             common.print0(rt, f"\nstep {step + 1}: loss {loss:.4f} val {rec['val_loss'] or 0:.4f} "
                               f"lr {step_lr:.2e} {rec['tokens_per_s']:.0f} tok/s")
@@ -253,5 +238,5 @@ def train_lm(model, rt, train_examples, val_examples, pad_id, out, tokenizer_jso
     bar.close()
     if rt.master:
         log.close()
-        finish(raw_model, out, tokenizer_json, provenance, max_steps, best, select_best, len(val_examples))
+        finish(run, raw_model, tokenizer_json, provenance, max_steps, best, select_best, len(val_examples))
     return records
