@@ -40,9 +40,10 @@ from sml import common
 from sml import rationales
 from sml import validation
 from data import load_val_split, load_world
-from data.jsonl import DataError, append_row, load_dataset, open_log
+from data.jsonl import DataError, append_row, load_dataset
 from data.tokenizer import decode_sampled, stop_ids
 from sml.checkpoint import checked_config, load_checkpoint, save_checkpoint
+from sml.rundir import RunDir
 from model import GPT, configure_optimizer, fp32_head, lm_to_scalar, pad_batch, sequence_scores
 from sml.sampler import mask_padded_vocab, prompts_per_batch, sample
 
@@ -893,18 +894,6 @@ def optimizers(args, rt, policy, ref, rm, critic, resumed=None):
     return opt_policy, opt_critic, gen
 
 
-@dataclass
-class PPOPaths:
-    """What a run writes in --out_dir."""
-    out_dir: str
-
-    def __post_init__(self):
-        self.last = os.path.join(self.out_dir, "ppo_last.pt")  # where --resume continues
-        self.best = os.path.join(self.out_dir, "ppo_best.pt")  # the chosen policy, weights only
-        self.log = os.path.join(self.out_dir, "ppo_log.jsonl")
-        self.summary = os.path.join(self.out_dir, "summary.json")  # written last: the run is finished
-
-
 def step_settings(args, state, n_vocab):
     """Steps 2, 3 and 4's settings, from the flags (and the reward model's scale)."""
     return (RewardSettings(args.reward, args.no_answer_penalty, args.unfinished_penalty, args.reward_clip,
@@ -914,15 +903,6 @@ def step_settings(args, state, n_vocab):
             UpdateSettings(args.ppo_epochs, args.minibatch_size, args.temperature, args.clip, args.value_clip,
                            args.grad_clip, args.micro_batch_size, args.target_kl, n_vocab,
                            per_sequence=args.estimator == "grpo"))  # GRPO (Shao et al. 2024): rationales averaged
-
-
-def check_out_dir(args, paths):
-    """--out_dir is none of the inputs, and holds no run unless --resume or --overwrite says what
-    to do with it. Returns whether the run resumes."""
-    common.check_output(args.out_dir, True, [args.sft, args.rm, args.data_dir], folder=True)
-    if os.path.exists(paths.last) and not (args.resume or args.overwrite):
-        raise DataError(f"{args.out_dir} already holds a PPO run; pass --resume or --overwrite")
-    return args.resume and os.path.exists(paths.last)
 
 
 def provenance(args, update):
@@ -939,17 +919,14 @@ def save_resume_point(path, tokenizer_json, about, policy, critic, opt_policy, o
                            "opt_critic": opt_critic.state_dict() if critic else None, "ppo_state": asdict(state)})
 
 
-def finish(path, args, n_val, state, seconds):
+def summary(args, n_val, state, seconds):
     """summary.json, written last: it says the run is finished, and which update it hands on."""
     why = f"highest greedy accuracy on the {n_val} validation questions (ties go to the earlier update)"
     print(f"ppo_best.pt is update {state.best_update}: {why}")
-    common.write_json(path, {"updates": args.updates, "seconds": seconds, "reward": args.reward,
-                             "estimator": args.estimator,
-                             "critic_init": args.critic_init if args.estimator == "ppo" else None,
-                             "best_update": state.best_update, "best_val_greedy_accuracy": state.best_val,
-                             "chosen_because": why, "val_history": state.val_history,
-                             "reward_mean": state.reward_mean, "reward_std": state.reward_std,
-                             "reward_scale": state.reward_scale})
+    return {"updates": args.updates, "seconds": seconds, "reward": args.reward, "estimator": args.estimator,
+            "critic_init": args.critic_init if args.estimator == "ppo" else None, "best_update": state.best_update,
+            "best_val_greedy_accuracy": state.best_val, "chosen_because": why, "val_history": state.val_history,
+            "reward_mean": state.reward_mean, "reward_std": state.reward_std, "reward_scale": state.reward_scale}
 
 
 def main(argv=None):
@@ -958,35 +935,36 @@ def main(argv=None):
     if rt.ddp:
         raise common.UserError("runs on one process (one GPU or the CPU); start it without torchrun")
     common.seed_everything(args.seed)
-    paths = PPOPaths(args.out_dir)
-    resuming = check_out_dir(args, paths)
+    # ppo_last.pt: what --resume continues; ppo_best.pt: the chosen policy; summary.json: written last
+    run = RunDir.in_folder(args.out_dir, "summary.json", resume_point="ppo_last.pt", best="ppo_best.pt",
+                           log="ppo_log.jsonl", what="a PPO run")
+    resuming = run.check([args.sft, args.rm, args.data_dir], args.overwrite, args.resume) is not None
     # The world: the task, its questions (every prompt checked to fit the policy's context).
     tok, task = load_world(args.data_dir)
     tok_json, k = tok.to_str(), args.samples_per_question
-    policy, ckpt = load_checkpoint(paths.last if resuming else args.sft, kind="lm", tokenizer_json=tok_json,
+    policy, ckpt = load_checkpoint(run.resume_point if resuming else args.sft, kind="lm", tokenizer_json=tok_json,
                                    device=rt.device)
     data = load_data(args.data_dir, args.eval_limit, args.max_new_tokens, tok, task, policy.config)
     # The models: the policy (above), the frozen reference (the SFT model), the reward model (gated).
     ref, _ = load_checkpoint(args.sft, kind="lm", tokenizer_json=tok_json, device=rt.device)
     rm, rm_report = load_reward_model(args.rm, args.reward, args.allow_weak_rm, tok_json, rt.device)
-    if os.path.exists(paths.summary):
-        os.remove(paths.summary)  # ours, and it says "finished": a rerun, fresh or resumed, is not yet
+    run.start(resuming)  # summary.json says "finished": a rerun, fresh or resumed, is not yet
     # Resume, or measure the reward model's scale and build the critic; then the optimizers.
     if resuming:
-        critic, state = resume(ckpt, paths.last, rt.device)
+        critic, state = resume(ckpt, run.resume_point, rt.device)
     else:
         critic, state = start(args, rt, data, policy, ref, rm, rm_report)
     opt_policy, opt_critic, gen = optimizers(args, rt, policy, ref, rm, critic, ckpt if resuming else None)
-    # a resumed run's log: the rows up to its checkpoint
-    log = open_log(paths.log, (lambda row: row["update"] <= ckpt["provenance"]["step"]) if resuming else None)
+    log = run.open_log("update", ckpt["provenance"]["step"] if resuming else None)  # up to the resume point
     val = validation.Validation(tok, task, data.val_rows, args.seed, args.val_samples, args.eval_temperature,
                                 data.max_new_tokens, args.batch_prompts, rt.autocast)
     if not resuming:  # the SFT model is candidate 0
         rec = {"update": 0, "reward_mean": state.reward_mean, "reward_std": state.reward_std,
                "reward_scale": state.reward_scale}
         validation.choose_checkpoint(policy, val, 0, rec, state,
-                                     partial(save_checkpoint, paths.best, policy, tok_json, provenance(args, 0)))
-        save_resume_point(paths.last, tok_json, provenance(args, 0), policy, critic, opt_policy, opt_critic, gen, state)
+                                     partial(save_checkpoint, run.best, policy, tok_json, provenance(args, 0)))
+        save_resume_point(run.resume_point, tok_json, provenance(args, 0), policy, critic, opt_policy, opt_critic,
+                          gen, state)
         append_row(log, rec)
     step2, step3, step4 = step_settings(args, state, data.n_vocab)
     print(" ".join(f"{c:>9s}" for c in LOG_COLUMNS))
@@ -1010,7 +988,7 @@ def main(argv=None):
                            update >= args.critic_warmup_updates, lr_schedule(args, update), rt.autocast)
         for loss in (stats["policy_loss"], stats["value_loss"]):
             if loss is not None:  # (None: a model that did not train in this update)
-                common.check_loss(loss, f"at update {update + 1}", paths.last)
+                common.check_loss(loss, f"at update {update + 1}", run.resume_point)
         # 5. Log (with the beta this update used), and every --eval_interval updates choose on the
         #    validation split and save.
         rec = log_record(update, rewards, rollouts, batch, stats, state.kl_coef, lr_schedule(args, update)(0)[0],
@@ -1024,12 +1002,12 @@ def main(argv=None):
                               for i in range(min(args.log_samples, len(seeds)))]
             about = provenance(args, update + 1)
             validation.choose_checkpoint(policy, val, update + 1, rec, state,
-                                         partial(save_checkpoint, paths.best, policy, tok_json, about))
-            save_resume_point(paths.last, tok_json, about, policy, critic, opt_policy, opt_critic, gen, state)
+                                         partial(save_checkpoint, run.best, policy, tok_json, about))
+            save_resume_point(run.resume_point, tok_json, about, policy, critic, opt_policy, opt_critic, gen, state)
         append_row(log, rec)
         print_row(rec)
     log.close()
-    finish(paths.summary, args, len(data.val_rows), state, time.time() - t_start)
+    run.finish(partial(common.write_json, obj=summary(args, len(data.val_rows), state, time.time() - t_start)))
     common.cleanup_runtime(rt)
 
 
