@@ -383,7 +383,6 @@ class Batch:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, batch_prompts=None,
             amp=nullcontext(), n_vocab=None):
     """k samples per prompt, as a Rollout on the policy's device, sampled batch_prompts prompts at
@@ -413,7 +412,6 @@ def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, ba
     return Rollout(idx.to(device), mask.to(device), responses, sampler_logp,
                    torch.tensor([len(s) for s in seqs], device=device), torch.cat(finished).to(device),
                    torch.tensor([len(r) for r in responses], device=device))
-
 
 
 @torch.no_grad()
@@ -455,7 +453,6 @@ def fresh_critic(lm):
         critic.score_head.weight.zero_()
         critic.score_head.bias.zero_()
     return critic
-
 
 
 @dataclass(frozen=True)
@@ -659,7 +656,6 @@ def check_reward_model(report, path, allow_weak):
         said = ", ".join(f"{k} {v:.3f}" for k, v in weak.items())
         raise common.UserError(f"{path}: the reward model is near chance ({said}; below {MIN_RM_QUALITY}): PPO "
                                f"against it would optimise noise; pass --allow_weak_rm if that is meant")
-
 
 
 @torch.no_grad()
