@@ -778,9 +778,7 @@ def print_row(rec):
 
 @dataclass
 class PPOData:
-    """The questions PPO samples from and chooses on, with what reads them."""
-    tok: object
-    task: object
+    """The questions PPO samples from and chooses on, and how rollouts are cut."""
     train_rows: list
     val_rows: list
     prompt_ids: dict  # question id -> prompt token ids
@@ -790,6 +788,7 @@ class PPOData:
 
 
 def load_data(data_dir, eval_limit, max_new_tokens, tok, task, policy_config):
+    """The train questions (their prompts encoded) and the validation ones."""
     train_rows = load_dataset(os.path.join(data_dir, "train.jsonl"))
     val_rows = load_val_split(data_dir, eval_limit, "PPO's checkpoint choice")
     # every prompt PPO will sample from must fit, checked now rather than after an hour (the test
@@ -800,7 +799,7 @@ def load_data(data_dir, eval_limit, max_new_tokens, tok, task, policy_config):
                 raise DataError(f"{name} question {r['id']!r} does not fit the model's context of "
                                 f"{policy_config.block_size} tokens")
     prompt_ids = {r["id"]: tok.encode(task.prompt(r["question"])).ids for r in train_rows}
-    return PPOData(tok, task, train_rows, val_rows, prompt_ids, stop_ids(tok, policy_config),
+    return PPOData(train_rows, val_rows, prompt_ids, stop_ids(tok, policy_config),
                    tok.get_vocab_size(), max_new_tokens or task.rationale_tokens)
 
 
