@@ -43,9 +43,9 @@ from data import load_val_split, load_world
 from data.jsonl import DataError, append_row, load_dataset
 from data.tokenizer import decode_sampled, stop_ids
 from sml.checkpoint import checked_config, load_checkpoint, save_checkpoint
-from sml.rundir import RunDir
 from model import GPT, configure_optimizer, fp32_head, lm_to_scalar, pad_batch, sequence_scores
 from sml.sampler import mask_padded_vocab, prompts_per_batch, sample
+from sml.rundir import RunDir
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {},
