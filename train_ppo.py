@@ -2,98 +2,25 @@
 SML step 3c: PPO against the reward model, in plain PyTorch, one file, read top to bottom.
 
 The policy starts from the SFT model and writes rationales for training questions with no
-answer given. The frozen reward model scores each finished rationale; a per-token KL
-penalty to the frozen SFT model (the reference) keeps the policy close to what the reward
-model was trained on. A critic with a scalar head estimates values for GAE. Each update:
+answer given; the frozen reward model scores each finished one; a per-token KL penalty to the
+frozen SFT model (the reference) keeps the policy near what the reward model was trained on;
+a critic with a scalar head estimates values for GAE. Each update:
 
-  1. rollout    sample k rationales for each of Q questions (no top-k/top-p, so the
-                sampler's distribution is exactly the one whose log-probs we train)
-  2. reward     one number per rationale: the reward model's standardised score (or the
-                exact answer check, or a random control), penalties for no answer / no ending
-  3. advantage  old and reference log-probs and values; per-token reward
-                -beta * (log pi - log pi_ref), + the sequence reward at the last token;
-                GAE(gamma, lambda); advantages whitened (unit RMS, as every estimator's)
-  4. optimise   a few epochs over minibatches: clipped policy ratio, value loss (clipped
-                only with --value_clip); the epochs stop before the step of the first
-                minibatch whose approx KL passes --target_kl
-  5. log        RM score and true accuracy side by side, the reward's spread beside
-                beta * KL, entropy, clip fraction, approx KL, ratio max, gradient norm,
-                explained variance, the sampler's log-probs against the recomputed ones,
-                response length; every --eval_interval updates, checkpoint selection on
-                greedy validation accuracy and a few decoded rollouts
+  1. rollout    k rationales for each of Q fresh training questions (no top-k/top-p)
+  2. reward     the reward model's standardised score (or the exact answer check, or a random
+                control), penalties for no answer / no ending
+  3. advantage  old and reference log-probs, values; per-token reward -beta * KL, + the sequence
+                reward at the last token; GAE (or RLOO's / GRPO's group baseline); unit RMS
+  4. optimise   epochs over minibatches: clipped policy ratio, value loss
+  5. log        RM score beside true accuracy, KL term beside the reward's spread, PPO's health;
+                every --eval_interval updates, checkpoint choice on greedy validation accuracy
 
     python train_ppo.py --sft runs/default/sft.pt --rm runs/default/rm.pt \\
         --data_dir runs/default/data --out_dir runs/default/ppo
 
---reward rm (the paper) | exact (the task's answer check, Task.reward: RL on a verifiable
-reward, a baseline) | rm+exact (both) | random (a control: a seeded N(0,1) per rollout, on the
-standardised RM's scale, with the same penalties and clip). Every kind starts its critic from
-the same place, the SFT model's trunk with a zero head (--critic_init sft, the default; no
---rm needed), so the runs differ in the reward and in its scale only: exact is 0/1, so the
-same beta weighs more against it than against a reward of std 1. (--critic_init rm, the
-reward model standardised, fits the reward at the end-of-text token only: at the earlier
-positions GAE reads, its head was never trained.)
-
---estimator ppo (the paper's, the default) | rloo | grpo: the last two drop the critic, as the
-trainers of TRL, OpenRLHF, verl and nanochat do. Their advantage compares a rationale with the
-other samples of the same question. RLOO (Ahmadian et al. 2024): its return (sequence reward
-minus beta times its KL to the SFT model, the penalty PPO spreads over the tokens) minus the
-mean of the other k-1 returns; every token gets it, and the loss is PPO's token mean. GRPO
-(Shao et al. 2024): the sequence reward alone, minus the group's mean, over its std; the KL to
-the reference is a loss term of its own (beta times the k3 estimator), and each rationale's
-tokens are averaged before the rationales are. The clipped objective and the epochs are PPO's.
-Every estimator's advantages are scaled to RMS 1 over the batch's response tokens (PPO's
-whitening does it already), so that one --lr is one step size for all three.
-
-Reward scale: a Bradley-Terry reward model fixes neither the shift nor the scale of its
-scores, so before the first update the RM scores a batch of the SFT model's own rationales
-and every later score is standardised with that mean and std (logged, with the raw range).
-The std has a floor (--reward_std_floor times the spread of the RM's scores on its held-out
-pairs): a reward model that scores every SFT sample alike would otherwise turn its noise into
-rewards of several units. kl_coef and the penalties are in units of "standard deviations of
-the RM on SFT samples". A rollout that never ends gets a fixed penalty instead of a score read
-at a token the reward model never saw (it was trained on finished rationales). PPO refuses a
-reward model whose held-out pair accuracy or fresh-sample AUC (train_rm.py's report, kept in
-rm.pt) is near chance, unless --allow_weak_rm says that is meant.
-
-Step sizes (a pretrained model, PRESET=pretrained): AdamW's first step moves every parameter by
-about the learning rate, and the first minibatch of each update has ratio 1, so the clip
-cannot stop it: --warmup_steps ramps both learning rates up (then --min_lr_frac decays them),
---critic_warmup_updates trains the critic alone first, and --target_kl ends an update's epochs
-early (before the step that would pass it). The built-in world's defaults leave all three off;
-a --warmup_steps longer than the run is refused (the learning rate would never reach --lr).
-
-Memory (one GPU): every forward runs on --micro_batch_size rows at a time (gradients accumulate
-over a minibatch), log-probs are computed for response positions only, a chunk at a time, the
-frozen reference and reward model are kept in the compute dtype (cast before the reward scale is
-measured, so that it is the scale of the copy that scores), and --grad_checkpointing
-recomputes each block's activations in backward. Autocast goes around each forward only: it
-caches the bf16 copy of every weight until its region ends, so an optimizer step inside one
-region would be invisible to the forwards after it.
-
-Checkpoint selection: on the validation split (data_dir/val.jsonl, held out of collection, SFT
-and the RM by data/prepare.py), at update 0 (the SFT model itself) and every --eval_interval
-updates, by greedy accuracy (the table's headline; ties go to the earlier update). The mean of
---val_samples samples per question at --eval_temperature, with the same seeds for every
-candidate, is logged beside it. The best is ppo_best.pt, and summary.json says which and why.
-The test split is not read: evaluate.py reads it once, for the final table.
-
-Writes ppo_last.pt (the policy with the critic and both optimizers: what --resume continues,
-exactly), ppo_best.pt (weights only: a language-model checkpoint that evaluate.py reads),
-ppo_log.jsonl (one row per update, update 0 being the SFT model's evaluation) and, last,
-summary.json (a rerun into the same folder removes it first: it says the run is finished).
-
-KL: beta (--kl_coef) is in standardised reward units; the log's kl_term (beta times the KL per
-rationale) beside reward_std shows how much of the return it is. In the built-in world at the
-default beta it is a few percent of the reward's spread at most: the world's PPO is close to
-unregularised, and what bounds its drift is the number of updates and the checkpoint choice.
---kl_target adapts beta (Ziegler et al. 2019) over --kl_horizon updates.
-
-What this PPO leaves out, to stay small: no entropy bonus (nothing here holds the entropy up:
-see KL above), one process only (no DDP), a separate critic rather
-than a value head on the policy (so the policy's trunk serves one objective), and no reward
-normalisation beyond the one-off standardisation above (running statistics would move the
-reward's meaning during training).
+Writes ppo_last.pt (what --resume continues, exactly), ppo_best.pt (the chosen policy),
+ppo_log.jsonl and, last, summary.json. The rewards, the reward model's scale and gate, RLOO
+and GRPO, step sizes, memory and the checkpoint choice: docs/ppo.md.
 """
 
 import copy
@@ -102,7 +29,8 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -110,13 +38,15 @@ from torch.utils.checkpoint import checkpoint
 
 from sml import common
 from sml import rationales
+from sml import validation
 from data import load_val_split, load_world
-from data.jsonl import DataError, append_row, load_dataset, open_log
+from data.jsonl import DataError, append_row, load_dataset
 from data.tokenizer import decode_sampled, stop_ids
 from sml.checkpoint import checked_config, load_checkpoint, save_checkpoint
 from sml.reward_report import MIN_RM_QUALITY, check_reward_model
 from model import GPT, configure_optimizer, fp32_head, lm_to_scalar, pad_batch, sequence_scores
 from sml.sampler import mask_padded_vocab, prompts_per_batch, sample
+from sml.rundir import RunDir
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 PRESETS = {"default": {},
@@ -453,10 +383,12 @@ class Batch:
 
 
 @torch.no_grad()
-def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, device, batch_prompts=None,
+def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, batch_prompts=None,
             amp=nullcontext(), n_vocab=None):
-    """k samples per prompt, as a Rollout, sampled batch_prompts prompts at a time (None: as
-    many as the device's memory holds). stop_ids: an id or a list; the first pads the rows."""
+    """k samples per prompt, as a Rollout on the policy's device, sampled batch_prompts prompts at
+    a time (None: as many as the device's memory holds). stop_ids: an id or a list; the first
+    pads the rows."""
+    device = next(policy.parameters()).device
     stop_ids = [stop_ids] if isinstance(stop_ids, int) else list(stop_ids)
     with amp:  # the batch size counts the cache in the dtype it will be kept in
         batch_prompts = batch_prompts or prompts_per_batch(policy, max(map(len, prompts)) + max_new_tokens, k)
@@ -523,65 +455,90 @@ def fresh_critic(lm):
     return critic
 
 
+@dataclass(frozen=True)
+class AdvantageSettings:
+    """Step 3's hyperparameters (the flags of the same names)."""
+    temperature: float  # of the rollouts, so of every log-prob
+    gamma: float
+    lam: float
+    estimator: str = "ppo"  # or rloo, grpo: a baseline from the other samples of the question
+    k: int = None  # samples per question (rloo, grpo)
+    micro_batch_size: int = None  # rows per forward (None: all)
+    n_vocab: int = None  # ids past the tokenizer's vocabulary are never sampled
+
+
 @torch.no_grad()
-def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, temperature, gamma, lam,
-                  micro_batch_size=None, amp=nullcontext(), n_vocab=None, estimator="ppo", k=None):
+def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, cfg, amp=nullcontext()):
     """Step 3 of an update: old and reference log-probs, values, per-token rewards, and the
     advantages: GAE with the critic's values (ppo), or each rationale's return against its
     group of k (rloo, grpo: critic is None; grpo's reward leaves the KL out, ppo_update adds it
     to the loss). The advantages have unit RMS over the batch's response tokens whatever the
-    estimator. The forwards run micro_batch_size rows at a time, each cut to its longest row."""
+    estimator. The forwards run cfg.micro_batch_size rows at a time, each cut to its longest row."""
     policy.eval()
     old_logp, ref_logp, values = (torch.zeros_like(rollouts.mask) for _ in range(3))
-    for rows in micro_batches(torch.arange(rollouts.idx.size(0)), micro_batch_size or rollouts.idx.size(0)):
+    for rows in micro_batches(torch.arange(rollouts.idx.size(0)), cfg.micro_batch_size or rollouts.idx.size(0)):
         T = int(rollouts.seq_lens[rows].max())
         idx, mask = rollouts.idx[rows, :T], rollouts.mask[rows, :T - 1]
         with amp:
-            old_logp[rows, :T - 1] = token_logprobs(policy, idx, mask, temperature, n_vocab)[0]
-            ref_logp[rows, :T - 1] = token_logprobs(ref, idx, mask, temperature, n_vocab)[0]
+            old_logp[rows, :T - 1] = token_logprobs(policy, idx, mask, cfg.temperature, cfg.n_vocab)[0]
+            ref_logp[rows, :T - 1] = token_logprobs(ref, idx, mask, cfg.temperature, cfg.n_vocab)[0]
             if critic is not None:
                 values[rows, :T - 1] = values_of(critic.eval(), idx) * mask
     kl = (old_logp - ref_logp) * rollouts.mask
     # the KL penalty to the SFT model, on every response token (GRPO puts it in the loss instead)
-    rewards = -(0.0 if estimator == "grpo" else kl_coef) * kl
+    rewards = -(0.0 if cfg.estimator == "grpo" else kl_coef) * kl
     last = rollouts.mask.cumsum(1).argmax(1)  # position of each row's last response token
     rewards[torch.arange(rollouts.idx.size(0)), last] += seq_reward
-    if estimator == "ppo":
-        advantages, returns = compute_gae(rewards, values, rollouts.mask, gamma, lam)
+    if cfg.estimator == "ppo":
+        advantages, returns = compute_gae(rewards, values, rollouts.mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, rollouts.mask)
     else:  # the whole rationale's return, against the other samples of its question
-        advantages = group_advantages(rewards.sum(1), k, estimator).unsqueeze(1) * rollouts.mask
+        advantages = group_advantages(rewards.sum(1), cfg.k, cfg.estimator).unsqueeze(1) * rollouts.mask
         advantages = unit_rms(advantages, rollouts.mask)
         returns = torch.zeros_like(values)
     return Batch(rollouts.idx, rollouts.mask, rollouts.seq_lens, old_logp, ref_logp, values, rewards, advantages,
                  returns, kl.sum(1))
 
 
-def minibatch_gradients(policy, critic, batch, mb, micro_batch_size, temperature, clip, value_clip, train_policy,
-                        amp, n_vocab, kl_loss_coef=0.0, per_sequence=False):
-    """The gradients of one minibatch (`mb`: row indices), micro_batch_size rows at a time, each
-    micro-batch's loss weighted by its share of the minibatch's response tokens (per_sequence:
-    of its rationales), so the accumulated gradient is the whole minibatch's. kl_loss_coef adds
-    beta times the k3 estimate of the KL to the reference to the policy's loss (GRPO). The
-    policy's forward and backward run before the critic's, so the two graphs are never alive at
-    once. Returns the minibatch's diagnostics (their token-weighted means) and its largest
-    policy ratio."""
+@dataclass(frozen=True)
+class UpdateSettings:
+    """Step 4's hyperparameters (the flags of the same names)."""
+    epochs: int
+    minibatch_size: int  # rollouts per optimizer step
+    temperature: float
+    clip: float  # of the policy ratio
+    value_clip: float  # None: the value loss is not clipped
+    grad_clip: float
+    micro_batch_size: int = None  # rows per forward; gradients accumulate over a minibatch (None: all)
+    target_kl: float = None  # an approx KL that ends the epochs, before its minibatch's step
+    n_vocab: int = None
+    kl_loss_coef: float = 0.0  # GRPO: beta times the k3 KL to the reference, in the loss
+    per_sequence: bool = False  # GRPO: each rationale's tokens averaged before the rationales are
+
+
+def minibatch_gradients(policy, critic, batch, mb, cfg, train_policy, amp):
+    """The gradients of one minibatch (`mb`: row indices), cfg.micro_batch_size rows at a time,
+    each micro-batch's loss weighted by its share of the minibatch's response tokens (per_sequence:
+    of its rationales), so the accumulated gradient is the whole minibatch's. The policy's
+    forward and backward run before the critic's, so the two graphs are never alive at once.
+    Returns the minibatch's diagnostics (their token-weighted means) and its largest policy ratio."""
     n_tok = batch.mask[mb].sum().clamp(min=1)
     stats = {k: 0.0 for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
     ratio_max = 0.0
-    for rows in micro_batches(mb, micro_batch_size):
+    for rows in micro_batches(mb, cfg.micro_batch_size or cfg.minibatch_size):
         T = int(batch.seq_lens[rows].max())
         idx, mask = batch.idx[rows, :T], batch.mask[rows, :T - 1]
         share = mask.sum() / n_tok  # this micro-batch's part of the minibatch's mean
         if train_policy:
             with amp:
-                new_logp, entropy = token_logprobs(policy, idx, mask, temperature, n_vocab)
+                new_logp, entropy = token_logprobs(policy, idx, mask, cfg.temperature, cfg.n_vocab)
             pg_loss, approx_kl, clip_frac = policy_loss(new_logp, batch.old_logp[rows, :T - 1],
-                                                        batch.advantages[rows, :T - 1], mask, clip, per_sequence)
-            if kl_loss_coef:
-                kl_ref = k3_kl(new_logp, batch.ref_logp[rows, :T - 1])
-                pg_loss = pg_loss + kl_loss_coef * (sequence_mean if per_sequence else masked_mean)(kl_ref, mask)
-            (pg_loss * (len(rows) / len(mb) if per_sequence else share)).backward()
+                                                        batch.advantages[rows, :T - 1], mask, cfg.clip,
+                                                        cfg.per_sequence)
+            if cfg.kl_loss_coef:  # GRPO: beta times the k3 KL to the reference
+                mean = sequence_mean if cfg.per_sequence else masked_mean
+                pg_loss = pg_loss + cfg.kl_loss_coef * mean(k3_kl(new_logp, batch.ref_logp[rows, :T - 1]), mask)
+            (pg_loss * (len(rows) / len(mb) if cfg.per_sequence else share)).backward()
             ratio = torch.exp(new_logp.detach() - batch.old_logp[rows, :T - 1])[mask > 0]
             ratio_max = max(ratio_max, float(ratio.max()) if ratio.numel() else 0.0)
             for k, v in (("policy_loss", pg_loss), ("approx_kl", approx_kl), ("clip_frac", clip_frac),
@@ -591,7 +548,7 @@ def minibatch_gradients(policy, critic, batch, mb, micro_batch_size, temperature
             with amp:
                 new_values = values_of(critic, idx)
             v_loss = value_loss(new_values, batch.values[rows, :T - 1], batch.returns[rows, :T - 1], mask,
-                                value_clip)
+                                cfg.value_clip)
             (v_loss * share).backward()
             stats["value_loss"] += float(v_loss.detach() * share)
     return stats, ratio_max
@@ -605,42 +562,36 @@ def optimizer_step(model, optimizer, grad_clip):
     return grad_norm
 
 
-def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, minibatch_size, temperature,
-               clip, value_clip, grad_clip, micro_batch_size=None, train_policy=True, target_kl=None,
-               lr_at=None, amp=nullcontext(), n_vocab=None, kl_loss_coef=0.0, per_sequence=False):
-    """Step 4 of an update: several epochs of minibatch updates on one batch. Returns the
-    diagnostics, averaged over minibatches (ratio_max and the gradient norms: their largest;
-    first_approx_kl: the first minibatch's, which should be 0; epoch_clip_frac: per epoch).
-
-    A minibatch is one optimizer step (its gradients: minibatch_gradients). train_policy=False
-    (the critic's warmup) leaves the policy as it is; critic=None (rloo, grpo) trains the policy
-    alone. lr_at(i) -> (policy lr, critic lr) of this update's i-th optimizer step. target_kl:
-    a minibatch whose approx KL (before its step) passes it ends the epochs without its step.
-    Both models run in eval mode: dropout would make the log-probs differ from the rollout's
-    even at the first step, where the ratio must be 1."""
+def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg, train_policy=True, lr_at=None,
+               amp=nullcontext()):
+    """Step 4 of an update: cfg.epochs epochs of minibatch updates on one batch (a minibatch is one
+    optimizer step: minibatch_gradients). train_policy=False (the critic's warmup) leaves the
+    policy as it is; critic=None (rloo, grpo) trains the policy alone. lr_at(i) -> (policy lr,
+    critic lr) of this update's i-th step. A minibatch whose approx KL (before its step) passes
+    cfg.target_kl ends the epochs without its step. Both models run in eval mode: dropout would
+    make the log-probs differ from the rollout's even at the first step, where the ratio must be 1.
+    Returns the diagnostics averaged over minibatches (ratio_max, the gradient norms: their largest;
+    first_approx_kl: the first minibatch's, which should be 0; epoch_clip_frac: per epoch)."""
     n = batch.idx.size(0)
-    micro_batch_size = micro_batch_size or minibatch_size
     stats = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
     ratio_max, grad_norm, critic_grad_norm, steps, stopped = 0.0, 0.0, 0.0, 0, False
     epoch_clip_frac = []
     policy.eval()
     if critic is not None:
         critic.eval()
-    for _ in range(epochs):
+    for _ in range(cfg.epochs):
         epoch_clip_frac.append([])
         order = torch.randperm(n, generator=gen)
-        for start in range(0, n, minibatch_size):
-            mb = order[start:start + minibatch_size].to(batch.idx.device)
+        for start in range(0, n, cfg.minibatch_size):
+            mb = order[start:start + cfg.minibatch_size].to(batch.idx.device)
             if lr_at is not None:
                 lr_policy, lr_critic = lr_at(steps)
                 common.set_lr(opt_policy, lr_policy)
                 if critic is not None:
                     common.set_lr(opt_critic, lr_critic)
-            mb_stats, mb_ratio_max = minibatch_gradients(policy, critic, batch, mb, micro_batch_size, temperature,
-                                                         clip, value_clip, train_policy, amp, n_vocab,
-                                                         kl_loss_coef, per_sequence)
+            mb_stats, mb_ratio_max = minibatch_gradients(policy, critic, batch, mb, cfg, train_policy, amp)
             ratio_max = max(ratio_max, mb_ratio_max)
-            if train_policy and target_kl is not None and mb_stats["approx_kl"] > target_kl:
+            if train_policy and cfg.target_kl is not None and mb_stats["approx_kl"] > cfg.target_kl:
                 # the policy has moved as far as one batch of rollouts should take it: no step
                 # from this minibatch (its KL is measured before the step, as Stable-Baselines3 does)
                 for model in (policy, critic):
@@ -649,9 +600,9 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, *, epochs, mi
                 stopped = True
                 break
             if train_policy:
-                grad_norm = max(grad_norm, optimizer_step(policy, opt_policy, grad_clip))
+                grad_norm = max(grad_norm, optimizer_step(policy, opt_policy, cfg.grad_clip))
             if critic is not None:
-                critic_grad_norm = max(critic_grad_norm, optimizer_step(critic, opt_critic, grad_clip))
+                critic_grad_norm = max(critic_grad_norm, optimizer_step(critic, opt_critic, cfg.grad_clip))
             steps += 1
             for k, v in mb_stats.items():
                 if (train_policy and k != "value_loss") or (critic is not None and k == "value_loss"):
@@ -692,12 +643,9 @@ def lr_schedule(args, update):
 
 
 @torch.no_grad()
-def reward_scale(rm, policy, prompts, k, temperature, max_new_tokens, stops, seeds, device,
-                 batch_prompts=None, micro_batch_size=None, amp=nullcontext(), n_vocab=None):
-    """The RM's raw scores on finished rationales the SFT model writes: mean, std and range,
-    what every later score is measured against. Computed once, before the first update."""
-    rollouts = rollout(policy, prompts, k, temperature, max_new_tokens, stops, seeds, device, batch_prompts, amp,
-                       n_vocab)
+def reward_scale(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
+    """The RM's raw scores on the finished rationales of `rollouts` (the SFT model's): mean, std
+    and range, what every later score is measured against. Computed once, before the first update."""
     scores = score_sequences(rm, rollouts, micro_batch_size, amp)[rollouts.finished].double()
     if scores.numel() < 2:
         raise common.UserError("too few of the SFT model's rationales finish to measure the reward "
@@ -710,230 +658,33 @@ def reward_scale(rm, policy, prompts, k, temperature, max_new_tokens, stops, see
 
 
 # -----------------------------------------------------------------------------
-# Setup: the data, the models, a fresh start or a resumed one
+# The loop's state, and the steps of an update that read the questions
 
 
 @dataclass
-class PPOData:
-    """The questions PPO samples from and chooses on, with what reads them."""
-    tok: object
-    task: object
-    train_rows: list
-    val_rows: list
-    prompt_ids: dict  # question id -> prompt token ids
-    stop_ids: list  # the end-of-text and every end id the checkpoint declares (the first pads)
-    n_vocab: int  # the tokenizer's vocabulary: ids past it (a padded embedding) are never sampled
-    max_new_tokens: int  # the rationale budget of rollouts and of every evaluation
+class State:
+    """What the loop carries from update to update besides the weights: in ppo_last.pt (as a
+    dict), so --resume continues exactly."""
+    update: int = 0
+    kl_coef: float = 0.0  # beta: --kl_coef, moved by --kl_target
+    reward_mean: float = 0.0  # the RM on SFT samples: every score is standardised with these
+    reward_std: float = 1.0
+    reward_scale: dict = None  # their measurement (None when the RM gives no reward)
+    best_val: float = -1.0  # the checkpoint choice so far (sml.validation.choose_checkpoint)
+    best_update: int = None
+    val_history: list = field(default_factory=list)
+    gen_state: torch.Tensor = None  # the minibatch order's generator
 
 
-@dataclass
-class PPOModels:
-    """The four models and what trains the two that learn."""
-    policy: GPT
-    ref: GPT  # frozen: the SFT model
-    rm: GPT  # frozen; None with --reward exact and no --rm
-    critic: GPT  # None for rloo and grpo
-    opt_policy: torch.optim.Optimizer
-    opt_critic: torch.optim.Optimizer
-    gen: torch.Generator  # minibatch order
-
-
-def load_data(args, policy_config):
-    tok, task = load_world(args.data_dir)
-    train_rows = load_dataset(os.path.join(args.data_dir, "train.jsonl"))
-    val_rows = load_val_split(args.data_dir, args.eval_limit, "PPO's checkpoint choice")
-    # every prompt PPO will sample from must fit, checked now rather than after an hour (the test
-    # split is not read here: it is read once, by evaluate.py, for the final table)
-    for name, rows in (("train", train_rows), ("val", val_rows)):
-        for r in rows:
-            if len(tok.encode(task.prompt(r["question"])).ids) >= policy_config.block_size:
-                raise DataError(f"{name} question {r['id']!r} does not fit the model's context of "
-                                f"{policy_config.block_size} tokens")
-    prompt_ids = {r["id"]: tok.encode(task.prompt(r["question"])).ids for r in train_rows}
-    return PPOData(tok, task, train_rows, val_rows, prompt_ids, stop_ids(tok, policy_config),
-                   tok.get_vocab_size(), args.max_new_tokens or task.rationale_tokens)
-
-
-def uses_rm(args):
-    """Whether the reward model enters the run: in the reward, or as the critic's start."""
-    return args.reward in ("rm", "rm+exact") or (args.estimator == "ppo" and args.critic_init == "rm")
-
-
-def start(args, rt, data, policy, ref, rm, rm_report):
-    """A fresh run: build the critic (none for rloo and grpo), cast the frozen models to the
-    compute dtype, and measure the reward model's scale on SFT samples with the copy that will
-    score (the critic from the RM is rescaled to it)."""
-    state = {"update": 0, "kl_coef": args.kl_coef, "reward_mean": 0.0, "reward_std": 1.0, "reward_scale": None,
-             "best_val": -1.0, "best_update": None, "val_history": [], "gen_state": None}
-    critic = None  # rloo, grpo
-    if args.estimator == "ppo":  # float32 weights for the optimizer, taken before the frozen ones are cast
-        critic = copy.deepcopy(rm).float() if args.critic_init == "rm" else fresh_critic(ref)
-    freeze(rt, ref, rm)
-    if uses_rm(args):
-        k = args.samples_per_question
-        rng = random.Random(rationales.derive_seed(args.seed, "norm"))
-        rows = rng.sample(data.train_rows, min(args.norm_questions, len(data.train_rows)))
-        seeds = [rationales.derive_seed(args.seed, "norm", i) for i in range(len(rows) * k)]
-        scale = reward_scale(rm, policy, [data.prompt_ids[r["id"]] for r in rows], k, args.temperature,
-                             data.max_new_tokens, data.stop_ids, seeds, rt.device, args.batch_prompts,
-                             args.micro_batch_size, rt.autocast, data.n_vocab)
-        floor = args.reward_std_floor * (rm_report or {}).get("val_score_std", 0.0)
-        state.update(reward_scale=scale, reward_mean=scale["mean"], reward_std=max(scale["std"], floor))
-        print(f"reward model on {scale['n']} finished SFT rationales: mean {scale['mean']:.3f}, std "
-              f"{scale['std']:.3f} (floor {floor:.3f}: std used {state['reward_std']:.3f}), raw range "
-              f"{scale['min']:.2f} .. {scale['max']:.2f} (5-95%: {scale['p05']:.2f} .. {scale['p95']:.2f})")
-        if not (math.isfinite(state["reward_mean"]) and math.isfinite(state["reward_std"])
-                and state["reward_std"] > 0):  # else every standardised reward, and the critic, is NaN
-            raise common.UserError(
-                f"{args.rm}: the reward model's scores on {scale['n']} finished SFT rationales have mean "
-                f"{scale['mean']:.4g} and std {scale['std']:.4g} (floor {floor:.4g}): no scale to standardise "
-                f"rewards by; check the reward model (does its score head vary?) or raise --reward_std_floor")
-        if args.estimator == "ppo" and args.critic_init == "rm":
-            standardise_head(critic, state["reward_mean"], state["reward_std"])
-    return critic, state
-
-
-@dataclass
-class PPOPaths:
-    """What a run writes in --out_dir."""
-    out_dir: str
-
-    def __post_init__(self):
-        self.last = os.path.join(self.out_dir, "ppo_last.pt")  # where --resume continues
-        self.best = os.path.join(self.out_dir, "ppo_best.pt")  # the chosen policy, weights only
-        self.log = os.path.join(self.out_dir, "ppo_log.jsonl")
-        self.summary = os.path.join(self.out_dir, "summary.json")  # written last: the run is finished
-
-
-def resume(ckpt, paths, rt):
-    """The critic and the loop's state of an interrupted run, from ppo_last.pt."""
-    critic = None
-    if ckpt["critic"] is not None:
-        critic = GPT(checked_config(ckpt["critic_config"], ckpt["critic"], f"{paths.last}: its critic"))
-        critic.load_state_dict(ckpt["critic"])
-        critic.to(rt.device)
-    return critic, ckpt["ppo_state"]
-
-
-def freeze(rt, *frozen):
-    """The frozen models in the compute dtype (bf16 on a GPU): half the memory, and what autocast
-    would compute in anyway."""
-    for model in frozen:
-        if model is not None:
-            model.requires_grad_(False)
-            model.to(rt.dtype).eval()
-
-
-def trainable_and_frozen(args, rt, policy, ref, rm, critic):
-    """The frozen models in the compute dtype; the policy and the critic keep float32 weights
-    for the optimizer."""
-    freeze(rt, ref, rm)
-    for model in (policy, critic):
-        if model is not None:
-            model.requires_grad_(True)
-            model.grad_checkpointing = args.grad_checkpointing
-    opt_policy = configure_optimizer(policy, args.lr, 0.0)
-    opt_critic = configure_optimizer(critic, args.critic_lr, 0.0) if critic is not None else None
-    return PPOModels(policy, ref, rm, critic, opt_policy, opt_critic, torch.Generator().manual_seed(args.seed))
-
-
-def setup(args, rt, paths):
-    """Load the data and the models, check every prompt fits, and either resume from ppo_last.pt
-    or start afresh (the reward model's scale, the critic, and the SFT model's validation as
-    candidate 0). Returns (data, models, state, the open log)."""
-    common.check_output(args.out_dir, True, [args.sft, args.rm, args.data_dir], folder=True)
-    if os.path.exists(paths.last) and not (args.resume or args.overwrite):
-        raise DataError(f"{args.out_dir} already holds a PPO run; pass --resume or --overwrite")
-    tok, _ = load_world(args.data_dir)
-    resuming = args.resume and os.path.exists(paths.last)
-    policy, ckpt = load_checkpoint(paths.last if resuming else args.sft, kind="lm", tokenizer_json=tok.to_str(),
-                                   device=rt.device)
-    data = load_data(args, policy.config)
-    ref, _ = load_checkpoint(args.sft, kind="lm", tokenizer_json=tok.to_str(), device=rt.device)
-    rm, rm_report = None, None
-    if args.rm:
-        rm, rm_ckpt = load_checkpoint(args.rm, kind="scalar", tokenizer_json=tok.to_str(), device=rt.device)
-        rm_report = rm_ckpt.get("report")
-        if args.reward in ("rm", "rm+exact"):
-            check_reward_model(rm_report, args.rm, args.allow_weak_rm)
-    if os.path.exists(paths.summary):
-        os.remove(paths.summary)  # ours, and it says "finished": a rerun, fresh or resumed, is not yet
-    if resuming:
-        critic, state = resume(ckpt, paths, rt)
-    else:
-        critic, state = start(args, rt, data, policy, ref, rm, rm_report)
-    models = trainable_and_frozen(args, rt, policy, ref, rm, critic)
-    if resuming:
-        models.opt_policy.load_state_dict(ckpt["opt_policy"])
-        if critic is not None:
-            models.opt_critic.load_state_dict(ckpt["opt_critic"])
-        models.gen.set_state(state["gen_state"])
-    # a resumed run's log: the rows up to its checkpoint
-    log = open_log(paths.log, (lambda row: row["update"] <= ckpt["provenance"]["step"]) if resuming else None)
-    if not resuming:  # the SFT model is candidate 0
-        rec = {"update": 0, "reward_mean": state["reward_mean"], "reward_std": state["reward_std"],
-               "reward_scale": state["reward_scale"]}
-        choose_checkpoint(args, rt, data, models, state, 0, rec, paths.best)
-        save_resume_point(paths.last, args, data, models, state, 0)
-        append_row(log, rec)
-    return data, models, state, log
-
-
-# -----------------------------------------------------------------------------
-# Checkpoints and selection
-
-
-def save_resume_point(path, args, data, models, state, update):
-    """ppo_last.pt: the policy, the critic, both optimizers and the loop's state."""
-    state["update"] = update
-    state["gen_state"] = models.gen.get_state()
-    critic = models.critic
-    save_checkpoint(path, models.policy, data.tok.to_str(),
-                    {"script": "train_ppo.py", "args": vars(args), "step": update, "parent": args.sft},
-                    extra={"critic": critic.state_dict() if critic else None,
-                           "critic_config": asdict(critic.config) if critic else None,
-                           "opt_policy": models.opt_policy.state_dict(),
-                           "opt_critic": models.opt_critic.state_dict() if critic else None, "ppo_state": state})
-
-
-def validate(policy, data, args, rt, rows, name, samples, temperature):
-    """Accuracy over `samples` samples per question (temperature 0: the greedy answer), with the
-    same seeds at every update (common random numbers: candidates differ by their weights, not
-    by their luck), and its standard error over questions."""
-    with rt.autocast:
-        _, preds = rationales.evaluate(policy, data.tok, data.task, rows, temperature, samples,
-                                       rationales.derive_seed(args.seed, name), quiet=True,
-                                       max_new_tokens=data.max_new_tokens, batch_prompts=args.batch_prompts)
-    per_q = torch.tensor([sum(p["sample_correct"]) / samples for p in preds], dtype=torch.float64)
-    se = float(per_q.std() / len(per_q) ** 0.5) if len(per_q) > 1 else float("nan")
-    return float(per_q.mean()), se
-
-
-def choose_checkpoint(args, rt, data, models, state, update, rec, best_path):
-    """Checkpoint selection on the validation split by greedy accuracy, the table's headline
-    (a T=1 accuracy rewards sharpening even while the greedy answers get worse); the mean
-    accuracy of --val_samples samples at --eval_temperature is logged beside it. Update 0 (SFT
-    itself) is a candidate. The chosen policy is written as weights only: it is what later
-    stages read, not what resumes. The test split is never read here."""
-    rec["val_greedy_accuracy"], rec["val_greedy_se"] = validate(models.policy, data, args, rt, data.val_rows,
-                                                                "val greedy", 1, 0.0)
-    rec["val_accuracy"], rec["val_se"] = validate(models.policy, data, args, rt, data.val_rows, "val",
-                                                  args.val_samples, args.eval_temperature)
-    state["val_history"].append({"update": update, "greedy_accuracy": rec["val_greedy_accuracy"],
-                                 "greedy_se": rec["val_greedy_se"], "accuracy": rec["val_accuracy"],
-                                 "se": rec["val_se"]})
-    if rec["val_greedy_accuracy"] > state["best_val"]:  # ties go to the earlier update
-        state["best_val"], state["best_update"] = rec["val_greedy_accuracy"], update
-        save_checkpoint(best_path, models.policy, data.tok.to_str(),
-                        {"script": "train_ppo.py", "args": vars(args), "step": update, "parent": args.sft})
-    print(f"update {update}: validation greedy {100 * rec['val_greedy_accuracy']:.1f}% (se "
-          f"{100 * rec['val_greedy_se']:.1f}), at T={args.eval_temperature:g} {100 * rec['val_accuracy']:.1f}% "
-          f"(se {100 * rec['val_se']:.1f}, {len(data.val_rows)} questions x {args.val_samples}); best so far: "
-          f"update {state['best_update']}")
-
-
-# -----------------------------------------------------------------------------
-# The loop
+@dataclass(frozen=True)
+class RewardSettings:
+    """Step 2's settings (the flags of the same names) and the reward model's scale."""
+    kind: str  # --reward: rm, exact, rm+exact, random
+    no_answer_penalty: float
+    unfinished_penalty: float
+    clip: float
+    mean: float = 0.0
+    std: float = 1.0
 
 
 @dataclass
@@ -946,33 +697,29 @@ class Rewards:
     texts: list  # the decoded rationales
 
 
-def draw_questions(args, data, update):
-    """Step 1's prompts: a fresh draw of training questions per update, and a seed per rollout,
+def draw_questions(train_rows, prompt_ids, n, k, seed, update):
+    """Step 1's prompts: a fresh draw of n training questions per update, and a seed per rollout,
     both from (seed, update) alone, so a resumed run draws the same ones."""
-    rng = random.Random(rationales.derive_seed(args.seed, "questions", update))
-    rows = rng.sample(data.train_rows, min(args.questions_per_update, len(data.train_rows)))
-    seeds = [rationales.derive_seed(args.seed, "rollout", update, i)
-             for i in range(len(rows) * args.samples_per_question)]
-    return rows, [data.prompt_ids[r["id"]] for r in rows], seeds
+    rng = random.Random(rationales.derive_seed(seed, "questions", update))
+    rows = rng.sample(train_rows, min(n, len(train_rows)))
+    seeds = [rationales.derive_seed(seed, "rollout", update, i) for i in range(len(rows) * k)]
+    return rows, [prompt_ids[r["id"]] for r in rows], seeds
 
 
-def score_rollouts(args, rt, data, models, state, rows, rollouts, seeds=None):
+def score_rollouts(texts, golds, rollouts, seeds, task, rm, cfg, micro_batch_size=None, amp=nullcontext()):
     """Step 2: the sequence reward of each rollout (the standardised RM score for SML, the exact
     answer check for the baseline, a draw from the rollout's seed for the random control;
-    penalties for no answer or no ending)."""
-    k, task = args.samples_per_question, data.task
-    texts = [decode_sampled(data.tok, r, data.stop_ids) for r in rollouts.responses]
-    golds = [rows[i // k]["answer"] for i in range(len(texts))]
+    penalties for no answer or no ending). texts: the decoded rationales; golds: their answers."""
+    device = rollouts.finished.device
     # rewards read answers strictly: only an answer the rationale states counts
-    correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=rt.device)
-    has_answer = torch.tensor([task.stated_answer(t) is not None for t in texts], device=rt.device)
+    correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=device)
+    has_answer = torch.tensor([task.stated_answer(t) is not None for t in texts], device=device)
     rm_z = torch.zeros_like(correct)
-    if args.reward in ("rm", "rm+exact"):
-        raw = score_sequences(models.rm, rollouts, args.micro_batch_size, rt.autocast)
-        rm_z = (raw - state["reward_mean"]) / state["reward_std"]
-    noise = random_rewards(seeds, rt.device) if args.reward == "random" else None
-    sequence = sequence_rewards(args.reward, rm_z, correct, has_answer, rollouts.finished, args.no_answer_penalty,
-                                args.unfinished_penalty, args.reward_clip, noise)
+    if cfg.kind in ("rm", "rm+exact"):
+        rm_z = (score_sequences(rm, rollouts, micro_batch_size, amp) - cfg.mean) / cfg.std
+    noise = random_rewards(seeds, device) if cfg.kind == "random" else None
+    sequence = sequence_rewards(cfg.kind, rm_z, correct, has_answer, rollouts.finished, cfg.no_answer_penalty,
+                                cfg.unfinished_penalty, cfg.clip, noise)
     return Rewards(sequence, rm_z, correct, has_answer, texts)
 
 
@@ -987,20 +734,17 @@ def sampler_logp_gap(rollouts, old_logp):
     return float((sampled - recomputed).abs().mean())
 
 
-def log_record(args, update, rewards, rollouts, batch, stats, state, seconds, t_start):
+def log_record(update, rewards, rollouts, batch, stats, kl_coef, lr, has_critic, seconds, elapsed):
     """Step 5: the RM's view and the truth side by side, the KL term beside the reward's spread
     (kl_term: beta * KL per rationale, in reward units), and PPO's health."""
     kl = float(batch.kl_per_seq.mean())
     return {"update": update + 1, "rm_score": float(rewards.rm_z.mean()), "accuracy": float(rewards.correct.mean()),
             "reward": float(rewards.sequence.mean()), "reward_std": float(rewards.sequence.std()), "kl_ref": kl,
-            "kl_term": state["kl_coef"] * kl, "sampler_logp_gap": sampler_logp_gap(rollouts, batch.old_logp),
-            **stats,
-            "expl_var": (explained_variance(batch.values, batch.returns, batch.mask) if args.estimator == "ppo"
-                         else None),
+            "kl_term": kl_coef * kl, "sampler_logp_gap": sampler_logp_gap(rollouts, batch.old_logp), **stats,
+            "expl_var": explained_variance(batch.values, batch.returns, batch.mask) if has_critic else None,
             "resp_len": float(rollouts.lengths.float().mean()), "finished": float(rollouts.finished.float().mean()),
-            "no_answer": float((~rewards.has_answer).float().mean()), "kl_coef": state["kl_coef"],
-            "lr": lr_schedule(args, update)(0)[0], "tok/s": int(batch.mask.sum()) / seconds,
-            "seconds": time.time() - t_start}
+            "no_answer": float((~rewards.has_answer).float().mean()), "kl_coef": kl_coef, "lr": lr,
+            "tok/s": int(batch.mask.sum()) / seconds, "seconds": elapsed}
 
 
 LOG_COLUMNS = ["update", "rm_score", "accuracy", "reward_std", "kl_ref", "kl_term", "entropy", "clip_frac",
@@ -1012,19 +756,156 @@ def print_row(rec):
                    else f"{rec[c]:>9d}" for c in LOG_COLUMNS))
 
 
-def finish(args, data, state, seconds):
+# -----------------------------------------------------------------------------
+# Setup: the questions, the models, a fresh start or a resumed one; the run's files
+
+
+@dataclass
+class PPOData:
+    """The questions PPO samples from and chooses on, and how rollouts are cut."""
+    train_rows: list
+    val_rows: list
+    prompt_ids: dict  # question id -> prompt token ids
+    stop_ids: list  # the end-of-text and every end id the checkpoint declares (the first pads)
+    n_vocab: int  # the tokenizer's vocabulary: ids past it (a padded embedding) are never sampled
+    max_new_tokens: int  # the rationale budget of rollouts and of every evaluation
+
+
+def load_data(data_dir, eval_limit, max_new_tokens, tok, task, policy_config):
+    """The train questions (their prompts encoded) and the validation ones."""
+    train_rows = load_dataset(os.path.join(data_dir, "train.jsonl"))
+    val_rows = load_val_split(data_dir, eval_limit, "PPO's checkpoint choice")
+    # every prompt PPO will sample from must fit, checked now rather than after an hour (the test
+    # split is not read here: it is read once, by evaluate.py, for the final table)
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        for r in rows:
+            if len(tok.encode(task.prompt(r["question"])).ids) >= policy_config.block_size:
+                raise DataError(f"{name} question {r['id']!r} does not fit the model's context of "
+                                f"{policy_config.block_size} tokens")
+    prompt_ids = {r["id"]: tok.encode(task.prompt(r["question"])).ids for r in train_rows}
+    return PPOData(train_rows, val_rows, prompt_ids, stop_ids(tok, policy_config),
+                   tok.get_vocab_size(), max_new_tokens or task.rationale_tokens)
+
+
+def load_reward_model(path, reward, allow_weak, tokenizer_json, device):
+    """The reward model (None without --rm) and its report, gated when it gives the reward."""
+    if not path:
+        return None, None
+    rm, ckpt = load_checkpoint(path, kind="scalar", tokenizer_json=tokenizer_json, device=device)
+    if reward in ("rm", "rm+exact"):
+        check_reward_model(ckpt.get("report"), path, allow_weak)
+    return rm, ckpt.get("report")
+
+
+def uses_rm(args):
+    """Whether the reward model enters the run: in the reward, or as the critic's start."""
+    return args.reward in ("rm", "rm+exact") or (args.estimator == "ppo" and args.critic_init == "rm")
+
+
+def start(args, rt, data, policy, ref, rm, rm_report):
+    """A fresh run: build the critic (none for rloo and grpo), cast the frozen models to the
+    compute dtype, and measure the reward model's scale on SFT samples with the copy that will
+    score (the critic from the RM is rescaled to it). Returns (critic, state)."""
+    state, critic = State(kl_coef=args.kl_coef), None  # no critic: rloo, grpo
+    if args.estimator == "ppo":  # float32 weights for the optimizer, taken before the frozen ones are cast
+        critic = copy.deepcopy(rm).float() if args.critic_init == "rm" else fresh_critic(ref)
+    freeze(rt, ref, rm)
+    if uses_rm(args):
+        k = args.samples_per_question
+        rng = random.Random(rationales.derive_seed(args.seed, "norm"))
+        rows = rng.sample(data.train_rows, min(args.norm_questions, len(data.train_rows)))
+        seeds = [rationales.derive_seed(args.seed, "norm", i) for i in range(len(rows) * k)]
+        sft_rollouts = rollout(policy, [data.prompt_ids[r["id"]] for r in rows], k, args.temperature,
+                               data.max_new_tokens, data.stop_ids, seeds, args.batch_prompts, rt.autocast, data.n_vocab)
+        scale = reward_scale(rm, sft_rollouts, args.micro_batch_size, rt.autocast)
+        floor = args.reward_std_floor * (rm_report or {}).get("val_score_std", 0.0)
+        state.reward_scale, state.reward_mean, state.reward_std = scale, scale["mean"], max(scale["std"], floor)
+        print(f"reward model on {scale['n']} finished SFT rationales: mean {scale['mean']:.3f}, std "
+              f"{scale['std']:.3f} (floor {floor:.3f}: std used {state.reward_std:.3f}), raw range "
+              f"{scale['min']:.2f} .. {scale['max']:.2f} (5-95%: {scale['p05']:.2f} .. {scale['p95']:.2f})")
+        if not (math.isfinite(state.reward_mean) and math.isfinite(state.reward_std)
+                and state.reward_std > 0):  # else every standardised reward, and the critic, is NaN
+            raise common.UserError(
+                f"{args.rm}: the reward model's scores on {scale['n']} finished SFT rationales have mean "
+                f"{scale['mean']:.4g} and std {scale['std']:.4g} (floor {floor:.4g}): no scale to standardise "
+                f"rewards by; check the reward model (does its score head vary?) or raise --reward_std_floor")
+        if args.estimator == "ppo" and args.critic_init == "rm":
+            standardise_head(critic, state.reward_mean, state.reward_std)
+    return critic, state
+
+
+def resume(ckpt, path, device):
+    """The critic and the loop's state of an interrupted run, from ppo_last.pt."""
+    critic = None
+    if ckpt["critic"] is not None:
+        critic = GPT(checked_config(ckpt["critic_config"], ckpt["critic"], f"{path}: its critic"))
+        critic.load_state_dict(ckpt["critic"])
+        critic.to(device)
+    return critic, State(**ckpt["ppo_state"])
+
+
+def freeze(rt, *frozen):
+    """The frozen models in the compute dtype (bf16 on a GPU): half the memory, and what autocast
+    would compute in anyway."""
+    for model in frozen:
+        if model is not None:
+            model.requires_grad_(False)
+            model.to(rt.dtype).eval()
+
+
+def optimizers(args, rt, policy, ref, rm, critic, resumed=None):
+    """The frozen models in the compute dtype; the policy and the critic keep float32 weights for
+    their optimizers. Returns the two optimizers and the generator of the minibatch order, as
+    `resumed` (ppo_last.pt's checkpoint, with the state) left them, if given."""
+    freeze(rt, ref, rm)
+    for model in (policy, critic):
+        if model is not None:
+            model.requires_grad_(True)
+            model.grad_checkpointing = args.grad_checkpointing
+    opt_policy = configure_optimizer(policy, args.lr, 0.0)
+    opt_critic = configure_optimizer(critic, args.critic_lr, 0.0) if critic is not None else None
+    gen = torch.Generator().manual_seed(args.seed)
+    if resumed:
+        opt_policy.load_state_dict(resumed["opt_policy"])
+        if critic is not None:
+            opt_critic.load_state_dict(resumed["opt_critic"])
+        gen.set_state(resumed["ppo_state"]["gen_state"])
+    return opt_policy, opt_critic, gen
+
+
+def step_settings(args, state, n_vocab):
+    """Steps 2, 3 and 4's settings, from the flags (and the reward model's scale)."""
+    return (RewardSettings(args.reward, args.no_answer_penalty, args.unfinished_penalty, args.reward_clip,
+                           state.reward_mean, state.reward_std),
+            AdvantageSettings(args.temperature, args.gamma, args.lam, args.estimator, args.samples_per_question,
+                              args.micro_batch_size, n_vocab),
+            UpdateSettings(args.ppo_epochs, args.minibatch_size, args.temperature, args.clip, args.value_clip,
+                           args.grad_clip, args.micro_batch_size, args.target_kl, n_vocab,
+                           per_sequence=args.estimator == "grpo"))  # GRPO (Shao et al. 2024): rationales averaged
+
+
+def provenance(args, update):
+    return {"script": "train_ppo.py", "args": vars(args), "step": update, "parent": args.sft}
+
+
+def save_resume_point(path, tokenizer_json, about, policy, critic, opt_policy, opt_critic, gen, state):
+    """ppo_last.pt: the policy, the critic, both optimizers and the loop's state (at about["step"])."""
+    state.update, state.gen_state = about["step"], gen.get_state()
+    save_checkpoint(path, policy, tokenizer_json, about,
+                    extra={"critic": critic.state_dict() if critic else None,
+                           "critic_config": asdict(critic.config) if critic else None,
+                           "opt_policy": opt_policy.state_dict(),
+                           "opt_critic": opt_critic.state_dict() if critic else None, "ppo_state": asdict(state)})
+
+
+def summary(args, n_val, state, seconds):
     """summary.json, written last: it says the run is finished, and which update it hands on."""
-    why = (f"highest greedy accuracy on the {len(data.val_rows)} validation questions (ties go to the earlier "
-           f"update)")
-    print(f"ppo_best.pt is update {state['best_update']}: {why}")
-    common.write_json(os.path.join(args.out_dir, "summary.json"),
-                      {"updates": args.updates, "seconds": seconds, "reward": args.reward,
-                       "estimator": args.estimator,
-                       "critic_init": args.critic_init if args.estimator == "ppo" else None,
-                       "best_update": state["best_update"], "best_val_greedy_accuracy": state["best_val"],
-                       "chosen_because": why, "val_history": state["val_history"],
-                       "reward_mean": state["reward_mean"], "reward_std": state["reward_std"],
-                       "reward_scale": state["reward_scale"]})
+    why = f"highest greedy accuracy on the {n_val} validation questions (ties go to the earlier update)"
+    print(f"ppo_best.pt is update {state.best_update}: {why}")
+    return {"updates": args.updates, "seconds": seconds, "reward": args.reward, "estimator": args.estimator,
+            "critic_init": args.critic_init if args.estimator == "ppo" else None, "best_update": state.best_update,
+            "best_val_greedy_accuracy": state.best_val, "chosen_because": why, "val_history": state.val_history,
+            "reward_mean": state.reward_mean, "reward_std": state.reward_std, "reward_scale": state.reward_scale}
 
 
 def main(argv=None):
@@ -1033,51 +914,79 @@ def main(argv=None):
     if rt.ddp:
         raise common.UserError("runs on one process (one GPU or the CPU); start it without torchrun")
     common.seed_everything(args.seed)
-    paths = PPOPaths(args.out_dir)
-    data, models, state, log = setup(args, rt, paths)
+    # ppo_last.pt: what --resume continues; ppo_best.pt: the chosen policy; summary.json: written last
+    run = RunDir.in_folder(args.out_dir, "summary.json", resume_point="ppo_last.pt", best="ppo_best.pt",
+                           log="ppo_log.jsonl", what="a PPO run")
+    resuming = run.check([args.sft, args.rm, args.data_dir], args.overwrite, args.resume) is not None
+    # The world: the task, its questions (every prompt checked to fit the policy's context).
+    tok, task = load_world(args.data_dir)
+    tok_json, k = tok.to_str(), args.samples_per_question
+    policy, ckpt = load_checkpoint(run.resume_point if resuming else args.sft, kind="lm", tokenizer_json=tok_json,
+                                   device=rt.device)
+    data = load_data(args.data_dir, args.eval_limit, args.max_new_tokens, tok, task, policy.config)
+    # The models: the policy (above), the frozen reference (the SFT model), the reward model (gated).
+    ref, _ = load_checkpoint(args.sft, kind="lm", tokenizer_json=tok_json, device=rt.device)
+    rm, rm_report = load_reward_model(args.rm, args.reward, args.allow_weak_rm, tok_json, rt.device)
+    run.start(resuming)  # summary.json says "finished": a rerun, fresh or resumed, is not yet
+    # Resume, or measure the reward model's scale and build the critic; then the optimizers.
+    if resuming:
+        critic, state = resume(ckpt, run.resume_point, rt.device)
+    else:
+        critic, state = start(args, rt, data, policy, ref, rm, rm_report)
+    opt_policy, opt_critic, gen = optimizers(args, rt, policy, ref, rm, critic, ckpt if resuming else None)
+    log = run.open_log("update", ckpt["provenance"]["step"] if resuming else None)  # up to the resume point
+    val = validation.Validation(tok, task, data.val_rows, args.seed, args.val_samples, args.eval_temperature,
+                                data.max_new_tokens, args.batch_prompts, rt.autocast)
+    if not resuming:  # the SFT model is candidate 0
+        rec = {"update": 0, "reward_mean": state.reward_mean, "reward_std": state.reward_std,
+               "reward_scale": state.reward_scale}
+        validation.choose_checkpoint(policy, val, 0, rec, state,
+                                     partial(save_checkpoint, run.best, policy, tok_json, provenance(args, 0)))
+        save_resume_point(run.resume_point, tok_json, provenance(args, 0), policy, critic, opt_policy, opt_critic,
+                          gen, state)
+        append_row(log, rec)
+    step2, step3, step4 = step_settings(args, state, data.n_vocab)
     print(" ".join(f"{c:>9s}" for c in LOG_COLUMNS))
     t_start = time.time()
-    for update in range(state["update"], args.updates):
+    for update in range(state.update, args.updates):
         t0 = time.time()
         # 1. Rollout: k rationales for each of a fresh draw of training questions, no answer given.
-        rows, prompts, seeds = draw_questions(args, data, update)
-        rollouts = rollout(models.policy, prompts, args.samples_per_question, args.temperature, data.max_new_tokens,
-                           data.stop_ids, seeds, rt.device, args.batch_prompts, rt.autocast, data.n_vocab)
+        rows, prompts, seeds = draw_questions(data.train_rows, data.prompt_ids, args.questions_per_update, k,
+                                              args.seed, update)
+        rollouts = rollout(policy, prompts, k, args.temperature, data.max_new_tokens, data.stop_ids, seeds,
+                           args.batch_prompts, rt.autocast, data.n_vocab)
         # 2. Reward: the standardised RM score (SML) and/or the exact answer check, per rationale.
-        rewards = score_rollouts(args, rt, data, models, state, rows, rollouts, seeds)
+        texts = [decode_sampled(tok, r, data.stop_ids) for r in rollouts.responses]
+        rewards = score_rollouts(texts, [rows[i // k]["answer"] for i in range(len(texts))], rollouts, seeds, task,
+                                 rm, step2, args.micro_batch_size, rt.autocast)
         # 3. Advantages: old/ref log-probs, values, per-token KL-penalised rewards, GAE (or group baselines).
-        batch = prepare_batch(models.policy, models.ref, models.critic, rollouts, rewards.sequence,
-                              state["kl_coef"], args.temperature, args.gamma, args.lam, args.micro_batch_size,
-                              rt.autocast, data.n_vocab, args.estimator, args.samples_per_question)
-        # 4. Optimise: epochs over minibatches (the critic alone during its warmup).
-        stats = ppo_update(models.policy, models.critic, models.opt_policy, models.opt_critic, batch, models.gen,
-                           epochs=args.ppo_epochs, minibatch_size=args.minibatch_size,
-                           micro_batch_size=args.micro_batch_size, temperature=args.temperature, clip=args.clip,
-                           value_clip=args.value_clip, grad_clip=args.grad_clip, target_kl=args.target_kl,
-                           train_policy=update >= args.critic_warmup_updates, lr_at=lr_schedule(args, update),
-                           amp=rt.autocast, n_vocab=data.n_vocab,
-                           # GRPO (Shao et al. 2024): the KL to the reference in the loss, rationales averaged
-                           kl_loss_coef=state["kl_coef"] if args.estimator == "grpo" else 0.0,
-                           per_sequence=args.estimator == "grpo")
+        batch = prepare_batch(policy, ref, critic, rollouts, rewards.sequence, state.kl_coef, step3, rt.autocast)
+        # 4. Optimise: epochs over minibatches (the critic alone during its warmup); GRPO's KL is in the loss.
+        cfg = replace(step4, kl_loss_coef=state.kl_coef) if args.estimator == "grpo" else step4
+        stats = ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg,
+                           update >= args.critic_warmup_updates, lr_schedule(args, update), rt.autocast)
         for loss in (stats["policy_loss"], stats["value_loss"]):
             if loss is not None:  # (None: a model that did not train in this update)
-                common.check_loss(loss, f"at update {update + 1}", paths.last)
+                common.check_loss(loss, f"at update {update + 1}", run.resume_point)
         # 5. Log (with the beta this update used), and every --eval_interval updates choose on the
         #    validation split and save.
-        rec = log_record(args, update, rewards, rollouts, batch, stats, state, time.time() - t0, t_start)
+        rec = log_record(update, rewards, rollouts, batch, stats, state.kl_coef, lr_schedule(args, update)(0)[0],
+                         critic is not None, time.time() - t0, time.time() - t_start)
         if args.kl_target:
-            state["kl_coef"] = adaptive_kl_coef(state["kl_coef"], float(batch.kl_per_seq.mean()), args.kl_target,
-                                                args.kl_horizon)
+            state.kl_coef = adaptive_kl_coef(state.kl_coef, float(batch.kl_per_seq.mean()), args.kl_target,
+                                             args.kl_horizon)
         if (update + 1) % args.eval_interval == 0 or update + 1 == args.updates:
-            rec["samples"] = [{"question": rows[i // args.samples_per_question]["question"],
-                               "rationale": rewards.texts[i], "reward": float(rewards.sequence[i]),
-                               "rm_score": float(rewards.rm_z[i])} for i in range(min(args.log_samples, len(seeds)))]
-            choose_checkpoint(args, rt, data, models, state, update + 1, rec, paths.best)
-            save_resume_point(paths.last, args, data, models, state, update + 1)
+            rec["samples"] = [{"question": rows[i // k]["question"], "rationale": texts[i],
+                               "reward": float(rewards.sequence[i]), "rm_score": float(rewards.rm_z[i])}
+                              for i in range(min(args.log_samples, len(seeds)))]
+            about = provenance(args, update + 1)
+            validation.choose_checkpoint(policy, val, update + 1, rec, state,
+                                         partial(save_checkpoint, run.best, policy, tok_json, about))
+            save_resume_point(run.resume_point, tok_json, about, policy, critic, opt_policy, opt_critic, gen, state)
         append_row(log, rec)
         print_row(rec)
     log.close()
-    finish(args, data, state, time.time() - t_start)
+    run.finish(partial(common.write_json, obj=summary(args, len(data.val_rows), state, time.time() - t_start)))
     common.cleanup_runtime(rt)
 
 

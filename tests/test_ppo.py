@@ -63,8 +63,8 @@ def test_masked_positions_get_neither_policy_nor_value_loss():
 
 
 def prepare(policy, ref, critic, ro, seq_reward, kl_coef):
-    return train_ppo.prepare_batch(policy, ref, critic, ro, seq_reward, kl_coef, temperature=1.0, gamma=1.0,
-                                   lam=0.95)
+    return train_ppo.prepare_batch(policy, ref, critic, ro, seq_reward, kl_coef,
+                                   train_ppo.AdvantageSettings(temperature=1.0, gamma=1.0, lam=0.95))
 
 
 def tiny_models(tiny_run):
@@ -80,7 +80,7 @@ def tiny_models(tiny_run):
 def test_first_update_policy_old_and_reference_agree(tiny_run):
     tok, policy, ref, critic, prompts = tiny_models(tiny_run)
     eot = tok.token_to_id(EOT)
-    ro = train_ppo.rollout(policy, prompts, 2, 1.0, 24, eot, list(range(16)), "cpu")
+    ro = train_ppo.rollout(policy, prompts, 2, 1.0, 24, eot, list(range(16)))
     batch = prepare(policy, ref, critic, ro, torch.ones(16), 0.1)
     m = batch.mask > 0
     assert torch.allclose(batch.old_logp[m], batch.ref_logp[m], atol=1e-6)
@@ -102,7 +102,7 @@ def test_ppo_raises_a_trivial_reward(tiny_run):
     target = tok.encode(" So").ids[0]
 
     def rate(update):
-        ro = train_ppo.rollout(policy, prompts, 4, 1.0, 24, eot, [update * 1000 + i for i in range(32)], "cpu")
+        ro = train_ppo.rollout(policy, prompts, 4, 1.0, 24, eot, [update * 1000 + i for i in range(32)])
         return ro, torch.tensor([float(target in r) for r in ro.responses])
 
     opt_p = torch.optim.Adam(policy.parameters(), lr=3e-3)
@@ -113,8 +113,9 @@ def test_ppo_raises_a_trivial_reward(tiny_run):
         ro, reward = rate(update)
         rates.append(reward.mean().item())
         batch = prepare(policy, ref, critic, ro, reward, 0.0)
-        train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, gen, epochs=4, minibatch_size=16,
-                             temperature=1.0, clip=0.2, value_clip=0.2, grad_clip=1.0)
+        train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, gen,
+                             train_ppo.UpdateSettings(epochs=4, minibatch_size=16, temperature=1.0, clip=0.2,
+                                                      value_clip=0.2, grad_clip=1.0))
     _, final = rate(99)
     assert final.mean().item() > rates[0] + 0.3, (rates, final.mean().item())
 
@@ -205,7 +206,7 @@ def test_rollout_with_ragged_prompts_and_a_moved_policy(tiny_run):
     assert len({len(p) for p in prompts}) == 3
     eot = tok.token_to_id(EOT)
     k = 2
-    ro = train_ppo.rollout(policy, prompts, k, 1.0, 20, eot, list(range(6)), "cpu")
+    ro = train_ppo.rollout(policy, prompts, k, 1.0, 20, eot, list(range(6)))
     seq_reward = torch.tensor([1.0, -1.0, 2.0, 0.5, -2.0, 3.0])
     batch = prepare(policy, ref, critic, ro, seq_reward, 0.1)
     for i, resp in enumerate(ro.responses):
@@ -287,9 +288,10 @@ def test_critic_free_batch_gives_every_token_its_rationales_advantage(tiny_run):
             p.add_(0.05 * torch.randn_like(p))
     eot = tok.token_to_id(EOT)
     k = 4
-    ro = train_ppo.rollout(policy, prompts[:3], k, 1.0, 20, eot, list(range(12)), "cpu")
+    ro = train_ppo.rollout(policy, prompts[:3], k, 1.0, 20, eot, list(range(12)))
     seq_reward = torch.arange(12, dtype=torch.float32) % 5
-    b = train_ppo.prepare_batch(policy, ref, None, ro, seq_reward, 0.1, 1.0, 1.0, 0.95, estimator="rloo", k=k)
+    b = train_ppo.prepare_batch(policy, ref, None, ro, seq_reward, 0.1,
+                                train_ppo.AdvantageSettings(1.0, 1.0, 0.95, estimator="rloo", k=k))
     returns = seq_reward - 0.1 * b.kl_per_seq
     expected = train_ppo.group_advantages(returns, k, "rloo")
     n_tok = b.mask.sum(1)
@@ -300,8 +302,9 @@ def test_critic_free_batch_gives_every_token_its_rationales_advantage(tiny_run):
         assert (b.advantages[i][~on] == 0).all()
     # and an update trains the policy alone
     opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    stats = train_ppo.ppo_update(policy, None, opt, None, b, torch.Generator().manual_seed(0), epochs=1,
-                                 minibatch_size=6, temperature=1.0, clip=0.2, value_clip=0.2, grad_clip=1.0)
+    stats = train_ppo.ppo_update(policy, None, opt, None, b, torch.Generator().manual_seed(0),
+                                 train_ppo.UpdateSettings(epochs=1, minibatch_size=6, temperature=1.0, clip=0.2,
+                                                          value_clip=0.2, grad_clip=1.0))
     assert stats["value_loss"] is None and stats["policy_loss"] is not None and stats["optimizer_steps"] == 2
 
 

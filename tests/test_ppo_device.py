@@ -66,11 +66,9 @@ def meta_rollout():
                              torch.full((B,), T - PROMPT).to(META))
 
 
-def test_reward_scale_keeps_its_statistics_on_the_scores_device(on_meta, monkeypatch):
-    policy, _, rm, _ = models()
-    monkeypatch.setattr(train_ppo, "rollout", lambda *a, **kw: meta_rollout())
-    scale = train_ppo.reward_scale(rm, policy, [[1, 2, 3, 4]] * (B // K), K, 1.0, T - PROMPT, [0], list(range(B)),
-                                   META)
+def test_reward_scale_keeps_its_statistics_on_the_scores_device(on_meta):
+    _, _, rm, _ = models()
+    scale = train_ppo.reward_scale(rm, meta_rollout())
     assert set(scale) == {"mean", "std", "n", "min", "p05", "median", "p95", "max"}
 
 
@@ -85,13 +83,15 @@ def test_rewards_advantages_and_an_update_stay_on_the_device(on_meta, estimator)
         seq = train_ppo.sequence_rewards(kind, rm_z, torch.ones(B).to(META), torch.ones(B, dtype=torch.bool).to(META),
                                          ro.finished, 1.0, 2.0, 5.0, noise)
         assert seq.device == META
-    batch = train_ppo.prepare_batch(policy, ref, critic, ro, seq, 0.05, 1.0, 1.0, 0.95, estimator=estimator, k=K)
+    batch = train_ppo.prepare_batch(policy, ref, critic, ro, seq, 0.05,
+                                    train_ppo.AdvantageSettings(1.0, 1.0, 0.95, estimator=estimator, k=K))
     assert batch.advantages.device == META and batch.returns.device == META
     opt_p = configure_optimizer(policy, 1e-3, 0.0)
     opt_c = configure_optimizer(critic, 1e-3, 0.0) if critic is not None else None
-    stats = train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, torch.Generator().manual_seed(0), epochs=2,
-                                 minibatch_size=2, micro_batch_size=1, temperature=1.0, clip=0.2, value_clip=None,
-                                 grad_clip=1.0, target_kl=10.0, kl_loss_coef=0.05 if estimator == "grpo" else 0.0,
-                                 per_sequence=estimator == "grpo")
+    settings = train_ppo.UpdateSettings(epochs=2, minibatch_size=2, micro_batch_size=1, temperature=1.0, clip=0.2,
+                                        value_clip=None, grad_clip=1.0, target_kl=10.0,
+                                        kl_loss_coef=0.05 if estimator == "grpo" else 0.0,
+                                        per_sequence=estimator == "grpo")
+    stats = train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, torch.Generator().manual_seed(0), settings)
     assert stats["optimizer_steps"] == 4
     assert all(p.device == META for p in policy.parameters())

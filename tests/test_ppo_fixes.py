@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from sml import common
 import train_ppo
+from sml import validation
 from sml.checkpoint import load_checkpoint, save_checkpoint
 from data.tokenizer import EOT, load_tokenizer
 from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar
@@ -133,8 +134,8 @@ def test_every_estimators_advantages_have_unit_rms(tiny_run, estimator):
     policy, ref, critic, batch = models_and_batch(tiny_run, n_prompts=4, k=4)
     ro = train_ppo.Rollout(batch.idx, batch.mask, None, None, batch.seq_lens, None, None)
     reward = torch.arange(16, dtype=torch.float32) % 3
-    b = train_ppo.prepare_batch(policy, ref, critic if estimator == "ppo" else None, ro, reward, 0.05, 1.0, 1.0,
-                                0.95, estimator=estimator, k=4)
+    b = train_ppo.prepare_batch(policy, ref, critic if estimator == "ppo" else None, ro, reward, 0.05,
+                                train_ppo.AdvantageSettings(1.0, 1.0, 0.95, estimator=estimator, k=4))
     rms = float(train_ppo.masked_mean(b.advantages ** 2, b.mask).sqrt())
     assert rms == pytest.approx(1.0, abs=1e-3)
 
@@ -146,16 +147,19 @@ def test_grpo_normalises_the_reward_alone_and_puts_the_kl_in_the_loss(tiny_run):
             p.add_(0.05 * torch.randn_like(p))
     ro = train_ppo.Rollout(batch.idx, batch.mask, None, None, batch.seq_lens, None, None)
     reward = torch.arange(16, dtype=torch.float32) % 3
-    a = train_ppo.prepare_batch(policy, ref, None, ro, reward, 0.0, 1.0, 1.0, 0.95, estimator="grpo", k=4)
-    b = train_ppo.prepare_batch(policy, ref, None, ro, reward, 0.5, 1.0, 1.0, 0.95, estimator="grpo", k=4)
+    grpo = train_ppo.AdvantageSettings(1.0, 1.0, 0.95, estimator="grpo", k=4)
+    a = train_ppo.prepare_batch(policy, ref, None, ro, reward, 0.0, grpo)
+    b = train_ppo.prepare_batch(policy, ref, None, ro, reward, 0.5, grpo)
     assert b.kl_per_seq.abs().sum() > 0 and torch.allclose(a.advantages, b.advantages)
     # the loss: k3 KL to the reference, tokens averaged per rationale; micro-batches change nothing
     grads = []
     for micro in (1, 16):
         model = copy.deepcopy(policy)
-        train_ppo.minibatch_gradients(model, None, b, torch.arange(16), micro, 1.0, 0.2, None, True,
-                                      torch.autocast("cpu", enabled=False), None, kl_loss_coef=0.5,
-                                      per_sequence=True)
+        settings = train_ppo.UpdateSettings(epochs=1, minibatch_size=16, micro_batch_size=micro, temperature=1.0,
+                                            clip=0.2, value_clip=None, grad_clip=1.0, kl_loss_coef=0.5,
+                                            per_sequence=True)
+        train_ppo.minibatch_gradients(model, None, b, torch.arange(16), settings, True,
+                                      torch.autocast("cpu", enabled=False))
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(*grads))
     # by hand, at ratio 1: d/dtheta of mean_i mean_t (-A_i * ratio + beta * k3)
@@ -184,9 +188,9 @@ def test_target_kl_stops_before_the_step_that_passed_it(tiny_run, monkeypatch):
     monkeypatch.setattr(train_ppo, "minibatch_gradients", spy)
     opt_p, opt_c = configure_optimizer(policy, 3e-3, 0.0), configure_optimizer(critic, 1e-3, 0.0)
     opt_p.register_step_post_hook(lambda *_: steps.append(1))
-    stats = train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, torch.Generator().manual_seed(0), epochs=4,
-                                 minibatch_size=8, temperature=1.0, clip=0.2, value_clip=None, grad_clip=1.0,
-                                 target_kl=1e-4)
+    stats = train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, torch.Generator().manual_seed(0),
+                                 train_ppo.UpdateSettings(epochs=4, minibatch_size=8, temperature=1.0, clip=0.2,
+                                                          value_clip=None, grad_clip=1.0, target_kl=1e-4))
     assert stats["kl_stop"] and seen[-1] > 1e-4 and all(kl <= 1e-4 for kl in seen[:-1])
     assert len(steps) == stats["optimizer_steps"] == len(seen) - 1
     assert all(p.grad is None for p in policy.parameters())  # the unused gradient is not left behind
@@ -200,8 +204,9 @@ def test_sampler_and_recomputed_log_probs_agree_in_float32(tiny_run):
     policy, ref, critic, _ = models_and_batch(tiny_run, n_prompts=2, k=2)
     tok = load_tokenizer(os.path.join(tiny_run["data"], "tokenizer.json"))
     prompts = [tok.encode("Question: Ann has 2 cups. How many cups does Ann have now?\nAnswer:").ids] * 2
-    ro = train_ppo.rollout(policy, prompts, 2, 1.0, 16, tok.token_to_id(EOT), [1, 2, 3, 4], "cpu")
-    b = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(4), 0.05, 1.0, 1.0, 0.95)
+    ro = train_ppo.rollout(policy, prompts, 2, 1.0, 16, tok.token_to_id(EOT), [1, 2, 3, 4])
+    b = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(4), 0.05,
+                                train_ppo.AdvantageSettings(1.0, 1.0, 0.95))
     gap = train_ppo.sampler_logp_gap(ro, b.old_logp)
     assert gap is not None and gap < 1e-4
 
@@ -216,7 +221,7 @@ def test_ppo_chooses_on_greedy_validation_and_never_reads_test(tiny_run, tmp_pat
     os.remove(data / "test.jsonl")
     greedy = iter([0.5, 0.7, 0.7])  # updates 0, 1, 2: the tie goes to update 1
     sampled = iter([0.9, 0.2, 0.95])
-    monkeypatch.setattr(train_ppo, "validate", lambda policy, d, args, rt, rows, name, samples, temperature:
+    monkeypatch.setattr(validation, "validate", lambda model, val, name, samples, temperature:
                         (next(greedy) if temperature == 0 else next(sampled), 0.01))
     argv = ppo_argv(tiny_run, tmp_path / "ppo", "--reward", "exact", "--updates", "2", "--eval_interval", "1")
     argv[argv.index("--data_dir") + 1] = str(data)

@@ -17,7 +17,7 @@ import train_ppo
 import train_rm
 import train_sft
 from data.tasks import get_task
-from data.tokenizer import EOT, load_tokenizer
+from data.tokenizer import EOT, decode_sampled, load_tokenizer
 from sml.checkpoint import load_checkpoint, save_checkpoint
 from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar
 
@@ -35,10 +35,10 @@ def models_and_batch(tiny_run, n_prompts=8, k=4, seed=0, dropout=0.0):
                           f"does Ann have now?\nAnswer:").ids for n in range(1, n_prompts + 1)]
     prompts[0] = tok.encode("Question: Tom has 2 pens. How many pens does Tom have now?\nAnswer:").ids  # ragged
     eot = tok.token_to_id(EOT)
-    ro = train_ppo.rollout(policy, prompts, k, 1.0, 24, eot, list(range(seed, seed + n_prompts * k)), "cpu")
+    ro = train_ppo.rollout(policy, prompts, k, 1.0, 24, eot, list(range(seed, seed + n_prompts * k)))
     g = torch.Generator().manual_seed(seed)
     reward = torch.randn(n_prompts * k, generator=g)
-    batch = train_ppo.prepare_batch(policy, ref, critic, ro, reward, 0.05, 1.0, 1.0, 0.95)
+    batch = train_ppo.prepare_batch(policy, ref, critic, ro, reward, 0.05, train_ppo.AdvantageSettings(1.0, 1.0, 0.95))
     return policy, ref, critic, batch
 
 
@@ -46,7 +46,9 @@ def run_update(policy, critic, batch, lr=1e-3, critic_lr=1e-3, **kw):
     opt_p, opt_c = configure_optimizer(policy, lr, 0.0), configure_optimizer(critic, critic_lr, 0.0)
     settings = dict(epochs=2, minibatch_size=8, temperature=1.0, clip=0.2, value_clip=0.2, grad_clip=1.0)
     settings.update(kw)
-    return train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, torch.Generator().manual_seed(0), **settings)
+    loop = {k: settings.pop(k) for k in ("train_policy", "lr_at", "amp") if k in settings}
+    return train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, torch.Generator().manual_seed(0),
+                                train_ppo.UpdateSettings(**settings), **loop)
 
 
 # -----------------------------------------------------------------------------
@@ -156,12 +158,10 @@ def test_ppo_penalises_a_rationale_that_states_no_answer(tiny_run):
     texts = ["She has 5 apples.", "2 + 3 = 5. So the answer is 5."]
     ro = SimpleNamespace(responses=[tok.encode(t).ids + [eot] for t in texts],
                          finished=torch.tensor([True, True]))
-    args = SimpleNamespace(samples_per_question=2, reward="exact", no_answer_penalty=1.0, unfinished_penalty=2.0,
-                           reward_clip=5.0)
-    data = SimpleNamespace(tok=tok, task=get_task("gsm8k"), stop_ids=[eot])
-    models = SimpleNamespace(rm=None)
+    settings = train_ppo.RewardSettings("exact", no_answer_penalty=1.0, unfinished_penalty=2.0, clip=5.0)
+    decoded = [decode_sampled(tok, r, [eot]) for r in ro.responses]
     rows = [{"question": "How many apples?", "answer": "5"}]
-    rewards = train_ppo.score_rollouts(args, SimpleNamespace(device="cpu"), data, models, {}, rows, ro)
+    rewards = train_ppo.score_rollouts(decoded, [rows[0]["answer"]] * 2, ro, None, get_task("gsm8k"), None, settings)
     assert rewards.correct.tolist() == [0.0, 1.0] and rewards.has_answer.tolist() == [False, True]
     assert rewards.sequence.tolist() == [-1.0, 1.0]
 
@@ -262,8 +262,10 @@ def test_micro_batched_update_equals_the_whole_batch(tiny_run):
         p, c = copy.deepcopy(policy), copy.deepcopy(critic)
         stats = train_ppo.ppo_update(p, c, torch.optim.SGD(p.parameters(), lr=0.1),
                                      torch.optim.SGD(c.parameters(), lr=0.1), batch,
-                                     torch.Generator().manual_seed(0), epochs=2, minibatch_size=16, temperature=1.0,
-                                     clip=0.2, value_clip=0.2, grad_clip=1.0, micro_batch_size=micro_batch_size)
+                                     torch.Generator().manual_seed(0),
+                                     train_ppo.UpdateSettings(epochs=2, minibatch_size=16, temperature=1.0, clip=0.2,
+                                                              value_clip=0.2, grad_clip=1.0,
+                                                              micro_batch_size=micro_batch_size))
         results.append((list(p.parameters()) + list(c.parameters()), stats))
     (whole, a), (micro, b) = results
     moved = max(float((p - q).detach().abs().max()) for p, q in zip(whole, list(policy.parameters()) +
@@ -398,15 +400,17 @@ def test_rollouts_stop_at_every_end_id_and_score_the_sampled_distribution():
         policy.lm_head.weight[40:] += 0.3 * torch.randn(24, 32)
     eot, turn_end, n_vocab = 0, 39, 40
     prompts = [[5, 6, 7], [8, 9]]
-    ro = train_ppo.rollout(policy, prompts, 4, 1.0, 30, [eot, turn_end], list(range(8)), "cpu", n_vocab=n_vocab)
+    ro = train_ppo.rollout(policy, prompts, 4, 1.0, 30, [eot, turn_end], list(range(8)), n_vocab=n_vocab)
     ends = [r[-1] for r, f in zip(ro.responses, ro.finished.tolist()) if f]
     assert turn_end in ends  # finished at the checkpoint's own end id
     assert all(t < n_vocab for r in ro.responses for t in r)  # never a padding id
     ref = copy.deepcopy(policy)
     critic = lm_to_scalar(policy)
-    batch = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(8), 0.0, 1.0, 1.0, 0.95, n_vocab=n_vocab)
+    batch = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(8), 0.0,
+                                    train_ppo.AdvantageSettings(1.0, 1.0, 0.95, n_vocab=n_vocab))
     for i, r in enumerate(ro.responses):
         on = batch.mask[i] > 0
         assert torch.allclose(batch.old_logp[i][on], torch.tensor(ro.sampler_logp[i]), atol=1e-5)
-    unmasked = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(8), 0.0, 1.0, 1.0, 0.95)
+    unmasked = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(8), 0.0,
+                                       train_ppo.AdvantageSettings(1.0, 1.0, 0.95))
     assert not torch.allclose(unmasked.old_logp, batch.old_logp, atol=1e-3)  # the mask matters here

@@ -292,22 +292,23 @@ def ppo_phases(name, layers, rollouts, k, micro_batch_size, prompt_tokens, ratio
         reset_peak_memory(rt.device)
         t0 = time.time()
         ro = train_ppo.rollout(policy, prompts, k, 1.0, rationale_tokens, stop, list(range(update * rollouts,
-                               (update + 1) * rollouts)), rt.device, None, rt.autocast)
+                               (update + 1) * rollouts)), None, rt.autocast)
         sync(rt.device)
         phases["rollout"] = (time.time() - t0, int(ro.lengths.sum()), peak_memory(rt.device))
         reset_peak_memory(rt.device)
         t0 = time.time()
         train_ppo.score_sequences(rm, ro, micro_batch_size, rt.autocast)
         batch = train_ppo.prepare_batch(policy, ref, critic, ro, torch.randn(len(ro.responses), generator=g,
-                                        device="cpu").to(rt.device), 0.02, 1.0, 1.0, 0.95, micro_batch_size,
+                                        device="cpu").to(rt.device), 0.02,
+                                        train_ppo.AdvantageSettings(1.0, 1.0, 0.95, micro_batch_size=micro_batch_size),
                                         rt.autocast)
         sync(rt.device)
         phases["scoring"] = (time.time() - t0, 4 * int(ro.seq_lens.sum()), peak_memory(rt.device))  # 4 models
         reset_peak_memory(rt.device)
         t0 = time.time()
-        stats = train_ppo.ppo_update(policy, critic, opt_policy, opt_critic, batch, g, epochs=epochs,
-                                     minibatch_size=max(1, rollouts // 2), micro_batch_size=micro_batch_size,
-                                     temperature=1.0, clip=0.2, value_clip=0.2, grad_clip=1.0, amp=rt.autocast)
+        settings = train_ppo.UpdateSettings(epochs=epochs, minibatch_size=max(1, rollouts // 2), temperature=1.0,
+                                            clip=0.2, value_clip=0.2, grad_clip=1.0, micro_batch_size=micro_batch_size)
+        stats = train_ppo.ppo_update(policy, critic, opt_policy, opt_critic, batch, g, settings, amp=rt.autocast)
         sync(rt.device)
         phases["update"] = (time.time() - t0, 2 * epochs * int(ro.seq_lens.sum()), peak_memory(rt.device))
         out.append({"phases": {k: {"seconds": t, "tokens_per_s": n / t, "peak_gib": m / 2**30}
