@@ -149,17 +149,9 @@ def oversized(name):
     return bad
 
 
-@pytest.mark.parametrize("name", [f for f in STAGE_FILES if f != "train_ppo.py"])
+@pytest.mark.parametrize("name", STAGE_FILES)
 def test_stage_functions_are_small(name):  # (d)
     bad = oversized(name)
-    assert not bad, "\n".join(bad)
-
-
-@pytest.mark.xfail(strict=True, reason="ppo_update takes 20 parameters (rollout, prepare_batch, "
-                   "minibatch_gradients and reward_scale 11 to 14) until train_ppo.py's restructure "
-                   "(issue 33, step 3); remove this mark when it lands")
-def test_train_ppo_functions_are_small():  # (d), train_ppo.py
-    bad = oversized("train_ppo.py")
     assert not bad, "\n".join(bad)
 
 
