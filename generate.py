@@ -28,15 +28,15 @@ rationales.jsonl (every sample, labelled), sft.jsonl, pairs.jsonl, rft.jsonl and
 import os
 import random
 import time
-from collections import Counter
 
 from sml import common
 from sml import rationales
 from data import fewshot, load_world
 from data.jsonl import load_dataset, write_jsonl
-from data.tasks import CLASS_KINDS, DATASET_TASKS
+from data.tasks import DATASET_TASKS
 from sml.checkpoint import load_checkpoint
-from sml.rationales import DISCARD_REASONS, label_rationale
+from sml.collection_report import class_histograms, collection_stats, print_collection
+from sml.rationales import label_rationale
 from sml.rundir import RunDir
 
 PRESETS = rationales.SAMPLING_PRESETS
@@ -77,7 +77,56 @@ def get_args(argv=None):
 
 
 # -----------------------------------------------------------------------------
-# SML step 2: what the answer-consistency check (rationales.label_rationale) feeds
+# SML steps 1-2: sampling given an answer, and the answer-consistency check
+
+
+def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, **kw):
+    """SML steps 1-2 over the train split. Returns (records, stats). kw goes to
+    rationales.sample_rationales (quiet, the budget, exemplars, top_k / top_p, ...)."""
+    # SML step 1: hints are the correct answer and m wrong answers per question.
+    requests, meta = [], []
+    for row in rows:
+        rng = random.Random(rationales.derive_seed(seed, "wrong", row["id"]))
+        for hint in [row["answer"]] + (task.wrong_answers(row, m, rng) if m else []):
+            kind = "correct" if hint == row["answer"] else "wrong"
+            requests.append((row["question"], hint))
+            meta.append((row, hint, kind))
+    # a choice or yes/no dataset: the few-shot answer line is read among the row's answers
+    candidates = rationales.answer_candidates(task, [row for row, _, _ in meta])
+    results, speed = rationales.sample_rationales(model, tok, task, requests, k, temperature, seed,
+                                                  desc="collect", candidates=candidates, **kw)
+    if k_unhinted:  # the RFT and STaR baselines' samples: no answer given
+        res_u, sp_u = rationales.sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
+                                                   k_unhinted, temperature, rationales.derive_seed(seed, "unhinted"),
+                                                   desc="collect (no hint)", **kw)
+        results += res_u
+        meta += [(r, None, "none") for r in rows]
+        speed = {key: speed[key] + sp_u[key] for key in speed}
+    records = label_samples(task, meta, results)
+    return records, collection_stats(task, rows, records, speed)
+
+
+def label_samples(task, meta, results):
+    """SML step 2: keep the rationales that state an answer consistent with the hint. One
+    record per sample, labelled (high, low, rft or discarded, with the reason)."""
+    records = []
+    for (row, hint, kind), samples in zip(meta, results):
+        for s in samples:
+            final, correct, label, reason = label_rationale(task, row["answer"], hint, s["answer_text"],
+                                                            s["finished"])
+            rationale = s["text"]
+            if s.get("answer_read") and final is not None:  # few-shot: with the answer line read back
+                rationale = task.finish([s["text"]], final)
+            records.append({"id": row["id"], "question": row["question"], "answer": row["answer"],
+                            "hint": hint, "hint_type": kind, "rationale": rationale,
+                            "final_answer": final, "finished": s["finished"],
+                            "consistent": hint is not None and label in ("high", "low"),
+                            "correct": correct, "label": label, "discard_reason": reason})
+    return records
+
+
+# -----------------------------------------------------------------------------
+# What the check feeds: SML's SFT rows (step 3a) and pairs (step 3b), RFT's and STaR's rows
 
 
 def build_sft_rows(task, records, labels=("high",)):
@@ -127,105 +176,6 @@ def build_pairs(task, records, max_per_question, rng):
         pairs += [{"id": qid, "prompt": task.prompt(d["question"]), "chosen": " " + c,
                    "rejected": " " + j} for c, j in combos]
     return pairs
-
-
-def collect(model, tok, task, rows, k, m, k_unhinted, temperature, seed, **kw):
-    """SML steps 1-2 over the train split. Returns (records, stats). kw goes to
-    rationales.sample_rationales (quiet, the budget, exemplars, top_k / top_p, ...)."""
-    # SML step 1: hints are the correct answer and m wrong answers per question.
-    requests, meta = [], []
-    for row in rows:
-        rng = random.Random(rationales.derive_seed(seed, "wrong", row["id"]))
-        for hint in [row["answer"]] + (task.wrong_answers(row, m, rng) if m else []):
-            kind = "correct" if hint == row["answer"] else "wrong"
-            requests.append((row["question"], hint))
-            meta.append((row, hint, kind))
-    # a choice or yes/no dataset: the few-shot answer line is read among the row's answers
-    candidates = rationales.answer_candidates(task, [row for row, _, _ in meta])
-    results, speed = rationales.sample_rationales(model, tok, task, requests, k, temperature, seed,
-                                       desc="collect", candidates=candidates, **kw)
-    if k_unhinted:  # the RFT and STaR baselines' samples: no answer given
-        res_u, sp_u = rationales.sample_rationales(model, tok, task, [(r["question"], None) for r in rows],
-                                        k_unhinted, temperature, rationales.derive_seed(seed, "unhinted"),
-                                        desc="collect (no hint)", **kw)
-        results += res_u
-        meta += [(r, None, "none") for r in rows]
-        speed = {key: speed[key] + sp_u[key] for key in speed}
-    records = label_samples(task, meta, results)
-    return records, collection_stats(task, rows, records, speed)
-
-
-def label_samples(task, meta, results):
-    """SML step 2: keep the rationales that state an answer consistent with the hint. One
-    record per sample, labelled (high, low, rft or discarded, with the reason)."""
-    records = []
-    for (row, hint, kind), samples in zip(meta, results):
-        for s in samples:
-            final, correct, label, reason = label_rationale(task, row["answer"], hint, s["answer_text"],
-                                                            s["finished"])
-            rationale = s["text"]
-            if s.get("answer_read") and final is not None:  # few-shot: with the answer line read back
-                rationale = task.finish([s["text"]], final)
-            records.append({"id": row["id"], "question": row["question"], "answer": row["answer"],
-                            "hint": hint, "hint_type": kind, "rationale": rationale,
-                            "final_answer": final, "finished": s["finished"],
-                            "consistent": hint is not None and label in ("high", "low"),
-                            "correct": correct, "label": label, "discard_reason": reason})
-    return records
-
-
-def collection_stats(task, rows, records, speed):
-    """stats.json's counts: kept and discarded (by reason) for each kind of hint, the labels,
-    the sampling speed."""
-    stats = {"questions": len(rows), "samples": len(records), "tokens": speed["tokens"],
-             "seconds": speed["seconds"], "tokens_per_s": speed["tokens"] / max(1e-9, speed["seconds"]),
-             "by_hint_type": {}}
-    for kind in ("correct", "wrong", "none"):
-        sub = [r for r in records if r["hint_type"] == kind]
-        if sub:
-            kept = sum(r["label"] != "discarded" for r in sub)
-            stats["by_hint_type"][kind] = {
-                "samples": len(sub), "kept": kept,
-                # yield: the share kept (consistent with the hint; unhinted: correct, as RFT keeps)
-                "yield": kept / len(sub), "correct": sum(r["correct"] for r in sub),
-                "discarded": {why: n for why in DISCARD_REASONS
-                              if (n := sum(r["discard_reason"] == why for r in sub))}}
-            if task.answer_kind in CLASS_KINDS and kind != "none":
-                stats["by_hint_type"][kind]["by_class"] = yield_by_class(task, sub)
-    hinted = [r for r in records if r["hint"] is not None]
-    for label in ("high", "low"):  # hinted samples only: SML's data
-        stats[label] = sum(r["label"] == label for r in hinted)
-    stats["discarded_hinted"] = sum(r["label"] == "discarded" for r in hinted)
-    stats["rft"] = sum(r["label"] == "rft" for r in records)
-    stats["questions_with_high"] = len({r["id"] for r in records if r["label"] == "high"})
-    stats["questions_with_rft"] = len({r["id"] for r in records if r["label"] == "rft"})
-    return stats
-
-
-def yield_by_class(task, records):
-    """{given answer: {"samples", "kept", "yield"}} for hinted records of a choice or yes/no
-    task: a model that can argue for "no" but not for "yes" keeps "no" rationales only, and
-    SFT on them teaches it to answer "no" everywhere."""
-    out = {}
-    for r in records:
-        c = out.setdefault(task.normalize(r["hint"]), {"samples": 0, "kept": 0})
-        c["samples"] += 1
-        c["kept"] += r["label"] != "discarded"
-    for c in out.values():
-        c["yield"] = c["kept"] / c["samples"]
-    return dict(sorted(out.items()))
-
-
-def class_histograms(task, rows, sft, pairs):
-    """For a choice or yes/no task, how many of each gold answer: the questions collected from
-    (the train split's, after --limit), the SFT rows and the reward model's pairs. SFT rows
-    that are mostly one class teach the majority class, whatever the split holds. Numeric and
-    letter answers have too many classes to count this way: {} there."""
-    if task.answer_kind not in CLASS_KINDS:
-        return {}
-    gold = {r["id"]: task.normalize(r["answer"]) for r in rows}
-    return {name: dict(sorted(Counter(gold[x["id"]] for x in items).items()))
-            for name, items in (("questions", rows), ("sft_rows", sft), ("pairs", pairs))}
 
 
 # -----------------------------------------------------------------------------
@@ -279,20 +229,7 @@ def main(argv=None):
             write_jsonl(os.path.join(tmp, "rft.jsonl"), rft)
             write_jsonl(os.path.join(tmp, "star.jsonl"), star)
         common.write_json(os.path.join(tmp, "stats.json"), stats)
-    for kind, s in stats["by_hint_type"].items():
-        kept = "consistent" if kind != "none" else "correct"
-        why = ", ".join(f"{n} {r}" for r, n in s["discarded"].items()) or "none"
-        by_class = ", ".join(f"{c} {100 * v['yield']:.0f}%" for c, v in s.get("by_class", {}).items())
-        print(f"hint {kind:7s}: {s['kept']}/{s['samples']} {kept} ({100 * s['yield']:.1f}%"
-              f"{f'; given {by_class}' if by_class else ''}); discarded: {why}")
-    for name, counts in stats["classes"].items():
-        print(f"{name.replace('_', ' ')} by gold answer: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
-    print(f"{len(sft)} SFT rows, {len(pairs)} pairs, {stats['questions_with_high']}/{len(rows)} "
-          f"questions with a high-quality rationale, {stats['wall_seconds']:.0f}s, "
-          f"{stats['tokens_per_s']:.0f} tok/s -> {args.out_dir}")
-    if args.k_unhinted:
-        print(f"baselines: {len(rft)} RFT rows (correct with no answer given, on {stats['questions_with_rft']} "
-              f"questions); {len(star)} STaR rows, {stats['questions_rationalized']} questions by rationalization")
+    print_collection(stats, args.out_dir, args.k_unhinted)
 
 
 if __name__ == "__main__":

@@ -94,11 +94,6 @@ def encode_pairs(tok, pairs, block_size, path):
                                 f"model's context of {block_size}")
 
 
-def split_by_question(pairs, val_frac, seed):
-    """Held-out pairs come from held-out questions: no question is on both sides."""
-    return common.split_by_question(pairs, val_frac, seed)
-
-
 # -----------------------------------------------------------------------------
 # Scores and the loss: a pair's sides are scored at their end-of-text (batch_scores, shared
 # with the report), the high-quality side preferred
@@ -154,6 +149,32 @@ def held_out_loss(rm, tok, pairs, rt):
     return float(bradley_terry_loss(c, r))
 
 
+def train(rm, optimizer, tok, train_pairs, val_pairs, max_steps, args, rt):
+    """SML step 3b: Bradley-Terry on (high, low) pairs of one question, a random batch of pairs
+    per step. With --keep best, the weights with the lowest held-out loss are loaded back at
+    the end. Returns {"step", "val_loss", "weights"} of the step kept."""
+    train_seqs = [(p["chosen_ids"], p["rejected_ids"]) for p in train_pairs]
+    gen = torch.Generator().manual_seed(args.seed)
+    best = {"step": max_steps, "val_loss": None, "weights": None}
+    bar = common.progress(range(max_steps), desc="reward model")
+    for step in bar:
+        common.set_lr(optimizer, common.cosine_lr(step, max_steps, args.lr, args.warmup_steps))
+        batch = [train_seqs[i] for i in torch.randint(0, len(train_seqs), (args.batch_size,), generator=gen)]
+        rm.train()
+        loss, acc = train_step(rm, optimizer, batch, args, rt, eot_id(tok))
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", refresh=False)  # a redraw would log every step
+        if args.keep == "best" and ((step + 1) % args.eval_interval == 0 or step + 1 == max_steps):
+            val_loss = held_out_loss(rm, tok, val_pairs, rt)
+            if best["val_loss"] is None or val_loss < best["val_loss"]:  # ties: the earlier step
+                best = {"step": step + 1, "val_loss": val_loss,
+                        "weights": {k: v.detach().cpu().clone() for k, v in rm.state_dict().items()}}
+    if best["weights"] is not None:
+        rm.load_state_dict(best["weights"])
+        print(f"kept step {best['step']} of {max_steps}: the lowest held-out loss ({best['val_loss']:.4f} on "
+              f"{len(val_pairs)} pairs)")
+    return best
+
+
 # what every report of this script holds (written in main): how a stale one is recognised, a
 # report without its checkpoint (a run killed between the two; rm.pt, written last, says the
 # stage is done), which the rerun replaces without --overwrite
@@ -175,7 +196,8 @@ def main(argv=None):
     encode_pairs(tok, pairs, sft_model.config.block_size, args.pairs)
     check_memory(sft_model, pairs, args, rt)
 
-    train_pairs, val_pairs = split_by_question(pairs, args.val_frac, args.seed)
+    # held-out pairs come from held-out questions: no question is on both sides
+    train_pairs, val_pairs = common.split_by_question(pairs, args.val_frac, args.seed)
     if args.keep == "best" and not val_pairs:
         raise common.UserError("--keep best chooses on held-out pairs: there are none (--val_frac)")
     max_steps = math.ceil(args.epochs * len(train_pairs) / args.batch_size) if args.epochs else args.max_steps
@@ -187,28 +209,10 @@ def main(argv=None):
     rm = lm_to_scalar(sft_model).to(rt.device)  # the trunk of the SFT model + a scalar head
     rm.grad_checkpointing = args.grad_checkpointing
     optimizer = configure_optimizer(rm, args.lr, args.weight_decay)
-    train_seqs = [(p["chosen_ids"], p["rejected_ids"]) for p in train_pairs]
 
     run.start()  # an earlier run's rm.pt says "done": a run killed from here on must not leave it saying so
     t0 = time.time()
-    gen = torch.Generator().manual_seed(args.seed)
-    best = {"step": max_steps, "val_loss": None, "weights": None}
-    bar = common.progress(range(max_steps), desc="reward model")
-    for step in bar:  # SML step 3b: Bradley-Terry on (high, low) pairs of one question
-        common.set_lr(optimizer, common.cosine_lr(step, max_steps, args.lr, args.warmup_steps))
-        batch = [train_seqs[i] for i in torch.randint(0, len(train_seqs), (args.batch_size,), generator=gen)]
-        rm.train()
-        loss, acc = train_step(rm, optimizer, batch, args, rt, eot_id(tok))
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}", refresh=False)  # a redraw would log every step
-        if args.keep == "best" and ((step + 1) % args.eval_interval == 0 or step + 1 == max_steps):
-            val_loss = held_out_loss(rm, tok, val_pairs, rt)
-            if best["val_loss"] is None or val_loss < best["val_loss"]:  # ties: the earlier step
-                best = {"step": step + 1, "val_loss": val_loss,
-                        "weights": {k: v.detach().cpu().clone() for k, v in rm.state_dict().items()}}
-    if best["weights"] is not None:
-        rm.load_state_dict(best["weights"])
-        print(f"kept step {best['step']} of {max_steps}: the lowest held-out loss ({best['val_loss']:.4f} on "
-              f"{len(val_pairs)} pairs)")
+    best = train(rm, optimizer, tok, train_pairs, val_pairs, max_steps, args, rt)
     train_seconds = time.time() - t0
 
     # The report (written before the checkpoint: rm.pt, written last, says the stage is done).

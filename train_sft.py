@@ -30,6 +30,7 @@ from data.jsonl import DataError, load_dataset, load_sft
 from data.tokenizer import encode_after, eot_id
 from sml.lm_training import start_or_resume, train_lm
 from sml.checkpoint import load_checkpoint
+from sml.validation import Validation, validate
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 # pretrained: fine-tuning a pretrained model (run.sh with INIT): a learning rate for
@@ -99,17 +100,18 @@ def sft_examples(tok, rows, path, block_size):
 
 def greedy_val_accuracy(args, rt, tok, task):
     """--keep val_greedy: a model's greedy accuracy on the validation split (held out of
-    collection and training), the measure every trained method's checkpoint is chosen on."""
-    rows = load_val_split(args.data_dir, args.val_questions, "--keep val_greedy")
+    collection and training), the measure every trained method's checkpoint is chosen on
+    (sml/validation.py, as PPO chooses)."""
+    val = Validation(tok, task, load_val_split(args.data_dir, args.val_questions, "--keep val_greedy"), args.seed,
+                     samples=1, temperature=0.0, max_new_tokens=args.max_new_tokens,
+                     batch_prompts=args.batch_prompts, amp=rt.autocast)
 
     def score(model):
         model.eval()
-        with rt.autocast:
-            summary, _ = rationales.evaluate(model, tok, task, rows, 0.0, 1, args.seed, quiet=True,
-                                             max_new_tokens=args.max_new_tokens, batch_prompts=args.batch_prompts)
+        accuracy, _ = validate(model, val, "val greedy", 1, 0.0)
         model.train()
-        common.print0(rt, f"greedy validation accuracy {100 * summary['accuracy']:.1f}% ({len(rows)} questions)")
-        return summary["accuracy"]
+        common.print0(rt, f"greedy validation accuracy {100 * accuracy:.1f}% ({len(val.rows)} questions)")
+        return accuracy
     return score
 
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import generate
-from sml import rationales
+from sml import collection_report, rationales
 from data.tasks import get_task
 
 TASK = get_task("arithmetic")
@@ -479,9 +479,9 @@ def test_collect_counts_the_yield_and_the_classes_of_each_answer(monkeypatch):
                                  "yes": {"samples": 6, "kept": 0, "yield": 0.0}}
     sft = generate.build_sft_rows(task, records)
     pairs = generate.build_pairs(task, records, 0, random.Random(0))
-    assert generate.class_histograms(task, rows, sft, pairs) == {
+    assert collection_report.class_histograms(task, rows, sft, pairs) == {
         "questions": {"no": 3, "yes": 3}, "sft_rows": {"no": 3, "yes": 1}, "pairs": {"yes": 1}}
-    assert generate.class_histograms(get_task("gsm8k"), rows, sft, pairs) == {}  # numbers: not counted
+    assert collection_report.class_histograms(get_task("gsm8k"), rows, sft, pairs) == {}  # numbers: not counted
     _, stats = generate.collect(None, None, get_task("gsm8k"), [{"id": "1", "question": "q", "answer": "4"}],
                                 k=1, m=1, k_unhinted=0, temperature=1.0, seed=0, quiet=True)
     assert "by_class" not in stats["by_hint_type"]["correct"]

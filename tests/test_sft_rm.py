@@ -11,6 +11,7 @@ import torch
 import data
 import train_rm
 import train_sft
+from sml import common
 from data.tokenizer import EOT, load_tokenizer
 from sml.checkpoint import load_checkpoint
 from model import GPT, IGNORE_INDEX, GPTConfig, configure_optimizer
@@ -116,10 +117,10 @@ def test_score_is_read_at_the_last_real_token_whatever_the_padding():
 
 def test_held_out_split_is_disjoint_by_question():
     pairs = [{"id": f"q{i % 37}", "prompt": f"p{i % 37}", "chosen": "a", "rejected": "b"} for i in range(400)]
-    train, val = train_rm.split_by_question(pairs, 0.2, seed=3)
+    train, val = common.split_by_question(pairs, 0.2, seed=3)
     assert {p["id"] for p in train}.isdisjoint({p["id"] for p in val})
     assert len(train) + len(val) == len(pairs) and val and train
-    assert train_rm.split_by_question(pairs, 0.2, seed=3) == (train, val)
+    assert common.split_by_question(pairs, 0.2, seed=3) == (train, val)
 
 
 def test_auc():
