@@ -30,7 +30,7 @@ from data.jsonl import DataError, load_dataset, load_sft
 from data.tokenizer import encode_after, eot_id
 from sml.lm_training import start_or_resume, train_lm
 from sml.checkpoint import load_checkpoint
-from sml.validation import Validation, validate
+from sml.validation import Validation, greedy_accuracy
 
 # The defaults below are the default preset; tiny overrides these (flags given still win).
 # pretrained: fine-tuning a pretrained model (run.sh with INIT): a learning rate for
@@ -108,7 +108,7 @@ def greedy_val_accuracy(args, rt, tok, task):
 
     def score(model):
         model.eval()
-        accuracy, _ = validate(model, val, "val greedy", 1, 0.0)
+        accuracy = greedy_accuracy(model, val)
         model.train()
         common.print0(rt, f"greedy validation accuracy {100 * accuracy:.1f}% ({len(val.rows)} questions)")
         return accuracy

@@ -26,14 +26,27 @@ class Validation:
     amp: object = nullcontext()
 
 
+def evaluate_on(model, val, name, samples, temperature):
+    """rationales.evaluate on the validation questions, seeded by the run's seed and `name`
+    alone: (summary, per-question rows)."""
+    with val.amp:
+        return rationales.evaluate(model, val.tok, val.task, val.rows, temperature, samples,
+                                   rationales.derive_seed(val.seed, name), quiet=True,
+                                   max_new_tokens=val.max_new_tokens, batch_prompts=val.batch_prompts)
+
+
+def greedy_accuracy(model, val):
+    """The share of the validation questions answered right greedily: what validate(model, val,
+    "val greedy", 1, 0.0) averages, train_sft.py's --keep val_greedy score."""
+    summary, _ = evaluate_on(model, val, "val greedy", 1, 0.0)
+    return summary["accuracy"]
+
+
 def validate(model, val, name, samples, temperature):
     """Accuracy over `samples` samples per question (temperature 0: the greedy answer), with the
     same seeds at every update (common random numbers: candidates differ by their weights, not
     by their luck), and its standard error over questions."""
-    with val.amp:
-        _, preds = rationales.evaluate(model, val.tok, val.task, val.rows, temperature, samples,
-                                       rationales.derive_seed(val.seed, name), quiet=True,
-                                       max_new_tokens=val.max_new_tokens, batch_prompts=val.batch_prompts)
+    _, preds = evaluate_on(model, val, name, samples, temperature)
     per_q = torch.tensor([sum(p["sample_correct"]) / samples for p in preds], dtype=torch.float64)
     se = float(per_q.std() / len(per_q) ** 0.5) if len(per_q) > 1 else float("nan")
     return float(per_q.mean()), se
