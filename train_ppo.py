@@ -23,13 +23,10 @@ ppo_log.jsonl and, last, summary.json. The rewards, the reward model's scale and
 and GRPO, step sizes, memory and the checkpoint choice: docs/ppo.md.
 """
 
-import copy
-import math
-import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -38,13 +35,14 @@ from torch.utils.checkpoint import checkpoint
 
 from sml import common
 from sml import rationales
+from sml import ppo_run
 from sml import validation
-from data import load_val_split, load_world
-from data.jsonl import DataError, append_row, load_dataset
-from data.tokenizer import decode_sampled, stop_ids
-from sml.checkpoint import checked_config, load_checkpoint, save_checkpoint
-from sml.reward_report import MIN_RM_QUALITY, check_reward_model
-from model import GPT, configure_optimizer, fp32_head, lm_to_scalar, pad_batch, sequence_scores
+from data import load_world
+from data.jsonl import append_row
+from data.tokenizer import decode_sampled
+from sml.checkpoint import load_checkpoint
+from sml.reward_report import MIN_RM_QUALITY
+from model import fp32_head, pad_batch, sequence_scores
 from sml.sampler import mask_padded_vocab, prompts_per_batch, sample
 from sml.rundir import RunDir
 
@@ -157,29 +155,8 @@ def get_args(argv=None):
     common.add_runtime_args(p, compile=False)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
-    check_args(p, args)
+    ppo_run.check_args(p, args)
     return args
-
-
-def check_args(p, args):
-    """What no single flag's type can check, and the settings one flag implies for another."""
-    if args.reward in ("rm", "rm+exact") and not args.rm:
-        p.error(f"--reward {args.reward} needs --rm")
-    if args.critic_init == "rm" and args.estimator == "ppo" and not args.rm:
-        p.error("--critic_init rm needs --rm")
-    if args.critic_warmup_updates >= args.updates:
-        p.error(f"--critic_warmup_updates ({args.critic_warmup_updates}) leaves no update for the policy "
-                f"(--updates {args.updates})")
-    if args.estimator != "ppo" and args.samples_per_question < 2:
-        p.error(f"--estimator {args.estimator} compares the samples of a question: --samples_per_question "
-                f"must be at least 2")
-    if args.estimator != "ppo":
-        args.critic_warmup_updates = 0  # there is no critic
-    args.micro_batch_size = min(args.micro_batch_size or args.minibatch_size, args.minibatch_size)
-    policy_steps = (args.updates - args.critic_warmup_updates) * steps_per_update(args)
-    if args.warmup_steps > policy_steps:
-        p.error(f"--warmup_steps {args.warmup_steps} is longer than the run's {policy_steps} policy optimizer "
-                f"steps (--updates {args.updates}): the learning rate would never reach --lr")
 
 
 # -----------------------------------------------------------------------------
@@ -288,12 +265,6 @@ def k3_kl(logp, ref_logp):
     loss uses it): exp(ref - logp) - (ref - logp) - 1, never negative, unbiased."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1
-
-
-def explained_variance(values, returns, mask):
-    v, r = values[mask > 0], returns[mask > 0]
-    var_r = r.var()
-    return float("nan") if var_r == 0 else float(1 - (r - v).var() / var_r)
 
 
 def adaptive_kl_coef(kl_coef, kl, target, horizon):
@@ -429,44 +400,6 @@ def score_sequences(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
     return torch.cat(out)
 
 
-def standardise_head(critic, mean, std):
-    """--critic_init rm: the reward model's head rescaled in place to (score - mean) / std, the
-    units of the standardised rewards. Only at the end-of-text token is that the RM's judgment:
-    at earlier positions (all the values GAE reads) the head was never trained."""
-    with torch.no_grad():
-        critic.score_head.weight /= std
-        critic.score_head.bias.sub_(mean).div_(std)
-    return critic
-
-
-def standardised_critic(rm, mean, std):
-    """A float32 copy of the reward model with its head standardised (standardise_head)."""
-    return standardise_head(copy.deepcopy(rm).float(), mean, std)
-
-
-def fresh_critic(lm):
-    """--critic_init sft (the default): the SFT model's trunk with a zero scalar head, float32.
-    Its first values are 0 for every reward kind (RM, exact match, random), so the runs
-    that compare rewards start from the same critic; the head learns the reward's scale."""
-    critic = lm_to_scalar(lm).float()
-    with torch.no_grad():
-        critic.score_head.weight.zero_()
-        critic.score_head.bias.zero_()
-    return critic
-
-
-@dataclass(frozen=True)
-class AdvantageSettings:
-    """Step 3's hyperparameters (the flags of the same names)."""
-    temperature: float  # of the rollouts, so of every log-prob
-    gamma: float
-    lam: float
-    estimator: str = "ppo"  # or rloo, grpo: a baseline from the other samples of the question
-    k: int = None  # samples per question (rloo, grpo)
-    micro_batch_size: int = None  # rows per forward (None: all)
-    n_vocab: int = None  # ids past the tokenizer's vocabulary are never sampled
-
-
 @torch.no_grad()
 def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, cfg, amp=nullcontext()):
     """Step 3 of an update: old and reference log-probs, values, per-token rewards, and the
@@ -498,22 +431,6 @@ def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, cfg, amp=n
         returns = torch.zeros_like(values)
     return Batch(rollouts.idx, rollouts.mask, rollouts.seq_lens, old_logp, ref_logp, values, rewards, advantages,
                  returns, kl.sum(1))
-
-
-@dataclass(frozen=True)
-class UpdateSettings:
-    """Step 4's hyperparameters (the flags of the same names)."""
-    epochs: int
-    minibatch_size: int  # rollouts per optimizer step
-    temperature: float
-    clip: float  # of the policy ratio
-    value_clip: float  # None: the value loss is not clipped
-    grad_clip: float
-    micro_batch_size: int = None  # rows per forward; gradients accumulate over a minibatch (None: all)
-    target_kl: float = None  # an approx KL that ends the epochs, before its minibatch's step
-    n_vocab: int = None
-    kl_loss_coef: float = 0.0  # GRPO: beta times the k3 KL to the reference, in the loss
-    per_sequence: bool = False  # GRPO: each rationale's tokens averaged before the rationales are
 
 
 def minibatch_gradients(policy, critic, batch, mb, cfg, train_policy, amp):
@@ -619,25 +536,6 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg, train_po
             "kl_stop": stopped}
 
 
-def steps_per_update(args):
-    return args.ppo_epochs * math.ceil(args.questions_per_update * args.samples_per_question / args.minibatch_size)
-
-
-def lr_schedule(args, update):
-    """lr_at(i) for update `update`: warmup and cosine decay over the run's optimizer steps, the
-    policy's counted from the end of the critic's warmup. A function of (update, step) alone,
-    so a resumed run follows the same schedule."""
-    per = steps_per_update(args)
-    policy_total = (args.updates - args.critic_warmup_updates) * per
-    policy_start = (update - args.critic_warmup_updates) * per
-
-    def lr_at(i):
-        return (common.cosine_lr(max(0, policy_start + i), policy_total, args.lr, args.warmup_steps, args.min_lr_frac),
-                common.cosine_lr(update * per + i, args.updates * per, args.critic_lr, args.warmup_steps,
-                                 args.min_lr_frac))
-    return lr_at
-
-
 # -----------------------------------------------------------------------------
 # The reward model: is it good enough, and what scale are its scores on
 
@@ -659,32 +557,6 @@ def reward_scale(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
 
 # -----------------------------------------------------------------------------
 # The loop's state, and the steps of an update that read the questions
-
-
-@dataclass
-class State:
-    """What the loop carries from update to update besides the weights: in ppo_last.pt (as a
-    dict), so --resume continues exactly."""
-    update: int = 0
-    kl_coef: float = 0.0  # beta: --kl_coef, moved by --kl_target
-    reward_mean: float = 0.0  # the RM on SFT samples: every score is standardised with these
-    reward_std: float = 1.0
-    reward_scale: dict = None  # their measurement (None when the RM gives no reward)
-    best_val: float = -1.0  # the checkpoint choice so far (sml.validation.choose_checkpoint)
-    best_update: int = None
-    val_history: list = field(default_factory=list)
-    gen_state: torch.Tensor = None  # the minibatch order's generator
-
-
-@dataclass(frozen=True)
-class RewardSettings:
-    """Step 2's settings (the flags of the same names) and the reward model's scale."""
-    kind: str  # --reward: rm, exact, rm+exact, random
-    no_answer_penalty: float
-    unfinished_penalty: float
-    clip: float
-    mean: float = 0.0
-    std: float = 1.0
 
 
 @dataclass
@@ -723,191 +595,6 @@ def score_rollouts(texts, golds, rollouts, seeds, task, rm, cfg, micro_batch_siz
     return Rewards(sequence, rm_z, correct, has_answer, texts)
 
 
-def sampler_logp_gap(rollouts, old_logp):
-    """Mean |the sampler's log-prob - the recomputed old log-prob| over the response tokens: 0 up
-    to rounding in float32; on a GPU in bf16 the KV-cache path and the full forward differ, and
-    a large gap means the ratio's 1 is not the sampler's distribution."""
-    sampled = torch.tensor([lp for row in rollouts.sampler_logp for lp in row], dtype=torch.float32)
-    recomputed = old_logp[rollouts.mask > 0].float().cpu()
-    if sampled.numel() != recomputed.numel() or sampled.numel() == 0:
-        return None
-    return float((sampled - recomputed).abs().mean())
-
-
-def log_record(update, rewards, rollouts, batch, stats, kl_coef, lr, has_critic, seconds, elapsed):
-    """Step 5: the RM's view and the truth side by side, the KL term beside the reward's spread
-    (kl_term: beta * KL per rationale, in reward units), and PPO's health."""
-    kl = float(batch.kl_per_seq.mean())
-    return {"update": update + 1, "rm_score": float(rewards.rm_z.mean()), "accuracy": float(rewards.correct.mean()),
-            "reward": float(rewards.sequence.mean()), "reward_std": float(rewards.sequence.std()), "kl_ref": kl,
-            "kl_term": kl_coef * kl, "sampler_logp_gap": sampler_logp_gap(rollouts, batch.old_logp), **stats,
-            "expl_var": explained_variance(batch.values, batch.returns, batch.mask) if has_critic else None,
-            "resp_len": float(rollouts.lengths.float().mean()), "finished": float(rollouts.finished.float().mean()),
-            "no_answer": float((~rewards.has_answer).float().mean()), "kl_coef": kl_coef, "lr": lr,
-            "tok/s": int(batch.mask.sum()) / seconds, "seconds": elapsed}
-
-
-LOG_COLUMNS = ["update", "rm_score", "accuracy", "reward_std", "kl_ref", "kl_term", "entropy", "clip_frac",
-               "approx_kl", "value_loss", "expl_var", "resp_len", "tok/s"]
-
-
-def print_row(rec):
-    print(" ".join("-".rjust(9) if rec[c] is None else f"{rec[c]:>9.3f}" if isinstance(rec[c], float)
-                   else f"{rec[c]:>9d}" for c in LOG_COLUMNS))
-
-
-# -----------------------------------------------------------------------------
-# Setup: the questions, the models, a fresh start or a resumed one; the run's files
-
-
-@dataclass
-class PPOData:
-    """The questions PPO samples from and chooses on, and how rollouts are cut."""
-    train_rows: list
-    val_rows: list
-    prompt_ids: dict  # question id -> prompt token ids
-    stop_ids: list  # the end-of-text and every end id the checkpoint declares (the first pads)
-    n_vocab: int  # the tokenizer's vocabulary: ids past it (a padded embedding) are never sampled
-    max_new_tokens: int  # the rationale budget of rollouts and of every evaluation
-
-
-def load_data(data_dir, eval_limit, max_new_tokens, tok, task, policy_config):
-    """The train questions (their prompts encoded) and the validation ones."""
-    train_rows = load_dataset(os.path.join(data_dir, "train.jsonl"))
-    val_rows = load_val_split(data_dir, eval_limit, "PPO's checkpoint choice")
-    # every prompt PPO will sample from must fit, checked now rather than after an hour (the test
-    # split is not read here: it is read once, by evaluate.py, for the final table)
-    for name, rows in (("train", train_rows), ("val", val_rows)):
-        for r in rows:
-            if len(tok.encode(task.prompt(r["question"])).ids) >= policy_config.block_size:
-                raise DataError(f"{name} question {r['id']!r} does not fit the model's context of "
-                                f"{policy_config.block_size} tokens")
-    prompt_ids = {r["id"]: tok.encode(task.prompt(r["question"])).ids for r in train_rows}
-    return PPOData(train_rows, val_rows, prompt_ids, stop_ids(tok, policy_config),
-                   tok.get_vocab_size(), max_new_tokens or task.rationale_tokens)
-
-
-def load_reward_model(path, reward, allow_weak, tokenizer_json, device):
-    """The reward model (None without --rm) and its report, gated when it gives the reward."""
-    if not path:
-        return None, None
-    rm, ckpt = load_checkpoint(path, kind="scalar", tokenizer_json=tokenizer_json, device=device)
-    if reward in ("rm", "rm+exact"):
-        check_reward_model(ckpt.get("report"), path, allow_weak)
-    return rm, ckpt.get("report")
-
-
-def uses_rm(args):
-    """Whether the reward model enters the run: in the reward, or as the critic's start."""
-    return args.reward in ("rm", "rm+exact") or (args.estimator == "ppo" and args.critic_init == "rm")
-
-
-def start(args, rt, data, policy, ref, rm, rm_report):
-    """A fresh run: build the critic (none for rloo and grpo), cast the frozen models to the
-    compute dtype, and measure the reward model's scale on SFT samples with the copy that will
-    score (the critic from the RM is rescaled to it). Returns (critic, state)."""
-    state, critic = State(kl_coef=args.kl_coef), None  # no critic: rloo, grpo
-    if args.estimator == "ppo":  # float32 weights for the optimizer, taken before the frozen ones are cast
-        critic = copy.deepcopy(rm).float() if args.critic_init == "rm" else fresh_critic(ref)
-    freeze(rt, ref, rm)
-    if uses_rm(args):
-        k = args.samples_per_question
-        rng = random.Random(rationales.derive_seed(args.seed, "norm"))
-        rows = rng.sample(data.train_rows, min(args.norm_questions, len(data.train_rows)))
-        seeds = [rationales.derive_seed(args.seed, "norm", i) for i in range(len(rows) * k)]
-        sft_rollouts = rollout(policy, [data.prompt_ids[r["id"]] for r in rows], k, args.temperature,
-                               data.max_new_tokens, data.stop_ids, seeds, args.batch_prompts, rt.autocast, data.n_vocab)
-        scale = reward_scale(rm, sft_rollouts, args.micro_batch_size, rt.autocast)
-        floor = args.reward_std_floor * (rm_report or {}).get("val_score_std", 0.0)
-        state.reward_scale, state.reward_mean, state.reward_std = scale, scale["mean"], max(scale["std"], floor)
-        print(f"reward model on {scale['n']} finished SFT rationales: mean {scale['mean']:.3f}, std "
-              f"{scale['std']:.3f} (floor {floor:.3f}: std used {state.reward_std:.3f}), raw range "
-              f"{scale['min']:.2f} .. {scale['max']:.2f} (5-95%: {scale['p05']:.2f} .. {scale['p95']:.2f})")
-        if not (math.isfinite(state.reward_mean) and math.isfinite(state.reward_std)
-                and state.reward_std > 0):  # else every standardised reward, and the critic, is NaN
-            raise common.UserError(
-                f"{args.rm}: the reward model's scores on {scale['n']} finished SFT rationales have mean "
-                f"{scale['mean']:.4g} and std {scale['std']:.4g} (floor {floor:.4g}): no scale to standardise "
-                f"rewards by; check the reward model (does its score head vary?) or raise --reward_std_floor")
-        if args.estimator == "ppo" and args.critic_init == "rm":
-            standardise_head(critic, state.reward_mean, state.reward_std)
-    return critic, state
-
-
-def resume(ckpt, path, device):
-    """The critic and the loop's state of an interrupted run, from ppo_last.pt."""
-    critic = None
-    if ckpt["critic"] is not None:
-        critic = GPT(checked_config(ckpt["critic_config"], ckpt["critic"], f"{path}: its critic"))
-        critic.load_state_dict(ckpt["critic"])
-        critic.to(device)
-    return critic, State(**ckpt["ppo_state"])
-
-
-def freeze(rt, *frozen):
-    """The frozen models in the compute dtype (bf16 on a GPU): half the memory, and what autocast
-    would compute in anyway."""
-    for model in frozen:
-        if model is not None:
-            model.requires_grad_(False)
-            model.to(rt.dtype).eval()
-
-
-def optimizers(args, rt, policy, ref, rm, critic, resumed=None):
-    """The frozen models in the compute dtype; the policy and the critic keep float32 weights for
-    their optimizers. Returns the two optimizers and the generator of the minibatch order, as
-    `resumed` (ppo_last.pt's checkpoint, with the state) left them, if given."""
-    freeze(rt, ref, rm)
-    for model in (policy, critic):
-        if model is not None:
-            model.requires_grad_(True)
-            model.grad_checkpointing = args.grad_checkpointing
-    opt_policy = configure_optimizer(policy, args.lr, 0.0)
-    opt_critic = configure_optimizer(critic, args.critic_lr, 0.0) if critic is not None else None
-    gen = torch.Generator().manual_seed(args.seed)
-    if resumed:
-        opt_policy.load_state_dict(resumed["opt_policy"])
-        if critic is not None:
-            opt_critic.load_state_dict(resumed["opt_critic"])
-        gen.set_state(resumed["ppo_state"]["gen_state"])
-    return opt_policy, opt_critic, gen
-
-
-def step_settings(args, state, n_vocab):
-    """Steps 2, 3 and 4's settings, from the flags (and the reward model's scale)."""
-    return (RewardSettings(args.reward, args.no_answer_penalty, args.unfinished_penalty, args.reward_clip,
-                           state.reward_mean, state.reward_std),
-            AdvantageSettings(args.temperature, args.gamma, args.lam, args.estimator, args.samples_per_question,
-                              args.micro_batch_size, n_vocab),
-            UpdateSettings(args.ppo_epochs, args.minibatch_size, args.temperature, args.clip, args.value_clip,
-                           args.grad_clip, args.micro_batch_size, args.target_kl, n_vocab,
-                           per_sequence=args.estimator == "grpo"))  # GRPO (Shao et al. 2024): rationales averaged
-
-
-def provenance(args, update):
-    return {"script": "train_ppo.py", "args": vars(args), "step": update, "parent": args.sft}
-
-
-def save_resume_point(path, tokenizer_json, about, policy, critic, opt_policy, opt_critic, gen, state):
-    """ppo_last.pt: the policy, the critic, both optimizers and the loop's state (at about["step"])."""
-    state.update, state.gen_state = about["step"], gen.get_state()
-    save_checkpoint(path, policy, tokenizer_json, about,
-                    extra={"critic": critic.state_dict() if critic else None,
-                           "critic_config": asdict(critic.config) if critic else None,
-                           "opt_policy": opt_policy.state_dict(),
-                           "opt_critic": opt_critic.state_dict() if critic else None, "ppo_state": asdict(state)})
-
-
-def summary(args, n_val, state, seconds):
-    """summary.json, written last: it says the run is finished, and which update it hands on."""
-    why = f"highest greedy accuracy on the {n_val} validation questions (ties go to the earlier update)"
-    print(f"ppo_best.pt is update {state.best_update}: {why}")
-    return {"updates": args.updates, "seconds": seconds, "reward": args.reward, "estimator": args.estimator,
-            "critic_init": args.critic_init if args.estimator == "ppo" else None, "best_update": state.best_update,
-            "best_val_greedy_accuracy": state.best_val, "chosen_because": why, "val_history": state.val_history,
-            "reward_mean": state.reward_mean, "reward_std": state.reward_std, "reward_scale": state.reward_scale}
-
-
 def main(argv=None):
     args = get_args(argv)
     rt = common.setup_runtime(args.device, args.dtype)
@@ -923,30 +610,34 @@ def main(argv=None):
     tok_json, k = tok.to_str(), args.samples_per_question
     policy, ckpt = load_checkpoint(run.resume_point if resuming else args.sft, kind="lm", tokenizer_json=tok_json,
                                    device=rt.device)
-    data = load_data(args.data_dir, args.eval_limit, args.max_new_tokens, tok, task, policy.config)
+    data = ppo_run.load_data(args.data_dir, args.eval_limit, args.max_new_tokens, tok, task, policy.config)
     # The models: the policy (above), the frozen reference (the SFT model), the reward model (gated).
     ref, _ = load_checkpoint(args.sft, kind="lm", tokenizer_json=tok_json, device=rt.device)
-    rm, rm_report = load_reward_model(args.rm, args.reward, args.allow_weak_rm, tok_json, rt.device)
+    rm, rm_report = ppo_run.load_reward_model(args.rm, args.reward, args.allow_weak_rm, tok_json, rt.device)
     run.start(resuming)  # summary.json says "finished": a rerun, fresh or resumed, is not yet
-    # Resume, or measure the reward model's scale and build the critic; then the optimizers.
+    # Resume, or build the critic and measure the reward model's scale on SFT rationales; then the optimizers.
     if resuming:
-        critic, state = resume(ckpt, run.resume_point, rt.device)
+        critic, state = ppo_run.resume(ckpt, run.resume_point, rt.device)
     else:
-        critic, state = start(args, rt, data, policy, ref, rm, rm_report)
-    opt_policy, opt_critic, gen = optimizers(args, rt, policy, ref, rm, critic, ckpt if resuming else None)
+        critic, state = ppo_run.start(args, rt, ref, rm)
+        if ppo_run.uses_rm(args):
+            prompts, seeds = ppo_run.norm_prompts(data, args.norm_questions, k, args.seed)
+            sft_rollouts = rollout(policy, prompts, k, args.temperature, data.max_new_tokens, data.stop_ids, seeds,
+                                   args.batch_prompts, rt.autocast, data.n_vocab)
+            scale = reward_scale(rm, sft_rollouts, args.micro_batch_size, rt.autocast)
+            ppo_run.use_reward_scale(args, state, critic, scale, rm_report)
+    opt_policy, opt_critic, gen = ppo_run.optimizers(args, rt, policy, ref, rm, critic, ckpt if resuming else None)
     log = run.open_log("update", ckpt["provenance"]["step"] if resuming else None)  # up to the resume point
     val = validation.Validation(tok, task, data.val_rows, args.seed, args.val_samples, args.eval_temperature,
                                 data.max_new_tokens, args.batch_prompts, rt.autocast)
+    choose = ppo_run.checkpoints(args, run, tok_json, val, policy, critic, opt_policy, opt_critic, gen)
     if not resuming:  # the SFT model is candidate 0
         rec = {"update": 0, "reward_mean": state.reward_mean, "reward_std": state.reward_std,
                "reward_scale": state.reward_scale}
-        validation.choose_checkpoint(policy, val, 0, rec, state,
-                                     partial(save_checkpoint, run.best, policy, tok_json, provenance(args, 0)))
-        save_resume_point(run.resume_point, tok_json, provenance(args, 0), policy, critic, opt_policy, opt_critic,
-                          gen, state)
+        choose(0, rec, state)
         append_row(log, rec)
-    step2, step3, step4 = step_settings(args, state, data.n_vocab)
-    print(" ".join(f"{c:>9s}" for c in LOG_COLUMNS))
+    step2, step3, step4 = ppo_run.step_settings(args, state, data.n_vocab)
+    print(" ".join(f"{c:>9s}" for c in ppo_run.LOG_COLUMNS))
     t_start = time.time()
     for update in range(state.update, args.updates):
         t0 = time.time()
@@ -963,30 +654,25 @@ def main(argv=None):
         batch = prepare_batch(policy, ref, critic, rollouts, rewards.sequence, state.kl_coef, step3, rt.autocast)
         # 4. Optimise: epochs over minibatches (the critic alone during its warmup); GRPO's KL is in the loss.
         cfg = replace(step4, kl_loss_coef=state.kl_coef) if args.estimator == "grpo" else step4
+        lr_at = ppo_run.lr_schedule(args, update)
         stats = ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg,
-                           update >= args.critic_warmup_updates, lr_schedule(args, update), rt.autocast)
+                           update >= args.critic_warmup_updates, lr_at, rt.autocast)
         for loss in (stats["policy_loss"], stats["value_loss"]):
             if loss is not None:  # (None: a model that did not train in this update)
                 common.check_loss(loss, f"at update {update + 1}", run.resume_point)
-        # 5. Log (with the beta this update used), and every --eval_interval updates choose on the
-        #    validation split and save.
-        rec = log_record(update, rewards, rollouts, batch, stats, state.kl_coef, lr_schedule(args, update)(0)[0],
-                         critic is not None, time.time() - t0, time.time() - t_start)
+        # 5. Log (with the beta this update used); every --eval_interval updates, choose on validation and save.
+        rec = ppo_run.log_record(update, rewards, rollouts, batch, stats, state.kl_coef, lr_at(0)[0],
+                                 critic is not None, time.time() - t0, time.time() - t_start)
         if args.kl_target:
             state.kl_coef = adaptive_kl_coef(state.kl_coef, float(batch.kl_per_seq.mean()), args.kl_target,
                                              args.kl_horizon)
         if (update + 1) % args.eval_interval == 0 or update + 1 == args.updates:
-            rec["samples"] = [{"question": rows[i // k]["question"], "rationale": texts[i],
-                               "reward": float(rewards.sequence[i]), "rm_score": float(rewards.rm_z[i])}
-                              for i in range(min(args.log_samples, len(seeds)))]
-            about = provenance(args, update + 1)
-            validation.choose_checkpoint(policy, val, update + 1, rec, state,
-                                         partial(save_checkpoint, run.best, policy, tok_json, about))
-            save_resume_point(run.resume_point, tok_json, about, policy, critic, opt_policy, opt_critic, gen, state)
+            rec["samples"] = ppo_run.log_samples(rows, texts, rewards, k, args.log_samples)
+            choose(update + 1, rec, state)
         append_row(log, rec)
-        print_row(rec)
+        ppo_run.print_row(rec)
     log.close()
-    run.finish(partial(common.write_json, obj=summary(args, len(data.val_rows), state, time.time() - t_start)))
+    run.finish(partial(common.write_json, obj=ppo_run.summary(args, len(data.val_rows), state, time.time() - t_start)))
     common.cleanup_runtime(rt)
 
 
