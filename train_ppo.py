@@ -50,9 +50,7 @@ from sml.rundir import RunDir
 PRESETS = {"default": {},
            "tiny": dict(updates=4, questions_per_update=8, samples_per_question=2, minibatch_size=8,
                         eval_interval=2, eval_limit=20, val_samples=2, norm_questions=8, allow_weak_rm=True),
-           # a pretrained model (run.sh with INIT): small steps for pretrained weights (peers use
-           # 1e-6 for the policy, 1e-5 for the critic at this size), a warmup, the critic first,
-           # an early stop on the policy's KL, and a smaller batch per update
+           # a pretrained model (run.sh with INIT): docs/ppo.md, "Step sizes for a pretrained model"
            "pretrained": dict(lr=1e-6, critic_lr=1e-5, warmup_steps=4, min_lr_frac=0.1, critic_warmup_updates=1,
                               target_kl=0.05, updates=16, questions_per_update=16, minibatch_size=16,
                               micro_batch_size=4, eval_interval=4, norm_questions=32)}
@@ -76,12 +74,10 @@ def add_reward_args(p):
     g.add_argument("--norm_questions", type=common.COUNT, default=64,
                    help="train questions whose SFT samples give the RM's mean and std")
     g.add_argument("--reward_std_floor", type=common.NONNEG_FLOAT, default=0.25,
-                   help="the RM's std on SFT samples is at least this times the std of its scores on "
-                        "its held-out pairs")
+                   help="the RM's std on SFT samples is at least this times its std on its held-out pairs")
     g.add_argument("--reward_clip", type=common.POSITIVE, default=5.0, help="clip the sequence reward to +-this")
     g.add_argument("--allow_weak_rm", action="store_true",
-                   help=f"train against a reward model whose held-out pair accuracy or fresh-sample AUC is "
-                        f"below {MIN_RM_QUALITY} (near chance), or that carries no report")
+                   help=f"train against an RM below the gate ({MIN_RM_QUALITY}: near chance) or with no report")
 
 
 def add_optimisation_args(p):
@@ -89,8 +85,7 @@ def add_optimisation_args(p):
     g = p.add_argument_group("optimisation")
     g.add_argument("--ppo_epochs", type=common.COUNT, default=2, help="passes over each rollout batch")
     g.add_argument("--minibatch_size", type=common.COUNT, default=96, help="rollouts per optimizer step")
-    g.add_argument("--lr", type=common.LEARNING_RATE, default=1.5e-4,
-                   help="policy learning rate")
+    g.add_argument("--lr", type=common.LEARNING_RATE, default=1.5e-4, help="policy learning rate")
     g.add_argument("--critic_lr", type=common.LEARNING_RATE, default=1e-4)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=0,
                    help="optimizer steps of linear learning-rate warmup (policy and critic)")
@@ -101,11 +96,9 @@ def add_optimisation_args(p):
     g.add_argument("--target_kl", type=common.POSITIVE, default=None,
                    help="stop an update's epochs once a minibatch's approx KL passes this (off by default)")
     g.add_argument("--estimator", default="ppo", choices=["ppo", "rloo", "grpo"],
-                   help="ppo: GAE with a critic (the paper); rloo / grpo: a baseline from the other samples of "
-                        "the same question, no critic")
+                   help="ppo: GAE with a critic (the paper); rloo / grpo: the question's other samples as baseline")
     g.add_argument("--critic_init", default="sft", choices=["sft", "rm"],
-                   help="sft: the SFT model's trunk with a zero scalar head (values start at 0, whatever the "
-                        "reward); rm: the reward model, standardised (needs --rm)")
+                   help="sft: the SFT trunk, a zero head (values start at 0); rm: the RM, standardised (needs --rm)")
     g.add_argument("--clip", type=common.POSITIVE, default=0.2, help="policy ratio clip")
     g.add_argument("--value_clip", type=common.POSITIVE, default=None,
                    help="clip each value's move per update to +-this (off by default)")
@@ -114,8 +107,7 @@ def add_optimisation_args(p):
     g.add_argument("--grad_clip", type=common.POSITIVE, default=1.0)
     g = p.add_argument_group("memory")
     g.add_argument("--micro_batch_size", type=common.COUNT, default=None,
-                   help="rollouts per forward pass; gradients accumulate over a minibatch (default: "
-                        "the minibatch)")
+                   help="rollouts per forward pass; gradients accumulate over a minibatch (default: the minibatch)")
     common.add_grad_checkpointing_arg(g)
 
 
@@ -127,8 +119,7 @@ def add_evaluation_args(p):
                    help="validation questions of each evaluation (0: all); the test split is never read here")
     common.add_eval_temperature_arg(g)
     g.add_argument("--val_samples", type=common.SAMPLES, default=4,
-                   help="samples per validation question at --eval_temperature, logged beside the greedy "
-                        "accuracy that chooses the checkpoint")
+                   help="samples per validation question at --eval_temperature, logged beside the greedy accuracy")
     g.add_argument("--log_samples", type=common.NONNEG, default=3,
                    help="decoded rollouts written to the log at each evaluation")
 
@@ -189,13 +180,9 @@ def _head_logprobs(head, hidden, targets, temperature, n_vocab):
 
 
 def token_logprobs(model, idx, mask, temperature, n_vocab=None, chunk=512):
-    """log pi(token t+1 | tokens <= t) at the response positions of idx (B, T) -> (B, T-1),
-    0 where mask is 0, and the entropy of each of those distributions (no graph). Same
-    temperature as the sampler.
-
-    The output layer runs on response positions only, `chunk` of them at a time, and in
-    training each chunk is recomputed in backward (checkpointed): a full (B, T, vocabulary)
-    float32 tensor, kept for backward, is the largest term of PPO's memory with a real vocabulary."""
+    """log pi(token t+1 | tokens <= t) at the response positions of idx (B, T) -> (B, T-1), 0 elsewhere,
+    and each distribution's entropy (no graph), at the sampler's temperature. The output layer runs on
+    response positions only, `chunk` at a time, recomputed in backward (docs/ppo.md, "Memory")."""
     hidden = model.trunk(idx[:, :-1])
     where = mask.nonzero(as_tuple=True)
     h, targets = hidden[where], idx[:, 1:][where]
@@ -219,9 +206,8 @@ def values_of(critic, idx):
 
 
 def compute_gae(rewards, values, mask, gamma, lam):
-    """Generalized advantage estimation over the response tokens (mask 1). Each row's
-    response is a contiguous run; values after it count as 0 (the episode has ended).
-    Returns (advantages, returns) with returns = advantages + values."""
+    """Generalized advantage estimation over the response tokens (mask 1), each row's a contiguous run;
+    values after it count as 0 (the episode has ended). Returns (advantages, advantages + values)."""
     T = rewards.size(1)
     adv = torch.zeros_like(rewards)
     next_adv = torch.zeros_like(rewards[:, 0])
@@ -268,21 +254,17 @@ def k3_kl(logp, ref_logp):
 
 
 def adaptive_kl_coef(kl_coef, kl, target, horizon):
-    """Ziegler et al. (2019): raise beta when the KL to the reference is above target, lower
-    it when below; the step is proportional to the error (clipped to +-20%) over `horizon`,
-    counted in updates (Ziegler's 10,000 samples are about 20 of their updates)."""
+    """Ziegler et al. (2019): move beta towards the target KL, by the error (clipped to +-20%)
+    over `horizon` updates (Ziegler's 10,000 samples are about 20 of their updates)."""
     err = max(-0.2, min(0.2, kl / target - 1))
     return kl_coef * (1 + err / horizon)
 
 
 def sequence_rewards(kind, rm_z, correct, has_answer, finished, no_answer_penalty,
                      unfinished_penalty, clip, noise=None):
-    """One reward per rationale (SML step 3c's sequence reward), all tensors (B,).
-    kind: "rm" (the standardised reward-model score, the paper), "exact" (1 if the one answer
-    it states is right: RL on a verifiable reward), "rm+exact", or "random" (`noise`, N(0,1):
-    a control on the standardised RM's scale that carries no information). A rationale that
-    states no answer loses no_answer_penalty; one that never ended gets -unfinished_penalty
-    whatever it says (the reward model only ever saw finished rationales)."""
+    """One reward per rationale (SML step 3c's sequence reward), all tensors (B,). kind: "rm" (the
+    standardised RM score, the paper), "exact" (1 if its one stated answer is right), "rm+exact" or
+    "random" (`noise`, a control); then the penalties for no answer and no ending (docs/ppo.md)."""
     r = {"rm": rm_z, "exact": correct, "rm+exact": rm_z + correct, "random": noise}[kind]
     r = r - no_answer_penalty * (~has_answer).float()
     r = torch.where(finished, r, torch.full_like(r, -unfinished_penalty))
@@ -297,11 +279,9 @@ def random_rewards(seeds, device):
 
 
 def group_advantages(returns, k, estimator, eps=1e-6):
-    """The advantage of each of the k samples of a question (consecutive rows of `returns`, (B,)),
-    against a baseline from its own group. rloo: minus the mean of the other k-1 samples
-    (an unbiased baseline: it does not depend on the sample it is subtracted from). grpo (Shao et
-    al. 2024): minus the group's mean, over the group's std; `returns` is then the sequence reward
-    alone (GRPO's KL is a loss term, not part of the reward)."""
+    """The advantage of each of the k samples of a question (consecutive rows of `returns`, (B,))
+    against its own group: rloo, minus the mean of the other k-1; grpo, minus the group's mean,
+    over its std (`returns` is then the sequence reward alone). docs/ppo.md, "RLOO and GRPO"."""
     groups = returns.view(-1, k)
     if estimator == "rloo":
         return (groups - (groups.sum(1, keepdim=True) - groups) / (k - 1)).view(-1)
@@ -310,10 +290,8 @@ def group_advantages(returns, k, estimator, eps=1e-6):
 
 
 def unit_rms(advantages, mask, eps=1e-8):
-    """The advantages over their root mean square over the batch's response tokens, so that one
-    --lr is one step size for every estimator (PPO's whitened advantages already have RMS 1;
-    RLOO's and GRPO's were 0.73 and 0.82 in the world). A constant per batch: the signs and the
-    ratios between rationales are the estimator's own."""
+    """The advantages over their root mean square over the batch's response tokens: one --lr is
+    one step size for every estimator (docs/ppo.md, "One step size"). A constant per batch."""
     return advantages * torch.rsqrt(masked_mean(advantages ** 2, mask) + eps)
 
 
@@ -323,7 +301,16 @@ def micro_batches(rows, size):
 
 
 # -----------------------------------------------------------------------------
-# Rollouts and the batch PPO trains on
+# The steps of an update: rollouts and their rewards, the batch PPO trains on, the epochs
+
+
+def draw_questions(train_rows, prompt_ids, n, k, seed, update):
+    """Step 1's prompts: a fresh draw of n training questions per update, and a seed per rollout,
+    both from (seed, update) alone, so a resumed run draws the same ones."""
+    rng = random.Random(rationales.derive_seed(seed, "questions", update))
+    rows = rng.sample(train_rows, min(n, len(train_rows)))
+    seeds = [rationales.derive_seed(seed, "rollout", update, i) for i in range(len(rows) * k)]
+    return rows, [prompt_ids[r["id"]] for r in rows], seeds
 
 
 @dataclass
@@ -338,27 +325,11 @@ class Rollout:
     lengths: torch.Tensor  # (B,) response lengths
 
 
-@dataclass
-class Batch:
-    """A rollout with what the PPO epochs need, all (B, T-1) but kl_per_seq and seq_lens."""
-    idx: torch.Tensor
-    mask: torch.Tensor
-    seq_lens: torch.Tensor  # (B,): a micro-batch is cut to its longest row
-    old_logp: torch.Tensor  # the policy's log-probs before this update's epochs
-    ref_logp: torch.Tensor  # the reference (SFT) model's
-    values: torch.Tensor  # the critic's, before the epochs
-    rewards: torch.Tensor  # -beta * KL per token, + the sequence reward on the last
-    advantages: torch.Tensor  # GAE whitened, or the group's; unit RMS over the batch's response tokens
-    returns: torch.Tensor  # advantages (before whitening) + values: the critic's target
-    kl_per_seq: torch.Tensor  # (B,) KL to the reference, summed over the response
-
-
 @torch.no_grad()
 def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, batch_prompts=None,
             amp=nullcontext(), n_vocab=None):
-    """k samples per prompt, as a Rollout on the policy's device, sampled batch_prompts prompts at
-    a time (None: as many as the device's memory holds). stop_ids: an id or a list; the first
-    pads the rows."""
+    """k samples per prompt, as a Rollout on the policy's device, sampled batch_prompts prompts at a
+    time (None: as many as the device's memory holds). stop_ids: an id or a list; the first pads."""
     device = next(policy.parameters()).device
     stop_ids = [stop_ids] if isinstance(stop_ids, int) else list(stop_ids)
     with amp:  # the batch size counts the cache in the dtype it will be kept in
@@ -401,12 +372,66 @@ def score_sequences(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
 
 
 @torch.no_grad()
+def reward_scale(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
+    """The RM's raw scores on the finished rationales of `rollouts` (the SFT model's): mean, std
+    and range, what every later score is measured against. Computed once, before the first update."""
+    scores = score_sequences(rm, rollouts, micro_batch_size, amp)[rollouts.finished].double()
+    if scores.numel() < 2:
+        raise common.UserError("too few of the SFT model's rationales finish to measure the reward "
+                               "model's scale; raise --max_new_tokens or --norm_questions")
+    # quantile's q on the scores' device (CUDA and MPS refuse a CPU one); one copy to the host
+    q = torch.tensor([0.0, 0.05, 0.5, 0.95, 1.0], dtype=scores.dtype, device=scores.device)
+    mean, std, *q = torch.cat([scores.mean().view(1), scores.std().view(1), torch.quantile(scores, q)]).tolist()
+    return {"mean": mean, "std": std, "n": scores.numel(),
+            "min": q[0], "p05": q[1], "median": q[2], "p95": q[3], "max": q[4]}
+
+
+@dataclass
+class Rewards:
+    """Step 2's output: the sequence reward of each rollout, and what went into it."""
+    sequence: torch.Tensor  # (B,) what PPO maximises
+    rm_z: torch.Tensor  # (B,) the reward model's standardised score (0 with --reward exact)
+    correct: torch.Tensor  # (B,) the one answer it states is right (the truth the RM is watched against)
+    has_answer: torch.Tensor  # (B,) it states exactly one answer
+    texts: list  # the decoded rationales
+
+
+def score_rollouts(texts, golds, rollouts, seeds, task, rm, cfg, micro_batch_size=None, amp=nullcontext()):
+    """Step 2: the sequence reward of each rollout (sequence_rewards) from the decoded rationales
+    (texts) and their answers (golds)."""
+    device = rollouts.finished.device
+    # rewards read answers strictly: only an answer the rationale states counts
+    correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=device)
+    has_answer = torch.tensor([task.stated_answer(t) is not None for t in texts], device=device)
+    rm_z = torch.zeros_like(correct)
+    if cfg.kind in ("rm", "rm+exact"):
+        rm_z = (score_sequences(rm, rollouts, micro_batch_size, amp) - cfg.mean) / cfg.std
+    noise = random_rewards(seeds, device) if cfg.kind == "random" else None
+    sequence = sequence_rewards(cfg.kind, rm_z, correct, has_answer, rollouts.finished, cfg.no_answer_penalty,
+                                cfg.unfinished_penalty, cfg.clip, noise)
+    return Rewards(sequence, rm_z, correct, has_answer, texts)
+
+
+@dataclass
+class Batch:
+    """A rollout with what the PPO epochs need, all (B, T-1) but kl_per_seq and seq_lens."""
+    idx: torch.Tensor
+    mask: torch.Tensor
+    seq_lens: torch.Tensor  # (B,): a micro-batch is cut to its longest row
+    old_logp: torch.Tensor  # the policy's log-probs before this update's epochs
+    ref_logp: torch.Tensor  # the reference (SFT) model's
+    values: torch.Tensor  # the critic's, before the epochs
+    rewards: torch.Tensor  # -beta * KL per token, + the sequence reward on the last
+    advantages: torch.Tensor  # GAE whitened, or the group's; unit RMS over the batch's response tokens
+    returns: torch.Tensor  # advantages (before whitening) + values: the critic's target
+    kl_per_seq: torch.Tensor  # (B,) KL to the reference, summed over the response
+
+
+@torch.no_grad()
 def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, cfg, amp=nullcontext()):
     """Step 3 of an update: old and reference log-probs, values, per-token rewards, and the
-    advantages: GAE with the critic's values (ppo), or each rationale's return against its
-    group of k (rloo, grpo: critic is None; grpo's reward leaves the KL out, ppo_update adds it
-    to the loss). The advantages have unit RMS over the batch's response tokens whatever the
-    estimator. The forwards run cfg.micro_batch_size rows at a time, each cut to its longest row."""
+    advantages, of unit RMS: GAE with the critic's values (ppo), or each rationale's return against
+    its group of k (rloo, grpo: no critic; grpo's KL is a loss term). Forwards of cfg.micro_batch_size rows."""
     policy.eval()
     old_logp, ref_logp, values = (torch.zeros_like(rollouts.mask) for _ in range(3))
     for rows in micro_batches(torch.arange(rollouts.idx.size(0)), cfg.micro_batch_size or rollouts.idx.size(0)):
@@ -434,11 +459,9 @@ def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, cfg, amp=n
 
 
 def minibatch_gradients(policy, critic, batch, mb, cfg, train_policy, amp):
-    """The gradients of one minibatch (`mb`: row indices), cfg.micro_batch_size rows at a time,
-    each micro-batch's loss weighted by its share of the minibatch's response tokens (per_sequence:
-    of its rationales), so the accumulated gradient is the whole minibatch's. The policy's
-    forward and backward run before the critic's, so the two graphs are never alive at once.
-    Returns the minibatch's diagnostics (their token-weighted means) and its largest policy ratio."""
+    """The gradients of one minibatch (`mb`: row indices), cfg.micro_batch_size rows at a time, each
+    weighted by its share of the minibatch's tokens (per_sequence: rationales); the policy's graph is
+    freed before the critic's. Returns the diagnostics (token-weighted means) and the largest ratio."""
     n_tok = batch.mask[mb].sum().clamp(min=1)
     stats = {k: 0.0 for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
     ratio_max = 0.0
@@ -481,14 +504,11 @@ def optimizer_step(model, optimizer, grad_clip):
 
 def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg, train_policy=True, lr_at=None,
                amp=nullcontext()):
-    """Step 4 of an update: cfg.epochs epochs of minibatch updates on one batch (a minibatch is one
-    optimizer step: minibatch_gradients). train_policy=False (the critic's warmup) leaves the
-    policy as it is; critic=None (rloo, grpo) trains the policy alone. lr_at(i) -> (policy lr,
-    critic lr) of this update's i-th step. A minibatch whose approx KL (before its step) passes
-    cfg.target_kl ends the epochs without its step. Both models run in eval mode: dropout would
-    make the log-probs differ from the rollout's even at the first step, where the ratio must be 1.
-    Returns the diagnostics averaged over minibatches (ratio_max, the gradient norms: their largest;
-    first_approx_kl: the first minibatch's, which should be 0; epoch_clip_frac: per epoch)."""
+    """Step 4 of an update: cfg.epochs epochs of minibatches, one optimizer step each (minibatch_gradients);
+    train_policy=False (the critic's warmup) leaves the policy as it is, critic=None (rloo, grpo) trains the
+    policy alone; lr_at(i) -> (policy lr, critic lr) of step i; cfg.target_kl ends the epochs. Eval mode: dropout
+    would make the first ratio differ from 1. Returns the diagnostics averaged over minibatches (ratio_max, grad
+    norms: their largest; first_approx_kl: the first minibatch's, which should be 0; epoch_clip_frac: per epoch)."""
     n = batch.idx.size(0)
     stats = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
     ratio_max, grad_norm, critic_grad_norm, steps, stopped = 0.0, 0.0, 0.0, 0, False
@@ -509,8 +529,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg, train_po
             mb_stats, mb_ratio_max = minibatch_gradients(policy, critic, batch, mb, cfg, train_policy, amp)
             ratio_max = max(ratio_max, mb_ratio_max)
             if train_policy and cfg.target_kl is not None and mb_stats["approx_kl"] > cfg.target_kl:
-                # the policy has moved as far as one batch of rollouts should take it: no step
-                # from this minibatch (its KL is measured before the step, as Stable-Baselines3 does)
+                # the policy has moved as far as one batch should take it (measured before the step, as SB3 does)
                 for model in (policy, critic):
                     if model is not None:
                         model.zero_grad(set_to_none=True)
@@ -534,65 +553,6 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg, train_po
     return {**out, "ratio_max": ratio_max if train_policy else None, "grad_norm": grad_norm if train_policy else None,
             "critic_grad_norm": critic_grad_norm if critic is not None else None, "optimizer_steps": steps,
             "kl_stop": stopped}
-
-
-# -----------------------------------------------------------------------------
-# The reward model: is it good enough, and what scale are its scores on
-
-
-@torch.no_grad()
-def reward_scale(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
-    """The RM's raw scores on the finished rationales of `rollouts` (the SFT model's): mean, std
-    and range, what every later score is measured against. Computed once, before the first update."""
-    scores = score_sequences(rm, rollouts, micro_batch_size, amp)[rollouts.finished].double()
-    if scores.numel() < 2:
-        raise common.UserError("too few of the SFT model's rationales finish to measure the reward "
-                               "model's scale; raise --max_new_tokens or --norm_questions")
-    # quantile's q on the scores' device (CUDA and MPS refuse a CPU one); one copy to the host
-    q = torch.tensor([0.0, 0.05, 0.5, 0.95, 1.0], dtype=scores.dtype, device=scores.device)
-    mean, std, *q = torch.cat([scores.mean().view(1), scores.std().view(1), torch.quantile(scores, q)]).tolist()
-    return {"mean": mean, "std": std, "n": scores.numel(),
-            "min": q[0], "p05": q[1], "median": q[2], "p95": q[3], "max": q[4]}
-
-
-# -----------------------------------------------------------------------------
-# The loop's state, and the steps of an update that read the questions
-
-
-@dataclass
-class Rewards:
-    """Step 2's output: the sequence reward of each rollout, and what went into it."""
-    sequence: torch.Tensor  # (B,) what PPO maximises
-    rm_z: torch.Tensor  # (B,) the reward model's standardised score (0 with --reward exact)
-    correct: torch.Tensor  # (B,) the one answer it states is right (the truth the RM is watched against)
-    has_answer: torch.Tensor  # (B,) it states exactly one answer
-    texts: list  # the decoded rationales
-
-
-def draw_questions(train_rows, prompt_ids, n, k, seed, update):
-    """Step 1's prompts: a fresh draw of n training questions per update, and a seed per rollout,
-    both from (seed, update) alone, so a resumed run draws the same ones."""
-    rng = random.Random(rationales.derive_seed(seed, "questions", update))
-    rows = rng.sample(train_rows, min(n, len(train_rows)))
-    seeds = [rationales.derive_seed(seed, "rollout", update, i) for i in range(len(rows) * k)]
-    return rows, [prompt_ids[r["id"]] for r in rows], seeds
-
-
-def score_rollouts(texts, golds, rollouts, seeds, task, rm, cfg, micro_batch_size=None, amp=nullcontext()):
-    """Step 2: the sequence reward of each rollout (the standardised RM score for SML, the exact
-    answer check for the baseline, a draw from the rollout's seed for the random control;
-    penalties for no answer or no ending). texts: the decoded rationales; golds: their answers."""
-    device = rollouts.finished.device
-    # rewards read answers strictly: only an answer the rationale states counts
-    correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=device)
-    has_answer = torch.tensor([task.stated_answer(t) is not None for t in texts], device=device)
-    rm_z = torch.zeros_like(correct)
-    if cfg.kind in ("rm", "rm+exact"):
-        rm_z = (score_sequences(rm, rollouts, micro_batch_size, amp) - cfg.mean) / cfg.std
-    noise = random_rewards(seeds, device) if cfg.kind == "random" else None
-    sequence = sequence_rewards(cfg.kind, rm_z, correct, has_answer, rollouts.finished, cfg.no_answer_penalty,
-                                cfg.unfinished_penalty, cfg.clip, noise)
-    return Rewards(sequence, rm_z, correct, has_answer, texts)
 
 
 def main(argv=None):
