@@ -31,7 +31,7 @@ from sml.reward_report import check_reward_model
 
 
 # -----------------------------------------------------------------------------
-# The flags no single type can check, and the step sizes
+# The checks on the flags, and the learning-rate schedule
 
 
 def check_args(p, args):
