@@ -23,13 +23,10 @@ ppo_log.jsonl and, last, summary.json. The rewards, the reward model's scale and
 and GRPO, step sizes, memory and the checkpoint choice: docs/ppo.md.
 """
 
-import copy
-import math
-import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -38,13 +35,14 @@ from torch.utils.checkpoint import checkpoint
 
 from sml import common
 from sml import rationales
+from sml import ppo_run
 from sml import validation
-from data import load_val_split, load_world
-from data.jsonl import DataError, append_row, load_dataset
-from data.tokenizer import decode_sampled, stop_ids
-from sml.checkpoint import checked_config, load_checkpoint, save_checkpoint
-from sml.reward_report import MIN_RM_QUALITY, check_reward_model
-from model import GPT, configure_optimizer, fp32_head, lm_to_scalar, pad_batch, sequence_scores
+from data import load_world
+from data.jsonl import append_row
+from data.tokenizer import decode_sampled
+from sml.checkpoint import load_checkpoint
+from sml.reward_report import MIN_RM_QUALITY
+from model import fp32_head, pad_batch, sequence_scores
 from sml.sampler import mask_padded_vocab, prompts_per_batch, sample
 from sml.rundir import RunDir
 
@@ -52,9 +50,7 @@ from sml.rundir import RunDir
 PRESETS = {"default": {},
            "tiny": dict(updates=4, questions_per_update=8, samples_per_question=2, minibatch_size=8,
                         eval_interval=2, eval_limit=20, val_samples=2, norm_questions=8, allow_weak_rm=True),
-           # a pretrained model (run.sh with INIT): small steps for pretrained weights (peers use
-           # 1e-6 for the policy, 1e-5 for the critic at this size), a warmup, the critic first,
-           # an early stop on the policy's KL, and a smaller batch per update
+           # a pretrained model (run.sh with INIT): docs/ppo.md, "Step sizes for a pretrained model"
            "pretrained": dict(lr=1e-6, critic_lr=1e-5, warmup_steps=4, min_lr_frac=0.1, critic_warmup_updates=1,
                               target_kl=0.05, updates=16, questions_per_update=16, minibatch_size=16,
                               micro_batch_size=4, eval_interval=4, norm_questions=32)}
@@ -78,12 +74,10 @@ def add_reward_args(p):
     g.add_argument("--norm_questions", type=common.COUNT, default=64,
                    help="train questions whose SFT samples give the RM's mean and std")
     g.add_argument("--reward_std_floor", type=common.NONNEG_FLOAT, default=0.25,
-                   help="the RM's std on SFT samples is at least this times the std of its scores on "
-                        "its held-out pairs")
+                   help="the RM's std on SFT samples is at least this times its std on its held-out pairs")
     g.add_argument("--reward_clip", type=common.POSITIVE, default=5.0, help="clip the sequence reward to +-this")
     g.add_argument("--allow_weak_rm", action="store_true",
-                   help=f"train against a reward model whose held-out pair accuracy or fresh-sample AUC is "
-                        f"below {MIN_RM_QUALITY} (near chance), or that carries no report")
+                   help=f"train against an RM below the gate ({MIN_RM_QUALITY}: near chance) or with no report")
 
 
 def add_optimisation_args(p):
@@ -91,8 +85,7 @@ def add_optimisation_args(p):
     g = p.add_argument_group("optimisation")
     g.add_argument("--ppo_epochs", type=common.COUNT, default=2, help="passes over each rollout batch")
     g.add_argument("--minibatch_size", type=common.COUNT, default=96, help="rollouts per optimizer step")
-    g.add_argument("--lr", type=common.LEARNING_RATE, default=1.5e-4,
-                   help="policy learning rate")
+    g.add_argument("--lr", type=common.LEARNING_RATE, default=1.5e-4, help="policy learning rate")
     g.add_argument("--critic_lr", type=common.LEARNING_RATE, default=1e-4)
     g.add_argument("--warmup_steps", type=common.NONNEG, default=0,
                    help="optimizer steps of linear learning-rate warmup (policy and critic)")
@@ -103,11 +96,9 @@ def add_optimisation_args(p):
     g.add_argument("--target_kl", type=common.POSITIVE, default=None,
                    help="stop an update's epochs once a minibatch's approx KL passes this (off by default)")
     g.add_argument("--estimator", default="ppo", choices=["ppo", "rloo", "grpo"],
-                   help="ppo: GAE with a critic (the paper); rloo / grpo: a baseline from the other samples of "
-                        "the same question, no critic")
+                   help="ppo: GAE with a critic (the paper); rloo / grpo: the question's other samples as baseline")
     g.add_argument("--critic_init", default="sft", choices=["sft", "rm"],
-                   help="sft: the SFT model's trunk with a zero scalar head (values start at 0, whatever the "
-                        "reward); rm: the reward model, standardised (needs --rm)")
+                   help="sft: the SFT trunk, a zero head (values start at 0); rm: the RM, standardised (needs --rm)")
     g.add_argument("--clip", type=common.POSITIVE, default=0.2, help="policy ratio clip")
     g.add_argument("--value_clip", type=common.POSITIVE, default=None,
                    help="clip each value's move per update to +-this (off by default)")
@@ -116,8 +107,7 @@ def add_optimisation_args(p):
     g.add_argument("--grad_clip", type=common.POSITIVE, default=1.0)
     g = p.add_argument_group("memory")
     g.add_argument("--micro_batch_size", type=common.COUNT, default=None,
-                   help="rollouts per forward pass; gradients accumulate over a minibatch (default: "
-                        "the minibatch)")
+                   help="rollouts per forward pass; gradients accumulate over a minibatch (default: the minibatch)")
     common.add_grad_checkpointing_arg(g)
 
 
@@ -129,8 +119,7 @@ def add_evaluation_args(p):
                    help="validation questions of each evaluation (0: all); the test split is never read here")
     common.add_eval_temperature_arg(g)
     g.add_argument("--val_samples", type=common.SAMPLES, default=4,
-                   help="samples per validation question at --eval_temperature, logged beside the greedy "
-                        "accuracy that chooses the checkpoint")
+                   help="samples per validation question at --eval_temperature, logged beside the greedy accuracy")
     g.add_argument("--log_samples", type=common.NONNEG, default=3,
                    help="decoded rollouts written to the log at each evaluation")
 
@@ -157,29 +146,8 @@ def get_args(argv=None):
     common.add_runtime_args(p, compile=False)
     args = p.parse_args(argv)
     common.apply_preset(p, args, argv, PRESETS)
-    check_args(p, args)
+    ppo_run.check_args(p, args)
     return args
-
-
-def check_args(p, args):
-    """What no single flag's type can check, and the settings one flag implies for another."""
-    if args.reward in ("rm", "rm+exact") and not args.rm:
-        p.error(f"--reward {args.reward} needs --rm")
-    if args.critic_init == "rm" and args.estimator == "ppo" and not args.rm:
-        p.error("--critic_init rm needs --rm")
-    if args.critic_warmup_updates >= args.updates:
-        p.error(f"--critic_warmup_updates ({args.critic_warmup_updates}) leaves no update for the policy "
-                f"(--updates {args.updates})")
-    if args.estimator != "ppo" and args.samples_per_question < 2:
-        p.error(f"--estimator {args.estimator} compares the samples of a question: --samples_per_question "
-                f"must be at least 2")
-    if args.estimator != "ppo":
-        args.critic_warmup_updates = 0  # there is no critic
-    args.micro_batch_size = min(args.micro_batch_size or args.minibatch_size, args.minibatch_size)
-    policy_steps = (args.updates - args.critic_warmup_updates) * steps_per_update(args)
-    if args.warmup_steps > policy_steps:
-        p.error(f"--warmup_steps {args.warmup_steps} is longer than the run's {policy_steps} policy optimizer "
-                f"steps (--updates {args.updates}): the learning rate would never reach --lr")
 
 
 # -----------------------------------------------------------------------------
@@ -212,13 +180,9 @@ def _head_logprobs(head, hidden, targets, temperature, n_vocab):
 
 
 def token_logprobs(model, idx, mask, temperature, n_vocab=None, chunk=512):
-    """log pi(token t+1 | tokens <= t) at the response positions of idx (B, T) -> (B, T-1),
-    0 where mask is 0, and the entropy of each of those distributions (no graph). Same
-    temperature as the sampler.
-
-    The output layer runs on response positions only, `chunk` of them at a time, and in
-    training each chunk is recomputed in backward (checkpointed): a full (B, T, vocabulary)
-    float32 tensor, kept for backward, is the largest term of PPO's memory with a real vocabulary."""
+    """log pi(token t+1 | tokens <= t) at the response positions of idx (B, T) -> (B, T-1), 0 elsewhere,
+    and each distribution's entropy (no graph), at the sampler's temperature. The output layer runs on
+    response positions only, `chunk` at a time, recomputed in backward (docs/ppo.md, "Memory")."""
     hidden = model.trunk(idx[:, :-1])
     where = mask.nonzero(as_tuple=True)
     h, targets = hidden[where], idx[:, 1:][where]
@@ -242,9 +206,8 @@ def values_of(critic, idx):
 
 
 def compute_gae(rewards, values, mask, gamma, lam):
-    """Generalized advantage estimation over the response tokens (mask 1). Each row's
-    response is a contiguous run; values after it count as 0 (the episode has ended).
-    Returns (advantages, returns) with returns = advantages + values."""
+    """Generalized advantage estimation over the response tokens (mask 1), each row's a contiguous run;
+    values after it count as 0 (the episode has ended). Returns (advantages, advantages + values)."""
     T = rewards.size(1)
     adv = torch.zeros_like(rewards)
     next_adv = torch.zeros_like(rewards[:, 0])
@@ -290,28 +253,18 @@ def k3_kl(logp, ref_logp):
     return torch.exp(d) - d - 1
 
 
-def explained_variance(values, returns, mask):
-    v, r = values[mask > 0], returns[mask > 0]
-    var_r = r.var()
-    return float("nan") if var_r == 0 else float(1 - (r - v).var() / var_r)
-
-
 def adaptive_kl_coef(kl_coef, kl, target, horizon):
-    """Ziegler et al. (2019): raise beta when the KL to the reference is above target, lower
-    it when below; the step is proportional to the error (clipped to +-20%) over `horizon`,
-    counted in updates (Ziegler's 10,000 samples are about 20 of their updates)."""
+    """Ziegler et al. (2019): move beta towards the target KL, by the error (clipped to +-20%)
+    over `horizon` updates (Ziegler's 10,000 samples are about 20 of their updates)."""
     err = max(-0.2, min(0.2, kl / target - 1))
     return kl_coef * (1 + err / horizon)
 
 
 def sequence_rewards(kind, rm_z, correct, has_answer, finished, no_answer_penalty,
                      unfinished_penalty, clip, noise=None):
-    """One reward per rationale (SML step 3c's sequence reward), all tensors (B,).
-    kind: "rm" (the standardised reward-model score, the paper), "exact" (1 if the one answer
-    it states is right: RL on a verifiable reward), "rm+exact", or "random" (`noise`, N(0,1):
-    a control on the standardised RM's scale that carries no information). A rationale that
-    states no answer loses no_answer_penalty; one that never ended gets -unfinished_penalty
-    whatever it says (the reward model only ever saw finished rationales)."""
+    """One reward per rationale (SML step 3c's sequence reward), all tensors (B,). kind: "rm" (the
+    standardised RM score, the paper), "exact" (1 if its one stated answer is right), "rm+exact" or
+    "random" (`noise`, a control); then the penalties for no answer and no ending (docs/ppo.md)."""
     r = {"rm": rm_z, "exact": correct, "rm+exact": rm_z + correct, "random": noise}[kind]
     r = r - no_answer_penalty * (~has_answer).float()
     r = torch.where(finished, r, torch.full_like(r, -unfinished_penalty))
@@ -326,11 +279,9 @@ def random_rewards(seeds, device):
 
 
 def group_advantages(returns, k, estimator, eps=1e-6):
-    """The advantage of each of the k samples of a question (consecutive rows of `returns`, (B,)),
-    against a baseline from its own group. rloo: minus the mean of the other k-1 samples
-    (an unbiased baseline: it does not depend on the sample it is subtracted from). grpo (Shao et
-    al. 2024): minus the group's mean, over the group's std; `returns` is then the sequence reward
-    alone (GRPO's KL is a loss term, not part of the reward)."""
+    """The advantage of each of the k samples of a question (consecutive rows of `returns`, (B,))
+    against its own group: rloo, minus the mean of the other k-1; grpo, minus the group's mean,
+    over its std (`returns` is then the sequence reward alone). docs/ppo.md, "RLOO and GRPO"."""
     groups = returns.view(-1, k)
     if estimator == "rloo":
         return (groups - (groups.sum(1, keepdim=True) - groups) / (k - 1)).view(-1)
@@ -339,10 +290,8 @@ def group_advantages(returns, k, estimator, eps=1e-6):
 
 
 def unit_rms(advantages, mask, eps=1e-8):
-    """The advantages over their root mean square over the batch's response tokens, so that one
-    --lr is one step size for every estimator (PPO's whitened advantages already have RMS 1;
-    RLOO's and GRPO's were 0.73 and 0.82 in the world). A constant per batch: the signs and the
-    ratios between rationales are the estimator's own."""
+    """The advantages over their root mean square over the batch's response tokens: one --lr is
+    one step size for every estimator (docs/ppo.md, "One step size"). A constant per batch."""
     return advantages * torch.rsqrt(masked_mean(advantages ** 2, mask) + eps)
 
 
@@ -352,7 +301,16 @@ def micro_batches(rows, size):
 
 
 # -----------------------------------------------------------------------------
-# Rollouts and the batch PPO trains on
+# The steps of an update: rollouts and their rewards, the batch PPO trains on, the epochs
+
+
+def draw_questions(train_rows, prompt_ids, n, k, seed, update):
+    """Step 1's prompts: a fresh draw of n training questions per update, and a seed per rollout,
+    both from (seed, update) alone, so a resumed run draws the same ones."""
+    rng = random.Random(rationales.derive_seed(seed, "questions", update))
+    rows = rng.sample(train_rows, min(n, len(train_rows)))
+    seeds = [rationales.derive_seed(seed, "rollout", update, i) for i in range(len(rows) * k)]
+    return rows, [prompt_ids[r["id"]] for r in rows], seeds
 
 
 @dataclass
@@ -367,27 +325,11 @@ class Rollout:
     lengths: torch.Tensor  # (B,) response lengths
 
 
-@dataclass
-class Batch:
-    """A rollout with what the PPO epochs need, all (B, T-1) but kl_per_seq and seq_lens."""
-    idx: torch.Tensor
-    mask: torch.Tensor
-    seq_lens: torch.Tensor  # (B,): a micro-batch is cut to its longest row
-    old_logp: torch.Tensor  # the policy's log-probs before this update's epochs
-    ref_logp: torch.Tensor  # the reference (SFT) model's
-    values: torch.Tensor  # the critic's, before the epochs
-    rewards: torch.Tensor  # -beta * KL per token, + the sequence reward on the last
-    advantages: torch.Tensor  # GAE whitened, or the group's; unit RMS over the batch's response tokens
-    returns: torch.Tensor  # advantages (before whitening) + values: the critic's target
-    kl_per_seq: torch.Tensor  # (B,) KL to the reference, summed over the response
-
-
 @torch.no_grad()
 def rollout(policy, prompts, k, temperature, max_new_tokens, stop_ids, seeds, batch_prompts=None,
             amp=nullcontext(), n_vocab=None):
-    """k samples per prompt, as a Rollout on the policy's device, sampled batch_prompts prompts at
-    a time (None: as many as the device's memory holds). stop_ids: an id or a list; the first
-    pads the rows."""
+    """k samples per prompt, as a Rollout on the policy's device, sampled batch_prompts prompts at a
+    time (None: as many as the device's memory holds). stop_ids: an id or a list; the first pads."""
     device = next(policy.parameters()).device
     stop_ids = [stop_ids] if isinstance(stop_ids, int) else list(stop_ids)
     with amp:  # the batch size counts the cache in the dtype it will be kept in
@@ -429,51 +371,67 @@ def score_sequences(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
     return torch.cat(out)
 
 
-def standardise_head(critic, mean, std):
-    """--critic_init rm: the reward model's head rescaled in place to (score - mean) / std, the
-    units of the standardised rewards. Only at the end-of-text token is that the RM's judgment:
-    at earlier positions (all the values GAE reads) the head was never trained."""
-    with torch.no_grad():
-        critic.score_head.weight /= std
-        critic.score_head.bias.sub_(mean).div_(std)
-    return critic
+@torch.no_grad()
+def reward_scale(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
+    """The RM's raw scores on the finished rationales of `rollouts` (the SFT model's): mean, std
+    and range, what every later score is measured against. Computed once, before the first update."""
+    scores = score_sequences(rm, rollouts, micro_batch_size, amp)[rollouts.finished].double()
+    if scores.numel() < 2:
+        raise common.UserError("too few of the SFT model's rationales finish to measure the reward "
+                               "model's scale; raise --max_new_tokens or --norm_questions")
+    # quantile's q on the scores' device (CUDA and MPS refuse a CPU one); one copy to the host
+    q = torch.tensor([0.0, 0.05, 0.5, 0.95, 1.0], dtype=scores.dtype, device=scores.device)
+    mean, std, *q = torch.cat([scores.mean().view(1), scores.std().view(1), torch.quantile(scores, q)]).tolist()
+    return {"mean": mean, "std": std, "n": scores.numel(),
+            "min": q[0], "p05": q[1], "median": q[2], "p95": q[3], "max": q[4]}
 
 
-def standardised_critic(rm, mean, std):
-    """A float32 copy of the reward model with its head standardised (standardise_head)."""
-    return standardise_head(copy.deepcopy(rm).float(), mean, std)
+@dataclass
+class Rewards:
+    """Step 2's output: the sequence reward of each rollout, and what went into it."""
+    sequence: torch.Tensor  # (B,) what PPO maximises
+    rm_z: torch.Tensor  # (B,) the reward model's standardised score (0 with --reward exact)
+    correct: torch.Tensor  # (B,) the one answer it states is right (the truth the RM is watched against)
+    has_answer: torch.Tensor  # (B,) it states exactly one answer
+    texts: list  # the decoded rationales
 
 
-def fresh_critic(lm):
-    """--critic_init sft (the default): the SFT model's trunk with a zero scalar head, float32.
-    Its first values are 0 for every reward kind (RM, exact match, random), so the runs
-    that compare rewards start from the same critic; the head learns the reward's scale."""
-    critic = lm_to_scalar(lm).float()
-    with torch.no_grad():
-        critic.score_head.weight.zero_()
-        critic.score_head.bias.zero_()
-    return critic
+def score_rollouts(texts, golds, rollouts, seeds, task, rm, cfg, micro_batch_size=None, amp=nullcontext()):
+    """Step 2: the sequence reward of each rollout (sequence_rewards) from the decoded rationales
+    (texts) and their answers (golds)."""
+    device = rollouts.finished.device
+    # rewards read answers strictly: only an answer the rationale states counts
+    correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=device)
+    has_answer = torch.tensor([task.stated_answer(t) is not None for t in texts], device=device)
+    rm_z = torch.zeros_like(correct)
+    if cfg.kind in ("rm", "rm+exact"):
+        rm_z = (score_sequences(rm, rollouts, micro_batch_size, amp) - cfg.mean) / cfg.std
+    noise = random_rewards(seeds, device) if cfg.kind == "random" else None
+    sequence = sequence_rewards(cfg.kind, rm_z, correct, has_answer, rollouts.finished, cfg.no_answer_penalty,
+                                cfg.unfinished_penalty, cfg.clip, noise)
+    return Rewards(sequence, rm_z, correct, has_answer, texts)
 
 
-@dataclass(frozen=True)
-class AdvantageSettings:
-    """Step 3's hyperparameters (the flags of the same names)."""
-    temperature: float  # of the rollouts, so of every log-prob
-    gamma: float
-    lam: float
-    estimator: str = "ppo"  # or rloo, grpo: a baseline from the other samples of the question
-    k: int = None  # samples per question (rloo, grpo)
-    micro_batch_size: int = None  # rows per forward (None: all)
-    n_vocab: int = None  # ids past the tokenizer's vocabulary are never sampled
+@dataclass
+class Batch:
+    """A rollout with what the PPO epochs need, all (B, T-1) but kl_per_seq and seq_lens."""
+    idx: torch.Tensor
+    mask: torch.Tensor
+    seq_lens: torch.Tensor  # (B,): a micro-batch is cut to its longest row
+    old_logp: torch.Tensor  # the policy's log-probs before this update's epochs
+    ref_logp: torch.Tensor  # the reference (SFT) model's
+    values: torch.Tensor  # the critic's, before the epochs
+    rewards: torch.Tensor  # -beta * KL per token, + the sequence reward on the last
+    advantages: torch.Tensor  # GAE whitened, or the group's; unit RMS over the batch's response tokens
+    returns: torch.Tensor  # advantages (before whitening) + values: the critic's target
+    kl_per_seq: torch.Tensor  # (B,) KL to the reference, summed over the response
 
 
 @torch.no_grad()
 def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, cfg, amp=nullcontext()):
     """Step 3 of an update: old and reference log-probs, values, per-token rewards, and the
-    advantages: GAE with the critic's values (ppo), or each rationale's return against its
-    group of k (rloo, grpo: critic is None; grpo's reward leaves the KL out, ppo_update adds it
-    to the loss). The advantages have unit RMS over the batch's response tokens whatever the
-    estimator. The forwards run cfg.micro_batch_size rows at a time, each cut to its longest row."""
+    advantages, of unit RMS: GAE with the critic's values (ppo), or each rationale's return against
+    its group of k (rloo, grpo: no critic; grpo's KL is a loss term). Forwards of cfg.micro_batch_size rows."""
     policy.eval()
     old_logp, ref_logp, values = (torch.zeros_like(rollouts.mask) for _ in range(3))
     for rows in micro_batches(torch.arange(rollouts.idx.size(0)), cfg.micro_batch_size or rollouts.idx.size(0)):
@@ -500,28 +458,10 @@ def prepare_batch(policy, ref, critic, rollouts, seq_reward, kl_coef, cfg, amp=n
                  returns, kl.sum(1))
 
 
-@dataclass(frozen=True)
-class UpdateSettings:
-    """Step 4's hyperparameters (the flags of the same names)."""
-    epochs: int
-    minibatch_size: int  # rollouts per optimizer step
-    temperature: float
-    clip: float  # of the policy ratio
-    value_clip: float  # None: the value loss is not clipped
-    grad_clip: float
-    micro_batch_size: int = None  # rows per forward; gradients accumulate over a minibatch (None: all)
-    target_kl: float = None  # an approx KL that ends the epochs, before its minibatch's step
-    n_vocab: int = None
-    kl_loss_coef: float = 0.0  # GRPO: beta times the k3 KL to the reference, in the loss
-    per_sequence: bool = False  # GRPO: each rationale's tokens averaged before the rationales are
-
-
 def minibatch_gradients(policy, critic, batch, mb, cfg, train_policy, amp):
-    """The gradients of one minibatch (`mb`: row indices), cfg.micro_batch_size rows at a time,
-    each micro-batch's loss weighted by its share of the minibatch's response tokens (per_sequence:
-    of its rationales), so the accumulated gradient is the whole minibatch's. The policy's
-    forward and backward run before the critic's, so the two graphs are never alive at once.
-    Returns the minibatch's diagnostics (their token-weighted means) and its largest policy ratio."""
+    """The gradients of one minibatch (`mb`: row indices), cfg.micro_batch_size rows at a time, each
+    weighted by its share of the minibatch's tokens (per_sequence: rationales); the policy's graph is
+    freed before the critic's. Returns the diagnostics (token-weighted means) and the largest ratio."""
     n_tok = batch.mask[mb].sum().clamp(min=1)
     stats = {k: 0.0 for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
     ratio_max = 0.0
@@ -564,14 +504,11 @@ def optimizer_step(model, optimizer, grad_clip):
 
 def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg, train_policy=True, lr_at=None,
                amp=nullcontext()):
-    """Step 4 of an update: cfg.epochs epochs of minibatch updates on one batch (a minibatch is one
-    optimizer step: minibatch_gradients). train_policy=False (the critic's warmup) leaves the
-    policy as it is; critic=None (rloo, grpo) trains the policy alone. lr_at(i) -> (policy lr,
-    critic lr) of this update's i-th step. A minibatch whose approx KL (before its step) passes
-    cfg.target_kl ends the epochs without its step. Both models run in eval mode: dropout would
-    make the log-probs differ from the rollout's even at the first step, where the ratio must be 1.
-    Returns the diagnostics averaged over minibatches (ratio_max, the gradient norms: their largest;
-    first_approx_kl: the first minibatch's, which should be 0; epoch_clip_frac: per epoch)."""
+    """Step 4 of an update: cfg.epochs epochs of minibatches, one optimizer step each (minibatch_gradients);
+    train_policy=False (the critic's warmup) leaves the policy as it is, critic=None (rloo, grpo) trains the
+    policy alone; lr_at(i) -> (policy lr, critic lr) of step i; cfg.target_kl ends the epochs. Eval mode: dropout
+    would make the first ratio differ from 1. Returns the diagnostics averaged over minibatches (ratio_max, grad
+    norms: their largest; first_approx_kl: the first minibatch's, which should be 0; epoch_clip_frac: per epoch)."""
     n = batch.idx.size(0)
     stats = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clip_frac", "entropy")}
     ratio_max, grad_norm, critic_grad_norm, steps, stopped = 0.0, 0.0, 0.0, 0, False
@@ -592,8 +529,7 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg, train_po
             mb_stats, mb_ratio_max = minibatch_gradients(policy, critic, batch, mb, cfg, train_policy, amp)
             ratio_max = max(ratio_max, mb_ratio_max)
             if train_policy and cfg.target_kl is not None and mb_stats["approx_kl"] > cfg.target_kl:
-                # the policy has moved as far as one batch of rollouts should take it: no step
-                # from this minibatch (its KL is measured before the step, as Stable-Baselines3 does)
+                # the policy has moved as far as one batch should take it (measured before the step, as SB3 does)
                 for model in (policy, critic):
                     if model is not None:
                         model.zero_grad(set_to_none=True)
@@ -619,295 +555,6 @@ def ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg, train_po
             "kl_stop": stopped}
 
 
-def steps_per_update(args):
-    return args.ppo_epochs * math.ceil(args.questions_per_update * args.samples_per_question / args.minibatch_size)
-
-
-def lr_schedule(args, update):
-    """lr_at(i) for update `update`: warmup and cosine decay over the run's optimizer steps, the
-    policy's counted from the end of the critic's warmup. A function of (update, step) alone,
-    so a resumed run follows the same schedule."""
-    per = steps_per_update(args)
-    policy_total = (args.updates - args.critic_warmup_updates) * per
-    policy_start = (update - args.critic_warmup_updates) * per
-
-    def lr_at(i):
-        return (common.cosine_lr(max(0, policy_start + i), policy_total, args.lr, args.warmup_steps, args.min_lr_frac),
-                common.cosine_lr(update * per + i, args.updates * per, args.critic_lr, args.warmup_steps,
-                                 args.min_lr_frac))
-    return lr_at
-
-
-# -----------------------------------------------------------------------------
-# The reward model: is it good enough, and what scale are its scores on
-
-
-@torch.no_grad()
-def reward_scale(rm, rollouts, micro_batch_size=None, amp=nullcontext()):
-    """The RM's raw scores on the finished rationales of `rollouts` (the SFT model's): mean, std
-    and range, what every later score is measured against. Computed once, before the first update."""
-    scores = score_sequences(rm, rollouts, micro_batch_size, amp)[rollouts.finished].double()
-    if scores.numel() < 2:
-        raise common.UserError("too few of the SFT model's rationales finish to measure the reward "
-                               "model's scale; raise --max_new_tokens or --norm_questions")
-    # quantile's q on the scores' device (CUDA and MPS refuse a CPU one); one copy to the host
-    q = torch.tensor([0.0, 0.05, 0.5, 0.95, 1.0], dtype=scores.dtype, device=scores.device)
-    mean, std, *q = torch.cat([scores.mean().view(1), scores.std().view(1), torch.quantile(scores, q)]).tolist()
-    return {"mean": mean, "std": std, "n": scores.numel(),
-            "min": q[0], "p05": q[1], "median": q[2], "p95": q[3], "max": q[4]}
-
-
-# -----------------------------------------------------------------------------
-# The loop's state, and the steps of an update that read the questions
-
-
-@dataclass
-class State:
-    """What the loop carries from update to update besides the weights: in ppo_last.pt (as a
-    dict), so --resume continues exactly."""
-    update: int = 0
-    kl_coef: float = 0.0  # beta: --kl_coef, moved by --kl_target
-    reward_mean: float = 0.0  # the RM on SFT samples: every score is standardised with these
-    reward_std: float = 1.0
-    reward_scale: dict = None  # their measurement (None when the RM gives no reward)
-    best_val: float = -1.0  # the checkpoint choice so far (sml.validation.choose_checkpoint)
-    best_update: int = None
-    val_history: list = field(default_factory=list)
-    gen_state: torch.Tensor = None  # the minibatch order's generator
-
-
-@dataclass(frozen=True)
-class RewardSettings:
-    """Step 2's settings (the flags of the same names) and the reward model's scale."""
-    kind: str  # --reward: rm, exact, rm+exact, random
-    no_answer_penalty: float
-    unfinished_penalty: float
-    clip: float
-    mean: float = 0.0
-    std: float = 1.0
-
-
-@dataclass
-class Rewards:
-    """Step 2's output: the sequence reward of each rollout, and what went into it."""
-    sequence: torch.Tensor  # (B,) what PPO maximises
-    rm_z: torch.Tensor  # (B,) the reward model's standardised score (0 with --reward exact)
-    correct: torch.Tensor  # (B,) the one answer it states is right (the truth the RM is watched against)
-    has_answer: torch.Tensor  # (B,) it states exactly one answer
-    texts: list  # the decoded rationales
-
-
-def draw_questions(train_rows, prompt_ids, n, k, seed, update):
-    """Step 1's prompts: a fresh draw of n training questions per update, and a seed per rollout,
-    both from (seed, update) alone, so a resumed run draws the same ones."""
-    rng = random.Random(rationales.derive_seed(seed, "questions", update))
-    rows = rng.sample(train_rows, min(n, len(train_rows)))
-    seeds = [rationales.derive_seed(seed, "rollout", update, i) for i in range(len(rows) * k)]
-    return rows, [prompt_ids[r["id"]] for r in rows], seeds
-
-
-def score_rollouts(texts, golds, rollouts, seeds, task, rm, cfg, micro_batch_size=None, amp=nullcontext()):
-    """Step 2: the sequence reward of each rollout (the standardised RM score for SML, the exact
-    answer check for the baseline, a draw from the rollout's seed for the random control;
-    penalties for no answer or no ending). texts: the decoded rationales; golds: their answers."""
-    device = rollouts.finished.device
-    # rewards read answers strictly: only an answer the rationale states counts
-    correct = torch.tensor([task.reward(t, g) for t, g in zip(texts, golds)], device=device)
-    has_answer = torch.tensor([task.stated_answer(t) is not None for t in texts], device=device)
-    rm_z = torch.zeros_like(correct)
-    if cfg.kind in ("rm", "rm+exact"):
-        rm_z = (score_sequences(rm, rollouts, micro_batch_size, amp) - cfg.mean) / cfg.std
-    noise = random_rewards(seeds, device) if cfg.kind == "random" else None
-    sequence = sequence_rewards(cfg.kind, rm_z, correct, has_answer, rollouts.finished, cfg.no_answer_penalty,
-                                cfg.unfinished_penalty, cfg.clip, noise)
-    return Rewards(sequence, rm_z, correct, has_answer, texts)
-
-
-def sampler_logp_gap(rollouts, old_logp):
-    """Mean |the sampler's log-prob - the recomputed old log-prob| over the response tokens: 0 up
-    to rounding in float32; on a GPU in bf16 the KV-cache path and the full forward differ, and
-    a large gap means the ratio's 1 is not the sampler's distribution."""
-    sampled = torch.tensor([lp for row in rollouts.sampler_logp for lp in row], dtype=torch.float32)
-    recomputed = old_logp[rollouts.mask > 0].float().cpu()
-    if sampled.numel() != recomputed.numel() or sampled.numel() == 0:
-        return None
-    return float((sampled - recomputed).abs().mean())
-
-
-def log_record(update, rewards, rollouts, batch, stats, kl_coef, lr, has_critic, seconds, elapsed):
-    """Step 5: the RM's view and the truth side by side, the KL term beside the reward's spread
-    (kl_term: beta * KL per rationale, in reward units), and PPO's health."""
-    kl = float(batch.kl_per_seq.mean())
-    return {"update": update + 1, "rm_score": float(rewards.rm_z.mean()), "accuracy": float(rewards.correct.mean()),
-            "reward": float(rewards.sequence.mean()), "reward_std": float(rewards.sequence.std()), "kl_ref": kl,
-            "kl_term": kl_coef * kl, "sampler_logp_gap": sampler_logp_gap(rollouts, batch.old_logp), **stats,
-            "expl_var": explained_variance(batch.values, batch.returns, batch.mask) if has_critic else None,
-            "resp_len": float(rollouts.lengths.float().mean()), "finished": float(rollouts.finished.float().mean()),
-            "no_answer": float((~rewards.has_answer).float().mean()), "kl_coef": kl_coef, "lr": lr,
-            "tok/s": int(batch.mask.sum()) / seconds, "seconds": elapsed}
-
-
-LOG_COLUMNS = ["update", "rm_score", "accuracy", "reward_std", "kl_ref", "kl_term", "entropy", "clip_frac",
-               "approx_kl", "value_loss", "expl_var", "resp_len", "tok/s"]
-
-
-def print_row(rec):
-    print(" ".join("-".rjust(9) if rec[c] is None else f"{rec[c]:>9.3f}" if isinstance(rec[c], float)
-                   else f"{rec[c]:>9d}" for c in LOG_COLUMNS))
-
-
-# -----------------------------------------------------------------------------
-# Setup: the questions, the models, a fresh start or a resumed one; the run's files
-
-
-@dataclass
-class PPOData:
-    """The questions PPO samples from and chooses on, and how rollouts are cut."""
-    train_rows: list
-    val_rows: list
-    prompt_ids: dict  # question id -> prompt token ids
-    stop_ids: list  # the end-of-text and every end id the checkpoint declares (the first pads)
-    n_vocab: int  # the tokenizer's vocabulary: ids past it (a padded embedding) are never sampled
-    max_new_tokens: int  # the rationale budget of rollouts and of every evaluation
-
-
-def load_data(data_dir, eval_limit, max_new_tokens, tok, task, policy_config):
-    """The train questions (their prompts encoded) and the validation ones."""
-    train_rows = load_dataset(os.path.join(data_dir, "train.jsonl"))
-    val_rows = load_val_split(data_dir, eval_limit, "PPO's checkpoint choice")
-    # every prompt PPO will sample from must fit, checked now rather than after an hour (the test
-    # split is not read here: it is read once, by evaluate.py, for the final table)
-    for name, rows in (("train", train_rows), ("val", val_rows)):
-        for r in rows:
-            if len(tok.encode(task.prompt(r["question"])).ids) >= policy_config.block_size:
-                raise DataError(f"{name} question {r['id']!r} does not fit the model's context of "
-                                f"{policy_config.block_size} tokens")
-    prompt_ids = {r["id"]: tok.encode(task.prompt(r["question"])).ids for r in train_rows}
-    return PPOData(train_rows, val_rows, prompt_ids, stop_ids(tok, policy_config),
-                   tok.get_vocab_size(), max_new_tokens or task.rationale_tokens)
-
-
-def load_reward_model(path, reward, allow_weak, tokenizer_json, device):
-    """The reward model (None without --rm) and its report, gated when it gives the reward."""
-    if not path:
-        return None, None
-    rm, ckpt = load_checkpoint(path, kind="scalar", tokenizer_json=tokenizer_json, device=device)
-    if reward in ("rm", "rm+exact"):
-        check_reward_model(ckpt.get("report"), path, allow_weak)
-    return rm, ckpt.get("report")
-
-
-def uses_rm(args):
-    """Whether the reward model enters the run: in the reward, or as the critic's start."""
-    return args.reward in ("rm", "rm+exact") or (args.estimator == "ppo" and args.critic_init == "rm")
-
-
-def start(args, rt, data, policy, ref, rm, rm_report):
-    """A fresh run: build the critic (none for rloo and grpo), cast the frozen models to the
-    compute dtype, and measure the reward model's scale on SFT samples with the copy that will
-    score (the critic from the RM is rescaled to it). Returns (critic, state)."""
-    state, critic = State(kl_coef=args.kl_coef), None  # no critic: rloo, grpo
-    if args.estimator == "ppo":  # float32 weights for the optimizer, taken before the frozen ones are cast
-        critic = copy.deepcopy(rm).float() if args.critic_init == "rm" else fresh_critic(ref)
-    freeze(rt, ref, rm)
-    if uses_rm(args):
-        k = args.samples_per_question
-        rng = random.Random(rationales.derive_seed(args.seed, "norm"))
-        rows = rng.sample(data.train_rows, min(args.norm_questions, len(data.train_rows)))
-        seeds = [rationales.derive_seed(args.seed, "norm", i) for i in range(len(rows) * k)]
-        sft_rollouts = rollout(policy, [data.prompt_ids[r["id"]] for r in rows], k, args.temperature,
-                               data.max_new_tokens, data.stop_ids, seeds, args.batch_prompts, rt.autocast, data.n_vocab)
-        scale = reward_scale(rm, sft_rollouts, args.micro_batch_size, rt.autocast)
-        floor = args.reward_std_floor * (rm_report or {}).get("val_score_std", 0.0)
-        state.reward_scale, state.reward_mean, state.reward_std = scale, scale["mean"], max(scale["std"], floor)
-        print(f"reward model on {scale['n']} finished SFT rationales: mean {scale['mean']:.3f}, std "
-              f"{scale['std']:.3f} (floor {floor:.3f}: std used {state.reward_std:.3f}), raw range "
-              f"{scale['min']:.2f} .. {scale['max']:.2f} (5-95%: {scale['p05']:.2f} .. {scale['p95']:.2f})")
-        if not (math.isfinite(state.reward_mean) and math.isfinite(state.reward_std)
-                and state.reward_std > 0):  # else every standardised reward, and the critic, is NaN
-            raise common.UserError(
-                f"{args.rm}: the reward model's scores on {scale['n']} finished SFT rationales have mean "
-                f"{scale['mean']:.4g} and std {scale['std']:.4g} (floor {floor:.4g}): no scale to standardise "
-                f"rewards by; check the reward model (does its score head vary?) or raise --reward_std_floor")
-        if args.estimator == "ppo" and args.critic_init == "rm":
-            standardise_head(critic, state.reward_mean, state.reward_std)
-    return critic, state
-
-
-def resume(ckpt, path, device):
-    """The critic and the loop's state of an interrupted run, from ppo_last.pt."""
-    critic = None
-    if ckpt["critic"] is not None:
-        critic = GPT(checked_config(ckpt["critic_config"], ckpt["critic"], f"{path}: its critic"))
-        critic.load_state_dict(ckpt["critic"])
-        critic.to(device)
-    return critic, State(**ckpt["ppo_state"])
-
-
-def freeze(rt, *frozen):
-    """The frozen models in the compute dtype (bf16 on a GPU): half the memory, and what autocast
-    would compute in anyway."""
-    for model in frozen:
-        if model is not None:
-            model.requires_grad_(False)
-            model.to(rt.dtype).eval()
-
-
-def optimizers(args, rt, policy, ref, rm, critic, resumed=None):
-    """The frozen models in the compute dtype; the policy and the critic keep float32 weights for
-    their optimizers. Returns the two optimizers and the generator of the minibatch order, as
-    `resumed` (ppo_last.pt's checkpoint, with the state) left them, if given."""
-    freeze(rt, ref, rm)
-    for model in (policy, critic):
-        if model is not None:
-            model.requires_grad_(True)
-            model.grad_checkpointing = args.grad_checkpointing
-    opt_policy = configure_optimizer(policy, args.lr, 0.0)
-    opt_critic = configure_optimizer(critic, args.critic_lr, 0.0) if critic is not None else None
-    gen = torch.Generator().manual_seed(args.seed)
-    if resumed:
-        opt_policy.load_state_dict(resumed["opt_policy"])
-        if critic is not None:
-            opt_critic.load_state_dict(resumed["opt_critic"])
-        gen.set_state(resumed["ppo_state"]["gen_state"])
-    return opt_policy, opt_critic, gen
-
-
-def step_settings(args, state, n_vocab):
-    """Steps 2, 3 and 4's settings, from the flags (and the reward model's scale)."""
-    return (RewardSettings(args.reward, args.no_answer_penalty, args.unfinished_penalty, args.reward_clip,
-                           state.reward_mean, state.reward_std),
-            AdvantageSettings(args.temperature, args.gamma, args.lam, args.estimator, args.samples_per_question,
-                              args.micro_batch_size, n_vocab),
-            UpdateSettings(args.ppo_epochs, args.minibatch_size, args.temperature, args.clip, args.value_clip,
-                           args.grad_clip, args.micro_batch_size, args.target_kl, n_vocab,
-                           per_sequence=args.estimator == "grpo"))  # GRPO (Shao et al. 2024): rationales averaged
-
-
-def provenance(args, update):
-    return {"script": "train_ppo.py", "args": vars(args), "step": update, "parent": args.sft}
-
-
-def save_resume_point(path, tokenizer_json, about, policy, critic, opt_policy, opt_critic, gen, state):
-    """ppo_last.pt: the policy, the critic, both optimizers and the loop's state (at about["step"])."""
-    state.update, state.gen_state = about["step"], gen.get_state()
-    save_checkpoint(path, policy, tokenizer_json, about,
-                    extra={"critic": critic.state_dict() if critic else None,
-                           "critic_config": asdict(critic.config) if critic else None,
-                           "opt_policy": opt_policy.state_dict(),
-                           "opt_critic": opt_critic.state_dict() if critic else None, "ppo_state": asdict(state)})
-
-
-def summary(args, n_val, state, seconds):
-    """summary.json, written last: it says the run is finished, and which update it hands on."""
-    why = f"highest greedy accuracy on the {n_val} validation questions (ties go to the earlier update)"
-    print(f"ppo_best.pt is update {state.best_update}: {why}")
-    return {"updates": args.updates, "seconds": seconds, "reward": args.reward, "estimator": args.estimator,
-            "critic_init": args.critic_init if args.estimator == "ppo" else None, "best_update": state.best_update,
-            "best_val_greedy_accuracy": state.best_val, "chosen_because": why, "val_history": state.val_history,
-            "reward_mean": state.reward_mean, "reward_std": state.reward_std, "reward_scale": state.reward_scale}
-
-
 def main(argv=None):
     args = get_args(argv)
     rt = common.setup_runtime(args.device, args.dtype)
@@ -923,30 +570,34 @@ def main(argv=None):
     tok_json, k = tok.to_str(), args.samples_per_question
     policy, ckpt = load_checkpoint(run.resume_point if resuming else args.sft, kind="lm", tokenizer_json=tok_json,
                                    device=rt.device)
-    data = load_data(args.data_dir, args.eval_limit, args.max_new_tokens, tok, task, policy.config)
+    data = ppo_run.load_data(args.data_dir, args.eval_limit, args.max_new_tokens, tok, task, policy.config)
     # The models: the policy (above), the frozen reference (the SFT model), the reward model (gated).
     ref, _ = load_checkpoint(args.sft, kind="lm", tokenizer_json=tok_json, device=rt.device)
-    rm, rm_report = load_reward_model(args.rm, args.reward, args.allow_weak_rm, tok_json, rt.device)
+    rm, rm_report = ppo_run.load_reward_model(args.rm, args.reward, args.allow_weak_rm, tok_json, rt.device)
     run.start(resuming)  # summary.json says "finished": a rerun, fresh or resumed, is not yet
-    # Resume, or measure the reward model's scale and build the critic; then the optimizers.
+    # Resume, or build the critic and measure the reward model's scale on SFT rationales; then the optimizers.
     if resuming:
-        critic, state = resume(ckpt, run.resume_point, rt.device)
+        critic, state = ppo_run.resume(ckpt, run.resume_point, rt.device)
     else:
-        critic, state = start(args, rt, data, policy, ref, rm, rm_report)
-    opt_policy, opt_critic, gen = optimizers(args, rt, policy, ref, rm, critic, ckpt if resuming else None)
+        critic, state = ppo_run.start(args, rt, ref, rm)
+        if ppo_run.uses_rm(args):
+            prompts, seeds = ppo_run.norm_prompts(data, args.norm_questions, k, args.seed)
+            sft_rollouts = rollout(policy, prompts, k, args.temperature, data.max_new_tokens, data.stop_ids, seeds,
+                                   args.batch_prompts, rt.autocast, data.n_vocab)
+            scale = reward_scale(rm, sft_rollouts, args.micro_batch_size, rt.autocast)
+            ppo_run.use_reward_scale(args, state, critic, scale, rm_report)
+    opt_policy, opt_critic, gen = ppo_run.optimizers(args, rt, policy, ref, rm, critic, ckpt if resuming else None)
     log = run.open_log("update", ckpt["provenance"]["step"] if resuming else None)  # up to the resume point
     val = validation.Validation(tok, task, data.val_rows, args.seed, args.val_samples, args.eval_temperature,
                                 data.max_new_tokens, args.batch_prompts, rt.autocast)
+    choose = ppo_run.checkpoints(args, run, tok_json, val, policy, critic, opt_policy, opt_critic, gen)
     if not resuming:  # the SFT model is candidate 0
         rec = {"update": 0, "reward_mean": state.reward_mean, "reward_std": state.reward_std,
                "reward_scale": state.reward_scale}
-        validation.choose_checkpoint(policy, val, 0, rec, state,
-                                     partial(save_checkpoint, run.best, policy, tok_json, provenance(args, 0)))
-        save_resume_point(run.resume_point, tok_json, provenance(args, 0), policy, critic, opt_policy, opt_critic,
-                          gen, state)
+        choose(0, rec, state)
         append_row(log, rec)
-    step2, step3, step4 = step_settings(args, state, data.n_vocab)
-    print(" ".join(f"{c:>9s}" for c in LOG_COLUMNS))
+    step2, step3, step4 = ppo_run.step_settings(args, state, data.n_vocab)
+    print(" ".join(f"{c:>9s}" for c in ppo_run.LOG_COLUMNS))
     t_start = time.time()
     for update in range(state.update, args.updates):
         t0 = time.time()
@@ -963,30 +614,25 @@ def main(argv=None):
         batch = prepare_batch(policy, ref, critic, rollouts, rewards.sequence, state.kl_coef, step3, rt.autocast)
         # 4. Optimise: epochs over minibatches (the critic alone during its warmup); GRPO's KL is in the loss.
         cfg = replace(step4, kl_loss_coef=state.kl_coef) if args.estimator == "grpo" else step4
+        lr_at = ppo_run.lr_schedule(args, update)
         stats = ppo_update(policy, critic, opt_policy, opt_critic, batch, gen, cfg,
-                           update >= args.critic_warmup_updates, lr_schedule(args, update), rt.autocast)
+                           update >= args.critic_warmup_updates, lr_at, rt.autocast)
         for loss in (stats["policy_loss"], stats["value_loss"]):
             if loss is not None:  # (None: a model that did not train in this update)
                 common.check_loss(loss, f"at update {update + 1}", run.resume_point)
-        # 5. Log (with the beta this update used), and every --eval_interval updates choose on the
-        #    validation split and save.
-        rec = log_record(update, rewards, rollouts, batch, stats, state.kl_coef, lr_schedule(args, update)(0)[0],
-                         critic is not None, time.time() - t0, time.time() - t_start)
+        # 5. Log (with the beta this update used); every --eval_interval updates, choose on validation and save.
+        rec = ppo_run.log_record(update, rewards, rollouts, batch, stats, state.kl_coef, lr_at(0)[0],
+                                 critic is not None, time.time() - t0, time.time() - t_start)
         if args.kl_target:
             state.kl_coef = adaptive_kl_coef(state.kl_coef, float(batch.kl_per_seq.mean()), args.kl_target,
                                              args.kl_horizon)
         if (update + 1) % args.eval_interval == 0 or update + 1 == args.updates:
-            rec["samples"] = [{"question": rows[i // k]["question"], "rationale": texts[i],
-                               "reward": float(rewards.sequence[i]), "rm_score": float(rewards.rm_z[i])}
-                              for i in range(min(args.log_samples, len(seeds)))]
-            about = provenance(args, update + 1)
-            validation.choose_checkpoint(policy, val, update + 1, rec, state,
-                                         partial(save_checkpoint, run.best, policy, tok_json, about))
-            save_resume_point(run.resume_point, tok_json, about, policy, critic, opt_policy, opt_critic, gen, state)
+            rec["samples"] = ppo_run.log_samples(rows, texts, rewards, k, args.log_samples)
+            choose(update + 1, rec, state)
         append_row(log, rec)
-        print_row(rec)
+        ppo_run.print_row(rec)
     log.close()
-    run.finish(partial(common.write_json, obj=summary(args, len(data.val_rows), state, time.time() - t_start)))
+    run.finish(partial(common.write_json, obj=ppo_run.summary(args, len(data.val_rows), state, time.time() - t_start)))
     common.cleanup_runtime(rt)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import train_ppo
+from sml import ppo_run
 from data.tokenizer import EOT, load_tokenizer
 from sml.checkpoint import load_checkpoint
 from model import lm_to_scalar
@@ -64,7 +65,7 @@ def test_masked_positions_get_neither_policy_nor_value_loss():
 
 def prepare(policy, ref, critic, ro, seq_reward, kl_coef):
     return train_ppo.prepare_batch(policy, ref, critic, ro, seq_reward, kl_coef,
-                                   train_ppo.AdvantageSettings(temperature=1.0, gamma=1.0, lam=0.95))
+                                   ppo_run.AdvantageSettings(temperature=1.0, gamma=1.0, lam=0.95))
 
 
 def tiny_models(tiny_run):
@@ -114,8 +115,8 @@ def test_ppo_raises_a_trivial_reward(tiny_run):
         rates.append(reward.mean().item())
         batch = prepare(policy, ref, critic, ro, reward, 0.0)
         train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, gen,
-                             train_ppo.UpdateSettings(epochs=4, minibatch_size=16, temperature=1.0, clip=0.2,
-                                                      value_clip=0.2, grad_clip=1.0))
+                             ppo_run.UpdateSettings(epochs=4, minibatch_size=16, temperature=1.0, clip=0.2,
+                                                    value_clip=0.2, grad_clip=1.0))
     _, final = rate(99)
     assert final.mean().item() > rates[0] + 0.3, (rates, final.mean().item())
 
@@ -184,7 +185,7 @@ def test_standardised_critic_starts_at_the_standardised_score(tiny_run):
     rm = lm_to_scalar(load_checkpoint(tiny_run["base"], kind="lm")[0])
     with torch.no_grad():
         rm.score_head.bias.fill_(3.0)
-    critic = train_ppo.standardised_critic(rm, mean=2.0, std=4.0)
+    critic = ppo_run.standardised_critic(rm, mean=2.0, std=4.0)
     x = torch.randint(0, 50, (2, 9))
     assert torch.allclose(critic(x)[0], (rm(x)[0] - 2.0) / 4.0, atol=1e-5)
     assert rm.score_head.bias[0].item() == 3.0  # the reward model itself is untouched
@@ -291,7 +292,7 @@ def test_critic_free_batch_gives_every_token_its_rationales_advantage(tiny_run):
     ro = train_ppo.rollout(policy, prompts[:3], k, 1.0, 20, eot, list(range(12)))
     seq_reward = torch.arange(12, dtype=torch.float32) % 5
     b = train_ppo.prepare_batch(policy, ref, None, ro, seq_reward, 0.1,
-                                train_ppo.AdvantageSettings(1.0, 1.0, 0.95, estimator="rloo", k=k))
+                                ppo_run.AdvantageSettings(1.0, 1.0, 0.95, estimator="rloo", k=k))
     returns = seq_reward - 0.1 * b.kl_per_seq
     expected = train_ppo.group_advantages(returns, k, "rloo")
     n_tok = b.mask.sum(1)
@@ -303,8 +304,8 @@ def test_critic_free_batch_gives_every_token_its_rationales_advantage(tiny_run):
     # and an update trains the policy alone
     opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
     stats = train_ppo.ppo_update(policy, None, opt, None, b, torch.Generator().manual_seed(0),
-                                 train_ppo.UpdateSettings(epochs=1, minibatch_size=6, temperature=1.0, clip=0.2,
-                                                          value_clip=0.2, grad_clip=1.0))
+                                 ppo_run.UpdateSettings(epochs=1, minibatch_size=6, temperature=1.0, clip=0.2,
+                                                        value_clip=0.2, grad_clip=1.0))
     assert stats["value_loss"] is None and stats["policy_loss"] is not None and stats["optimizer_steps"] == 2
 
 

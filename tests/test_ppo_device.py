@@ -15,6 +15,7 @@ import torch.fx.experimental._config as fx_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import train_ppo
+from sml import ppo_run
 from model import GPT, GPTConfig, configure_optimizer, lm_to_scalar
 
 META = torch.device("meta")
@@ -84,14 +85,14 @@ def test_rewards_advantages_and_an_update_stay_on_the_device(on_meta, estimator)
                                          ro.finished, 1.0, 2.0, 5.0, noise)
         assert seq.device == META
     batch = train_ppo.prepare_batch(policy, ref, critic, ro, seq, 0.05,
-                                    train_ppo.AdvantageSettings(1.0, 1.0, 0.95, estimator=estimator, k=K))
+                                    ppo_run.AdvantageSettings(1.0, 1.0, 0.95, estimator=estimator, k=K))
     assert batch.advantages.device == META and batch.returns.device == META
     opt_p = configure_optimizer(policy, 1e-3, 0.0)
     opt_c = configure_optimizer(critic, 1e-3, 0.0) if critic is not None else None
-    settings = train_ppo.UpdateSettings(epochs=2, minibatch_size=2, micro_batch_size=1, temperature=1.0, clip=0.2,
-                                        value_clip=None, grad_clip=1.0, target_kl=10.0,
-                                        kl_loss_coef=0.05 if estimator == "grpo" else 0.0,
-                                        per_sequence=estimator == "grpo")
+    settings = ppo_run.UpdateSettings(epochs=2, minibatch_size=2, micro_batch_size=1, temperature=1.0, clip=0.2,
+                                      value_clip=None, grad_clip=1.0, target_kl=10.0,
+                                      kl_loss_coef=0.05 if estimator == "grpo" else 0.0,
+                                      per_sequence=estimator == "grpo")
     stats = train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, torch.Generator().manual_seed(0), settings)
     assert stats["optimizer_steps"] == 4
     assert all(p.device == META for p in policy.parameters())

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from sml import common
 import train_ppo
+from sml import ppo_run
 from sml import validation
 from sml.checkpoint import load_checkpoint, save_checkpoint
 from data.tokenizer import EOT, load_tokenizer
@@ -101,7 +102,7 @@ def test_warmup_longer_than_the_run_is_refused(capsys):
 
 def test_random_reward_and_the_default_critic_need_no_reward_model():
     args = train_ppo.get_args(["--sft", "s", "--reward", "random", "--data_dir", "d", "--out_dir", "o"])
-    assert args.critic_init == "sft" and args.value_clip is None and not train_ppo.uses_rm(args)
+    assert args.critic_init == "sft" and args.value_clip is None and not ppo_run.uses_rm(args)
     with pytest.raises(SystemExit):
         train_ppo.get_args(["--sft", "s", "--reward", "exact", "--critic_init", "rm", "--data_dir", "d",
                             "--out_dir", "o"])
@@ -119,7 +120,7 @@ def test_random_reward_is_a_seeded_standard_normal_per_rollout():
 
 def test_the_default_critic_starts_at_zero_for_every_reward(tiny_run):
     base, _ = load_checkpoint(tiny_run["base"], kind="lm")
-    critic = train_ppo.fresh_critic(base.to(torch.bfloat16))
+    critic = ppo_run.fresh_critic(base.to(torch.bfloat16))
     assert next(critic.parameters()).dtype == torch.float32
     values = train_ppo.values_of(critic, torch.randint(0, 50, (2, 8)))
     assert torch.equal(values, torch.zeros_like(values))
@@ -135,7 +136,7 @@ def test_every_estimators_advantages_have_unit_rms(tiny_run, estimator):
     ro = train_ppo.Rollout(batch.idx, batch.mask, None, None, batch.seq_lens, None, None)
     reward = torch.arange(16, dtype=torch.float32) % 3
     b = train_ppo.prepare_batch(policy, ref, critic if estimator == "ppo" else None, ro, reward, 0.05,
-                                train_ppo.AdvantageSettings(1.0, 1.0, 0.95, estimator=estimator, k=4))
+                                ppo_run.AdvantageSettings(1.0, 1.0, 0.95, estimator=estimator, k=4))
     rms = float(train_ppo.masked_mean(b.advantages ** 2, b.mask).sqrt())
     assert rms == pytest.approx(1.0, abs=1e-3)
 
@@ -147,7 +148,7 @@ def test_grpo_normalises_the_reward_alone_and_puts_the_kl_in_the_loss(tiny_run):
             p.add_(0.05 * torch.randn_like(p))
     ro = train_ppo.Rollout(batch.idx, batch.mask, None, None, batch.seq_lens, None, None)
     reward = torch.arange(16, dtype=torch.float32) % 3
-    grpo = train_ppo.AdvantageSettings(1.0, 1.0, 0.95, estimator="grpo", k=4)
+    grpo = ppo_run.AdvantageSettings(1.0, 1.0, 0.95, estimator="grpo", k=4)
     a = train_ppo.prepare_batch(policy, ref, None, ro, reward, 0.0, grpo)
     b = train_ppo.prepare_batch(policy, ref, None, ro, reward, 0.5, grpo)
     assert b.kl_per_seq.abs().sum() > 0 and torch.allclose(a.advantages, b.advantages)
@@ -155,9 +156,9 @@ def test_grpo_normalises_the_reward_alone_and_puts_the_kl_in_the_loss(tiny_run):
     grads = []
     for micro in (1, 16):
         model = copy.deepcopy(policy)
-        settings = train_ppo.UpdateSettings(epochs=1, minibatch_size=16, micro_batch_size=micro, temperature=1.0,
-                                            clip=0.2, value_clip=None, grad_clip=1.0, kl_loss_coef=0.5,
-                                            per_sequence=True)
+        settings = ppo_run.UpdateSettings(epochs=1, minibatch_size=16, micro_batch_size=micro, temperature=1.0,
+                                          clip=0.2, value_clip=None, grad_clip=1.0, kl_loss_coef=0.5,
+                                          per_sequence=True)
         train_ppo.minibatch_gradients(model, None, b, torch.arange(16), settings, True,
                                       torch.autocast("cpu", enabled=False))
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
@@ -189,8 +190,8 @@ def test_target_kl_stops_before_the_step_that_passed_it(tiny_run, monkeypatch):
     opt_p, opt_c = configure_optimizer(policy, 3e-3, 0.0), configure_optimizer(critic, 1e-3, 0.0)
     opt_p.register_step_post_hook(lambda *_: steps.append(1))
     stats = train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, torch.Generator().manual_seed(0),
-                                 train_ppo.UpdateSettings(epochs=4, minibatch_size=8, temperature=1.0, clip=0.2,
-                                                          value_clip=None, grad_clip=1.0, target_kl=1e-4))
+                                 ppo_run.UpdateSettings(epochs=4, minibatch_size=8, temperature=1.0, clip=0.2,
+                                                        value_clip=None, grad_clip=1.0, target_kl=1e-4))
     assert stats["kl_stop"] and seen[-1] > 1e-4 and all(kl <= 1e-4 for kl in seen[:-1])
     assert len(steps) == stats["optimizer_steps"] == len(seen) - 1
     assert all(p.grad is None for p in policy.parameters())  # the unused gradient is not left behind
@@ -206,8 +207,8 @@ def test_sampler_and_recomputed_log_probs_agree_in_float32(tiny_run):
     prompts = [tok.encode("Question: Ann has 2 cups. How many cups does Ann have now?\nAnswer:").ids] * 2
     ro = train_ppo.rollout(policy, prompts, 2, 1.0, 16, tok.token_to_id(EOT), [1, 2, 3, 4])
     b = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(4), 0.05,
-                                train_ppo.AdvantageSettings(1.0, 1.0, 0.95))
-    gap = train_ppo.sampler_logp_gap(ro, b.old_logp)
+                                ppo_run.AdvantageSettings(1.0, 1.0, 0.95))
+    gap = ppo_run.sampler_logp_gap(ro, b.old_logp)
     assert gap is not None and gap < 1e-4
 
 

@@ -14,6 +14,7 @@ from sml import common
 from sml import reward_report
 from sml import rationales
 import train_ppo
+from sml import ppo_run
 import train_rm
 import train_sft
 from data.tasks import get_task
@@ -38,7 +39,7 @@ def models_and_batch(tiny_run, n_prompts=8, k=4, seed=0, dropout=0.0):
     ro = train_ppo.rollout(policy, prompts, k, 1.0, 24, eot, list(range(seed, seed + n_prompts * k)))
     g = torch.Generator().manual_seed(seed)
     reward = torch.randn(n_prompts * k, generator=g)
-    batch = train_ppo.prepare_batch(policy, ref, critic, ro, reward, 0.05, train_ppo.AdvantageSettings(1.0, 1.0, 0.95))
+    batch = train_ppo.prepare_batch(policy, ref, critic, ro, reward, 0.05, ppo_run.AdvantageSettings(1.0, 1.0, 0.95))
     return policy, ref, critic, batch
 
 
@@ -48,7 +49,7 @@ def run_update(policy, critic, batch, lr=1e-3, critic_lr=1e-3, **kw):
     settings.update(kw)
     loop = {k: settings.pop(k) for k in ("train_policy", "lr_at", "amp") if k in settings}
     return train_ppo.ppo_update(policy, critic, opt_p, opt_c, batch, torch.Generator().manual_seed(0),
-                                train_ppo.UpdateSettings(**settings), **loop)
+                                ppo_run.UpdateSettings(**settings), **loop)
 
 
 # -----------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def test_ppo_penalises_a_rationale_that_states_no_answer(tiny_run):
     texts = ["She has 5 apples.", "2 + 3 = 5. So the answer is 5."]
     ro = SimpleNamespace(responses=[tok.encode(t).ids + [eot] for t in texts],
                          finished=torch.tensor([True, True]))
-    settings = train_ppo.RewardSettings("exact", no_answer_penalty=1.0, unfinished_penalty=2.0, clip=5.0)
+    settings = ppo_run.RewardSettings("exact", no_answer_penalty=1.0, unfinished_penalty=2.0, clip=5.0)
     decoded = [decode_sampled(tok, r, [eot]) for r in ro.responses]
     rows = [{"question": "How many apples?", "answer": "5"}]
     rewards = train_ppo.score_rollouts(decoded, [rows[0]["answer"]] * 2, ro, None, get_task("gsm8k"), None, settings)
@@ -213,9 +214,9 @@ def test_warmup_bounds_the_first_step():
     args = SimpleNamespace(updates=10, critic_warmup_updates=0, ppo_epochs=2, questions_per_update=8,
                            samples_per_question=4, minibatch_size=8, lr=1e-3, critic_lr=1e-2, warmup_steps=10,
                            min_lr_frac=0.1)
-    lr_at = train_ppo.lr_schedule(args, 0)
+    lr_at = ppo_run.lr_schedule(args, 0)
     assert lr_at(0) == pytest.approx((1e-4, 1e-3)) and lr_at(9) == pytest.approx((1e-3, 1e-2))
-    last = train_ppo.lr_schedule(args, 9)(train_ppo.steps_per_update(args) - 1)
+    last = ppo_run.lr_schedule(args, 9)(ppo_run.steps_per_update(args) - 1)
     assert last[0] == pytest.approx(1e-4, rel=0.05)  # decayed to min_lr_frac by the end
 
 
@@ -263,9 +264,9 @@ def test_micro_batched_update_equals_the_whole_batch(tiny_run):
         stats = train_ppo.ppo_update(p, c, torch.optim.SGD(p.parameters(), lr=0.1),
                                      torch.optim.SGD(c.parameters(), lr=0.1), batch,
                                      torch.Generator().manual_seed(0),
-                                     train_ppo.UpdateSettings(epochs=2, minibatch_size=16, temperature=1.0, clip=0.2,
-                                                              value_clip=0.2, grad_clip=1.0,
-                                                              micro_batch_size=micro_batch_size))
+                                     ppo_run.UpdateSettings(epochs=2, minibatch_size=16, temperature=1.0, clip=0.2,
+                                                            value_clip=0.2, grad_clip=1.0,
+                                                            micro_batch_size=micro_batch_size))
         results.append((list(p.parameters()) + list(c.parameters()), stats))
     (whole, a), (micro, b) = results
     moved = max(float((p - q).detach().abs().max()) for p, q in zip(whole, list(policy.parameters()) +
@@ -407,10 +408,10 @@ def test_rollouts_stop_at_every_end_id_and_score_the_sampled_distribution():
     ref = copy.deepcopy(policy)
     critic = lm_to_scalar(policy)
     batch = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(8), 0.0,
-                                    train_ppo.AdvantageSettings(1.0, 1.0, 0.95, n_vocab=n_vocab))
+                                    ppo_run.AdvantageSettings(1.0, 1.0, 0.95, n_vocab=n_vocab))
     for i, r in enumerate(ro.responses):
         on = batch.mask[i] > 0
         assert torch.allclose(batch.old_logp[i][on], torch.tensor(ro.sampler_logp[i]), atol=1e-5)
     unmasked = train_ppo.prepare_batch(policy, ref, critic, ro, torch.zeros(8), 0.0,
-                                       train_ppo.AdvantageSettings(1.0, 1.0, 0.95))
+                                       ppo_run.AdvantageSettings(1.0, 1.0, 0.95))
     assert not torch.allclose(unmasked.old_logp, batch.old_logp, atol=1e-3)  # the mask matters here

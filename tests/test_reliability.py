@@ -397,6 +397,7 @@ def test_a_ppo_rerun_removes_summary_json_before_it_writes(tiny_run, tmp_path, m
     from dataclasses import asdict
 
     import train_ppo
+    from sml import ppo_run
     from sml.checkpoint import load_checkpoint, save_checkpoint
     out = tmp_path / "ppo"
     out.mkdir()
@@ -407,7 +408,7 @@ def test_a_ppo_rerun_removes_summary_json_before_it_writes(tiny_run, tmp_path, m
 
     def killed(*a, **kw):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train_ppo, "checked_config" if resume else "start", killed)  # the first step after the choice
+    monkeypatch.setattr(ppo_run, "checked_config" if resume else "start", killed)  # the first step after the choice
     with pytest.raises(KeyboardInterrupt):
         train_ppo.main(["--sft", tiny_run["base"], "--reward", "exact", "--data_dir", tiny_run["data"],
                         "--out_dir", str(out), "--resume" if resume else "--overwrite", "--preset", "tiny",

@@ -40,6 +40,7 @@ from sml import hf
 from sml import rationales
 from sml import sampler
 import train_ppo
+from sml import ppo_run
 from data import load_world
 from data.prepare import main as prepare_world
 from data.jsonl import load_dataset
@@ -300,14 +301,14 @@ def ppo_phases(name, layers, rollouts, k, micro_batch_size, prompt_tokens, ratio
         train_ppo.score_sequences(rm, ro, micro_batch_size, rt.autocast)
         batch = train_ppo.prepare_batch(policy, ref, critic, ro, torch.randn(len(ro.responses), generator=g,
                                         device="cpu").to(rt.device), 0.02,
-                                        train_ppo.AdvantageSettings(1.0, 1.0, 0.95, micro_batch_size=micro_batch_size),
+                                        ppo_run.AdvantageSettings(1.0, 1.0, 0.95, micro_batch_size=micro_batch_size),
                                         rt.autocast)
         sync(rt.device)
         phases["scoring"] = (time.time() - t0, 4 * int(ro.seq_lens.sum()), peak_memory(rt.device))  # 4 models
         reset_peak_memory(rt.device)
         t0 = time.time()
-        settings = train_ppo.UpdateSettings(epochs=epochs, minibatch_size=max(1, rollouts // 2), temperature=1.0,
-                                            clip=0.2, value_clip=0.2, grad_clip=1.0, micro_batch_size=micro_batch_size)
+        settings = ppo_run.UpdateSettings(epochs=epochs, minibatch_size=max(1, rollouts // 2), temperature=1.0,
+                                          clip=0.2, value_clip=0.2, grad_clip=1.0, micro_batch_size=micro_batch_size)
         stats = train_ppo.ppo_update(policy, critic, opt_policy, opt_critic, batch, g, settings, amp=rt.autocast)
         sync(rt.device)
         phases["update"] = (time.time() - t0, 2 * epochs * int(ro.seq_lens.sum()), peak_memory(rt.device))
