@@ -5,28 +5,17 @@ the tokenizer.
 
     python data/prepare.py --task arithmetic --out_dir runs/default/data
 
-Writes into --out_dir:
-  train.jsonl    id, question, answer (+ the gold rationale, for the upper-bound baseline only)
-  val.jsonl      the same, held out of rationale collection, SFT and the reward model: every
-                 checkpoint choice (SFT's, PPO's) and temperature choice reads these questions
-  test.jsonl     id, question, answer, rationale
-  corpus.jsonl   {"text": ...} documents: worked solutions by careless authors, and
-                 rationalizations that argue for a given answer, right or wrong
-  tokenizer.json byte-level BPE, digits one per token, <|endoftext|>
-  meta.json      the task and the arguments that made all this
+Writes into --out_dir (docs/formats.md): train.jsonl (+ the gold rationale, for the upper-bound
+baseline only); val.jsonl, held out of collection, SFT and the reward model, which every
+checkpoint and temperature choice reads; test.jsonl; corpus.jsonl (worked solutions by careless
+authors, and rationalizations that argue for a given answer, right or wrong); tokenizer.json
+(byte-level BPE, digits one per token); meta.json. The corpus never holds a question of the
+train or test split. The arithmetic world holds a misconception (docs/world.md); --world easy
+makes the earlier world without it, byte for byte.
 
-The corpus never holds a question of the train or the test split, so neither the test
-questions nor the gold rationales of the train split are ever seen in pretraining.
-
-The arithmetic world holds a misconception (docs/world.md): a quarter of the changes are
-phrased the way most careless authors misread as the other operation. --world easy makes the
-earlier world without it, byte for byte (meta.json records the new flags besides).
-
-The paper's datasets (--task gsm8k, aqua, commonsense_qa, ...; data/datasets.py) are converted,
-not made: train.jsonl, test.jsonl and meta.json from the public files in --source, or
-downloaded and verified into a cache when --source is not given. No corpus. With
---tokenizer_from (the pretrained model SML starts from) also the model's tokenizer.json and a
-validation split carved from the end of train.jsonl: what the other scripts need.
+The paper's datasets (--task gsm8k, aqua, commonsense_qa, ...; docs/datasets.md) are converted,
+not made, from the public files in --source (else downloaded and verified into a cache); with
+--tokenizer_from also the model's tokenizer.json and a validation split from train's end.
 
     python data/prepare.py --task gsm8k --source ../shared/datasets/gsm8k --out_dir runs/gsm8k/data
     python data/prepare.py --task coin_flip --source ../shared/datasets/finetune_cot \\
