@@ -578,6 +578,7 @@ def main(argv=None):
     # Resume, or build the critic and measure the reward model's scale on SFT rationales; then the optimizers.
     if resuming:
         critic, state = ppo_run.resume(ckpt, run.resume_point, rt.device)
+        ppo_run.freeze(rt, ref, rm)  # (a fresh start casts them in start, after copying the critic)
     else:
         critic, state = ppo_run.start(args, rt, ref, rm)
         if ppo_run.uses_rm(args):
@@ -586,7 +587,7 @@ def main(argv=None):
                                    args.batch_prompts, rt.autocast, data.n_vocab)
             scale = reward_scale(rm, sft_rollouts, args.micro_batch_size, rt.autocast)
             ppo_run.use_reward_scale(args, state, critic, scale, rm_report)
-    opt_policy, opt_critic, gen = ppo_run.optimizers(args, rt, policy, ref, rm, critic, ckpt if resuming else None)
+    opt_policy, opt_critic, gen = ppo_run.optimizers(args, policy, critic, ckpt if resuming else None)
     log = run.open_log("update", ckpt["provenance"]["step"] if resuming else None)  # up to the resume point
     val = validation.Validation(tok, task, data.val_rows, args.seed, args.val_samples, args.eval_temperature,
                                 data.max_new_tokens, args.batch_prompts, rt.autocast)

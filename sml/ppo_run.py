@@ -272,11 +272,11 @@ def resume(ckpt, path, device):
     return critic, State(**ckpt["ppo_state"])
 
 
-def optimizers(args, rt, policy, ref, rm, critic, resumed=None):
-    """The frozen models in the compute dtype; the policy and the critic keep float32 weights for
-    their optimizers. Returns the two optimizers and the generator of the minibatch order, as
-    `resumed` (ppo_last.pt's checkpoint, with the state) left them, if given."""
-    freeze(rt, ref, rm)
+def optimizers(args, policy, critic, resumed=None):
+    """The policy and the critic keep float32 weights for their optimizers (the frozen models are
+    already in the compute dtype: start or main's resume cast them). Returns the two optimizers and
+    the generator of the minibatch order, as `resumed` (ppo_last.pt's checkpoint, with the state)
+    left them, if given."""
     for model in (policy, critic):
         if model is not None:
             model.requires_grad_(True)
